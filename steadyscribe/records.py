@@ -1,0 +1,110 @@
+"""Small records passed between pipeline stages.
+
+Stages exchange these (and file paths), never audio arrays: audio lives in
+per-run PCM files on local disk and is memory-mapped where it is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One discovered input: a local path or an fsspec URL."""
+
+    source: str
+    size: int | None = None
+
+
+@dataclass
+class DecodedAudio:
+    """Result of decoding one input to 16 kHz mono float32 PCM on local disk."""
+
+    source: str
+    status: Status
+    file_id: str | None = None  # sha256 of the input's bytes
+    pcm_path: str | None = None  # raw little-endian float32 samples
+    duration_s: float = 0.0
+    decode_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of one file's audio (seconds) that an engine decodes as one unit (at most 30 s)."""
+
+    file_id: str
+    index: int
+    start: float
+    end: float
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: list[Word] = field(default_factory=list)
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+
+
+@dataclass
+class Transcript:
+    """All segments of one file, with absolute times in seconds."""
+
+    file_id: str
+    language: str | None
+    segments: list[Segment]
+    batch_size: int | None = None  # batch size the engine finally ran with
+    stabilization: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> str:
+        Path(path).write_text(json.dumps(asdict(self)))
+        return str(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Transcript:
+        data = json.loads(Path(path).read_text())
+        segments = [
+            Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in data.pop("segments")
+        ]
+        return cls(segments=segments, **data)
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words]
+
+
+@dataclass
+class Plan:
+    """What the selection stage chose to run, and why."""
+
+    engine: str  # "whisper" (batch 1), "transformers" (HF batched), "ctranslate2"
+    model: str  # model spec, resolved by steadyscribe.models.provision
+    device: str = "cpu"
+    dtype: str = "float32"
+    quantization: str = "none"  # none | int8 | nf4 | dynamic-int8
+    batch_size: int = 1
+    chunk_s: float = 30.0
+    threads: int = 1
+    language: str | None = None
+    memory_budget_bytes: int | None = None
+    estimated_peak_bytes: int | None = None
+    profile: str = "cpu-small"
+    reason: str = ""

@@ -1,0 +1,71 @@
+"""The `steadyscribe` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.transcribe import transcribe
+    from steadyscribe.profiles import ProfileError
+    from steadyscribe.storage import StorageError
+    from tasks.report import summary_text
+    from tasks.select import PlanError
+
+    try:
+        summary = transcribe(
+            inputs=args.inputs,
+            output=args.output,
+            profile=args.profile,
+            memory_budget=args.memory_budget,
+            batch_size=args.batch_size,
+            force=args.force,
+        )
+    except (ProfileError, PlanError, StorageError) as error:
+        print(f"steadyscribe: {error}", file=sys.stderr)
+        return 2
+    print(summary_text(summary))
+    if args.summary_json:
+        with open(args.summary_json, "w") as out:
+            json.dump(summary.to_dict(), out, indent=2, default=str)
+    return 1 if summary.files_failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from steadyscribe.models.cli import register as register_models
+    from steadyscribe.profiles_cli import register as register_profiles
+
+    parser = argparse.ArgumentParser(
+        prog="steadyscribe",
+        description="Transcribe folders and buckets of audio into Parquet tables with word timestamps.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="transcribe inputs into Parquet tables",
+        description="Exit status: 0 all files ok or skipped, 1 some file failed, 2 bad configuration.",
+    )
+    run.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs (s3://, gs://, memory://)")
+    run.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
+    run.add_argument("--profile", "-p", default="cpu-small", help="profile name or YAML path (default: cpu-small)")
+    run.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
+    run.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
+    run.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
+    run.add_argument("--summary-json", help="also write the run summary as JSON to this path")
+    run.set_defaults(handler=_run)
+
+    register_models(commands)
+    register_profiles(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

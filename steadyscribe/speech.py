@@ -1,0 +1,175 @@
+"""Where the audio holds speech, judged from its loudness alone (no model, engine-independent).
+
+Frame loudness (RMS in dB per hop) is compared against an adaptive noise floor: a low percentile
+of the frame loudness in a sliding window of tens of seconds, so slow changes in background level
+are followed while a word never raises the floor under itself. Hysteresis (a higher level to
+enter speech than to stay in it) and the filling of short gaps keep word-internal dips and
+stop-consonant closures inside speech.
+
+Audio is read in blocks, so a memory-mapped file of hours is never copied whole; only the small
+per-frame loudness array (50 values per second at the default hop) is kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Digital silence would give log(0); this is far below any recorded noise floor.
+SILENCE_DB = -120.0
+# Frames read per block: bounds the temporary copy of the samples (about 1.3 MB at 16 kHz, 20 ms).
+_BLOCK_FRAMES = 1024
+# Margins above the floor in units of the noise's own jitter, so fluctuating noise is not speech.
+_ENTER_SPREADS = 5.0
+_STAY_SPREADS = 3.0
+
+
+def frame_loudness_db(samples: np.ndarray, sample_rate: int = 16000, hop_s: float = 0.02) -> np.ndarray:
+    """RMS level in dB (full scale = 0 dB) of each hop frame; a trailing partial frame counts as one."""
+    hop = max(1, round(hop_s * sample_rate))
+    n_frames = -(-len(samples) // hop)
+    loudness = np.empty(n_frames, dtype=np.float64)
+    for first in range(0, n_frames, _BLOCK_FRAMES):
+        last = min(first + _BLOCK_FRAMES, n_frames)
+        block = np.asarray(samples[first * hop : last * hop], dtype=np.float64)
+        if len(block) < (last - first) * hop:
+            # Pad the final partial frame with its own mean power rather than zeros, so a short
+            # tail is not judged quieter than it is.
+            tail = block[(last - first - 1) * hop :]
+            pad = np.full((last - first) * hop - len(block), np.sqrt(np.mean(tail**2)) if len(tail) else 0.0)
+            block = np.concatenate([block, pad])
+        power = np.mean(block.reshape(-1, hop) ** 2, axis=1)
+        loudness[first:last] = 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENCE_DB / 10.0)))
+    return loudness
+
+
+def noise_floor_db(
+    loudness_db: np.ndarray,
+    hop_s: float = 0.02,
+    window_s: float = 30.0,
+    percentile: float = 10.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame background level and its spread (dB), from low percentiles in a sliding window.
+
+    The floor is the `percentile`-th loudness; the spread (a standard deviation for the noise's
+    frame-to-frame jitter) comes from the distance between it and the 2nd percentile, so margins
+    can widen for fluctuating noise. Evaluated once per second and interpolated between, which
+    keeps it cheap on long files.
+    """
+    n = len(loudness_db)
+    if n == 0:
+        return loudness_db.copy(), loudness_db.copy()
+    half = max(1, round(window_s / hop_s / 2))
+    step = max(1, round(1.0 / hop_s))
+    centres = np.arange(0, n, step)
+    lows = np.array(
+        [np.percentile(loudness_db[max(0, c - half) : c + half + 1], [2.0, percentile]) for c in centres]
+    )
+    # For Gaussian jitter the 2nd and 10th percentiles lie 2.05 and 1.28 deviations below the mean.
+    spread = (lows[:, 1] - lows[:, 0]) / 0.77
+    frames = np.arange(n)
+    return np.interp(frames, centres, lows[:, 1]), np.interp(frames, centres, spread)
+
+
+def speech_mask(
+    samples: np.ndarray,
+    sample_rate: int = 16000,
+    hop_s: float = 0.02,
+    enter_db: float = 4.0,
+    stay_db: float = 2.0,
+    dynamic_range_db: float = 45.0,
+    fill_gap_s: float = 0.1,
+    min_speech_s: float = 0.06,
+    hangover_s: float = 0.02,
+) -> np.ndarray:
+    """True for each hop frame that holds speech.
+
+    A run of frames is speech when it rises `enter_db` above the noise floor; it stays speech
+    while above `stay_db` (both widened for noise that fluctuates more). Levels more than `dynamic_range_db` below the loud part of the file
+    never count (keeps faint synthesis tails out when the floor is digital silence). Gaps
+    shorter than `fill_gap_s` are filled, bursts shorter than `min_speech_s` dropped, and each
+    region is held `hangover_s` past its end for decaying word endings.
+    """
+    loudness = frame_loudness_db(samples, sample_rate, hop_s)
+    return mask_from_loudness(
+        loudness,
+        hop_s=hop_s,
+        enter_db=enter_db,
+        stay_db=stay_db,
+        dynamic_range_db=dynamic_range_db,
+        fill_gap_s=fill_gap_s,
+        min_speech_s=min_speech_s,
+        hangover_s=hangover_s,
+    )
+
+
+def mask_from_loudness(
+    loudness_db: np.ndarray,
+    hop_s: float = 0.02,
+    enter_db: float = 4.0,
+    stay_db: float = 2.0,
+    dynamic_range_db: float = 45.0,
+    fill_gap_s: float = 0.1,
+    min_speech_s: float = 0.06,
+    hangover_s: float = 0.02,
+) -> np.ndarray:
+    """The decision of `speech_mask`, from precomputed frame loudness (callers reuse the loudness)."""
+    n = len(loudness_db)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    floor, spread = noise_floor_db(loudness_db, hop_s)
+    lowest = np.percentile(loudness_db, 95.0) - dynamic_range_db
+    enter = np.maximum(floor + np.maximum(enter_db, _ENTER_SPREADS * spread), lowest)
+    stay = np.maximum(floor + np.maximum(stay_db, _STAY_SPREADS * spread), lowest)
+
+    above_enter = loudness_db > enter
+    above_stay = loudness_db > stay
+    # Hysteresis: a run above `stay` is speech when any frame in it is above `enter`.
+    mask = np.zeros(n, dtype=bool)
+    for start, end in _runs(above_stay):
+        if above_enter[start:end].any():
+            mask[start:end] = True
+
+    mask = _fill_short_gaps(mask, round(fill_gap_s / hop_s))
+    mask = _drop_short_runs(mask, round(min_speech_s / hop_s))
+    hangover = round(hangover_s / hop_s)
+    if hangover > 0:
+        for _, end in _runs(mask):
+            mask[end : end + hangover] = True
+    return mask
+
+
+def speech_regions(
+    mask: np.ndarray, hop_s: float = 0.02, min_gap_s: float = 0.3
+) -> list[tuple[float, float]]:
+    """Speech regions (start, end) in seconds, merging those separated by less than `min_gap_s`."""
+    regions: list[tuple[float, float]] = []
+    for start, end in _runs(np.asarray(mask, dtype=bool)):
+        start_s, end_s = start * hop_s, end * hop_s
+        if regions and start_s - regions[-1][1] < min_gap_s:
+            regions[-1] = (regions[-1][0], end_s)
+        else:
+            regions.append((start_s, end_s))
+    return regions
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open (start, end) frame indices of each run of True."""
+    edges = np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def _fill_short_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
+    """Set to True the interior False runs of at most `max_gap` frames (leading/trailing ones stay)."""
+    out = mask.copy()
+    for start, end in _runs(~mask):
+        if 0 < start and end < len(mask) and end - start <= max_gap:
+            out[start:end] = True
+    return out
+
+
+def _drop_short_runs(mask: np.ndarray, min_len: int) -> np.ndarray:
+    out = mask.copy()
+    for start, end in _runs(mask):
+        if end - start < min_len:
+            out[start:end] = False
+    return out

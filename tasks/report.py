@@ -1,0 +1,99 @@
+"""Report stage: one summary of the run, for the CLI, the log and a Prefect artifact."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class FileOutcome:
+    source: str
+    status: str  # ok | failed | skipped
+    duration_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    output: str
+    plan: dict
+    files_ok: int = 0
+    files_failed: int = 0
+    files_skipped: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    peak_rss_bytes: int = 0
+    failures: list[FileOutcome] = field(default_factory=list)
+    stabilization: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall seconds per audio second: below 1 is faster than real time."""
+        return self.wall_s / self.audio_s if self.audio_s else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "real_time_factor": self.real_time_factor}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def summarize(
+    run_id: str,
+    output: str,
+    plan: dict,
+    outcomes: list[FileOutcome],
+    wall_s: float,
+    stabilization: dict[str, int] | None = None,
+) -> RunSummary:
+    by_status = {status: [o for o in outcomes if o.status == status] for status in ("ok", "failed", "skipped")}
+    return RunSummary(
+        run_id=run_id,
+        output=output,
+        plan=plan,
+        files_ok=len(by_status["ok"]),
+        files_failed=len(by_status["failed"]),
+        files_skipped=len(by_status["skipped"]),
+        audio_s=sum(o.duration_s for o in by_status["ok"]),
+        wall_s=wall_s,
+        peak_rss_bytes=peak_rss_bytes(),
+        failures=by_status["failed"],
+        stabilization=stabilization or {},
+    )
+
+
+def summary_text(summary: RunSummary) -> str:
+    """The few lines the CLI prints at the end of a run."""
+    lines = [
+        f"run {summary.run_id} → {summary.output}",
+        f"files: {summary.files_ok} ok, {summary.files_failed} failed, {summary.files_skipped} skipped",
+        f"audio: {summary.audio_s:.1f} s in {summary.wall_s:.1f} s wall "
+        f"(real-time factor {summary.real_time_factor:.3f}), peak memory {summary.peak_rss_bytes / 2**20:.0f} MiB",
+        f"plan: {summary.plan.get('engine')} / {summary.plan.get('model')} / batch {summary.plan.get('batch_size')}"
+        f" / {summary.plan.get('quantization')}",
+    ]
+    lines += [f"FAILED {f.source}: {f.error}" for f in summary.failures]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: RunSummary) -> str:
+    """The summary as a Markdown table, for the Prefect UI."""
+    rows = [
+        ("files ok / failed / skipped", f"{summary.files_ok} / {summary.files_failed} / {summary.files_skipped}"),
+        ("audio hours", f"{summary.audio_s / 3600:.4f}"),
+        ("wall time (s)", f"{summary.wall_s:.1f}"),
+        ("real-time factor", f"{summary.real_time_factor:.3f}"),
+        ("peak memory (MiB)", f"{summary.peak_rss_bytes / 2**20:.0f}"),
+        ("engine / model", f"{summary.plan.get('engine')} / {summary.plan.get('model')}"),
+        ("batch size / quantization", f"{summary.plan.get('batch_size')} / {summary.plan.get('quantization')}"),
+    ]
+    rows += [(f"stabilization: {k}", str(v)) for k, v in summary.stabilization.items()]
+    text = "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if summary.failures:
+        text += "\n\n### Failures\n\n| file | error |\n|---|---|\n"
+        text += "\n".join(f"| {f.source} | {(f.error or '').replace('|', '/')} |" for f in summary.failures)
+    return text

@@ -1,36 +1,54 @@
-"""The transcription flow: discover → decode → probe → select → chunk → infer → stabilize → write → report.
+"""The transcription flow: discover → probe → select → (decode → chunk → infer → stabilize → write) → report.
 
 It only composes the stages in tasks/; each stage's logic lives there as plain functions.
+Files go through the middle stages in groups: each group's windows share the engine's
+batches (cross-file batching), and each group is committed before the next starts, so a
+killed run keeps what it finished and its decoded audio never piles up on disk.
+
 Run it with `steadyscribe run` or `python -m flows.transcribe INPUT... --output OUT`.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 
-from steadyscribe.profiles import load_profile
+from steadyscribe.engines import available_engines
+from steadyscribe.profiles import Profile, load_profile
+from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
 from tasks.chunk import chunk_task
 from tasks.decode import decode_task
 from tasks.discover import discover_task
 from tasks.infer import infer_task
 from tasks.probe import probe_task
-from tasks.report import FileOutcome, RunSummary, summarize, summary_markdown
+from tasks.report import RunSummary, summarize, summary_markdown
 from tasks.select import plan_markdown, select_task
 from tasks.stabilize import stabilize_task
-from tasks.write import completed_file_keys, settings_key, write_task
+from tasks.write import RunInfo, completed_file_keys, settings_key, write_task
 
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time to the second plus a random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def files_per_group(plan: Plan) -> int:
+    """Enough files to keep a batch full of windows from many short clips."""
+    return max(16, 4 * plan.batch_size)
+
+
+def output_settings(profile: Profile) -> dict:
+    """Profile settings that change the tables' content (a change re-transcribes files)."""
+    return {"chunking": profile.chunking.model_dump(), "stabilization": profile.stabilization.model_dump()}
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name="transcribe {profile} → {output}")
@@ -49,47 +67,71 @@ def transcribe(
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    run_id = new_run_id()
     # Configuration errors stop the run here, before any audio is touched.
     chosen = load_profile(profile)
     check_writable(output)
 
-    probe = probe_task([chosen.model_cache or "", output])
-    plan = select_task(chosen, probe, memory_budget=memory_budget, batch_size=batch_size)
+    probe = probe_task([chosen.model_cache_dir or str(Path.home()), output])
+    plan = select_task(chosen, probe, available_engines(), {"memory_budget": memory_budget, "batch_size": batch_size})
     logger.info("plan: %s", plan.reason)
-    create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan")
+    create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
 
+    run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, output_settings(chosen)))
     files = discover_task(inputs)
-    key = settings_key(plan, chosen)
-    done = set() if force else completed_file_keys(output)
-    with tempfile.TemporaryDirectory(prefix=f"steadyscribe-{run_id}-") as work_dir:
-        decoded = decode_task.map(files, unmapped(work_dir)).result()
-        ok = [d for d in decoded if d.status == "ok" and (d.file_id, key) not in done]
-        for d in decoded:
-            if d.status == "ok" and (d.file_id, key) in done:
-                d.status = "skipped"
-        unique = {d.file_id: d for d in ok}
-        windows = [w for ws in chunk_task.map(list(unique.values()), chosen.chunking.max_window_s).result() for w in ws]
-        inference = infer_task(plan, unique, windows, work_dir) if unique else {}
-        stabilized = stabilize_task.map(
-            [inference[d.file_id] for d in unique.values()], list(unique.values()), unmapped(chosen.stabilization),
-            [[w for w in windows if w.file_id == d.file_id] for d in unique.values()],
-        ).result()
-        transcripts = dict(zip(unique, stabilized))
-        write_task.map(
-            unmapped(output), unmapped(run_id), decoded,
-            [transcripts.get(d.file_id) if d.status == "ok" else None for d in decoded],
-            [inference[d.file_id].infer_s if d.file_id in inference else 0.0 for d in decoded],
-            unmapped(plan), unmapped(key), unmapped(chosen.output),
-        ).result()
+    done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
+    logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
 
-    outcomes = [FileOutcome(d.source, d.status, d.duration_s, d.error) for d in decoded]
-    summary = summarize(run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
+    outcomes: list[FileOutcome] = []
+    group_size = files_per_group(plan)
+    for first in range(0, len(files), group_size):
+        group = files[first : first + group_size]
+        logger.info("files %d–%d of %d", first + 1, first + len(group), len(files))
+        outcomes += _transcribe_group(group, output, run, chosen, done)
+
+    summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
     return summary
 
 
+def _transcribe_group(
+    group: list[InputFile],
+    output: str,
+    run: RunInfo,
+    profile: Profile,
+    skip_file_ids: frozenset[str],
+) -> list[FileOutcome]:
+    """Decode, transcribe and commit one group of files; return one outcome per file."""
+    group_started = datetime.now(timezone.utc)
+    work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{run.run_id}-")
+    try:
+        decoded: list[DecodedAudio] = decode_task.map(group, unmapped(work_dir), unmapped(skip_file_ids)).result()
+        # Identical content under two names is transcribed once and written under both.
+        todo = {d.file_id: d for d in decoded if d.status == "ok"}
+        chunked = chunk_task.map(list(todo.values()), unmapped(profile.chunking.max_window_s)).result()
+        windows = [w for file_windows in chunked for w in file_windows]
+        inference = infer_task(run.plan, todo, windows, work_dir) if todo else {}
+        stabilized = stabilize_task.map(
+            [inference[file_id].transcript_path for file_id in todo],
+            list(todo.values()),
+            chunked,
+            unmapped(profile.stabilization),
+        ).result()
+        return write_task(
+            output,
+            run,
+            decoded,
+            dict(zip(todo, stabilized)),
+            {file_id: result.infer_s for file_id, result in inference.items()},
+            group_started,
+            profile.output,
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
 if __name__ == "__main__":
+    import sys
+
     from steadyscribe.cli import main
 
-    raise SystemExit(main(["run", *__import__("sys").argv[1:]]))
+    raise SystemExit(main(["run", *sys.argv[1:]]))

@@ -108,3 +108,14 @@ class Plan:
     estimated_peak_bytes: int | None = None
     profile: str = "cpu-small"
     reason: str = ""
+
+
+@dataclass
+class FileOutcome:
+    """How one input ended, for the run summary."""
+
+    source: str
+    status: Status
+    duration_s: float = 0.0
+    error: str | None = None
+    stabilization: dict[str, int] = field(default_factory=dict)

@@ -7,6 +7,7 @@ the input's length; later stages memory-map that file.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import av
@@ -32,11 +33,16 @@ def load_pcm(pcm_path: str | Path) -> np.ndarray:
     return np.memmap(pcm_path, dtype="<f4", mode="r")
 
 
-def decode_input(item: InputFile, work_dir: str | Path) -> DecodedAudio:
-    """Decode one input; a bad input yields a `failed` record with a helpful error, never an exception."""
+def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collection[str] = ()) -> DecodedAudio:
+    """Decode one input; a bad input yields a `failed` record with a helpful error, never an exception.
+
+    Content already transcribed (its hash in `skip_file_ids`) is not decoded: it gets a `skipped` record.
+    """
     started = time.perf_counter()
     try:
         file_id = content_sha256(item.source)
+        if file_id in skip_file_ids:
+            return DecodedAudio(item.source, "skipped", file_id=file_id, decode_s=time.perf_counter() - started)
         pcm_path = Path(work_dir) / f"{file_id}.f32"
         samples_n = _decode_to_raw(item.source, pcm_path)
     except DecodeError as error:
@@ -104,5 +110,5 @@ def _write_frame(frame: av.AudioFrame, out) -> int:
 # Deterministic decode errors come back as `failed` records; only unexpected
 # exceptions (network, remote storage) escape, and those are worth a retry.
 @task(name="decode", task_run_name="decode {item.source}", retries=2, retry_delay_seconds=[2, 10])
-def decode_task(item: InputFile, work_dir: str) -> DecodedAudio:
-    return decode_input(item, work_dir)
+def decode_task(item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset()) -> DecodedAudio:
+    return decode_input(item, work_dir, skip_file_ids)

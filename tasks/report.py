@@ -5,13 +5,7 @@ from __future__ import annotations
 import resource
 from dataclasses import asdict, dataclass, field
 
-
-@dataclass
-class FileOutcome:
-    source: str
-    status: str  # ok | failed | skipped
-    duration_s: float = 0.0
-    error: str | None = None
+from steadyscribe.records import FileOutcome
 
 
 @dataclass
@@ -48,7 +42,6 @@ def summarize(
     plan: dict,
     outcomes: list[FileOutcome],
     wall_s: float,
-    stabilization: dict[str, int] | None = None,
 ) -> RunSummary:
     by_status = {status: [o for o in outcomes if o.status == status] for status in ("ok", "failed", "skipped")}
     return RunSummary(
@@ -62,8 +55,16 @@ def summarize(
         wall_s=wall_s,
         peak_rss_bytes=peak_rss_bytes(),
         failures=by_status["failed"],
-        stabilization=stabilization or {},
+        stabilization=_add_counts(o.stabilization for o in by_status["ok"]),
     )
+
+
+def _add_counts(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for item in counts:
+        for key, value in item.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def summary_text(summary: RunSummary) -> str:

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 from steadyscribe.engines.base import Engine, WindowAudio, WindowResult
 from steadyscribe.records import Plan
 
-__all__ = ["Engine", "WindowAudio", "WindowResult", "load_engine"]
+__all__ = ["Engine", "WindowAudio", "WindowResult", "available_engines", "load_engine"]
+
+# engine name → (module, class, the package it needs)
+ENGINES = {
+    "whisper": ("steadyscribe.engines.whisper_batch1", "WhisperBatch1Engine", "whisper"),
+    "transformers": ("steadyscribe.engines.transformers_engine", "TransformersEngine", "transformers"),
+    "ctranslate2": ("steadyscribe.engines.ctranslate2_engine", "CTranslate2Engine", "ctranslate2"),
+}
+
+
+def available_engines() -> set[str]:
+    """Engines whose module exists and whose runtime package is installed."""
+    return {
+        name
+        for name, (module, _, package) in ENGINES.items()
+        if importlib.util.find_spec(module) is not None and importlib.util.find_spec(package) is not None
+    }
 
 
 def load_engine(plan: Plan) -> Engine:
     """Build the engine the plan names, with its model loaded."""
-    if plan.engine == "whisper":
-        from steadyscribe.engines.whisper_batch1 import WhisperBatch1Engine
-
-        return WhisperBatch1Engine(plan)
-    raise ValueError(f"unknown engine {plan.engine!r}; known: whisper")
+    if plan.engine not in ENGINES:
+        raise ValueError(f"unknown engine {plan.engine!r}; known: {', '.join(ENGINES)}")
+    module, cls, _ = ENGINES[plan.engine]
+    return getattr(importlib.import_module(module), cls)(plan)

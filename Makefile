@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The lock pins every package; torch 2.13.0 (CPU build) comes from the local wheel cache.
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/steadyscribe run samples --output out
+	$(BIN)/python scripts/query_demo.py out
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m bench.run --quick

@@ -1,0 +1,94 @@
+"""The three output tables (files, segments, words): Arrow schemas and on-storage layout.
+
+docs/tables.md describes every column, the partitioning and the commit contract.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+# Bump when a column is removed, renamed or changes meaning; adding a nullable column is not a bump.
+SCHEMA_VERSION = "1"
+SCHEMA_VERSION_KEY = "steadyscribe.schema_version"
+TABLE_KEY = "steadyscribe.table"
+
+TableName = Literal["files", "segments", "words"]
+TABLES: tuple[TableName, ...] = ("files", "segments", "words")
+
+# Hive-style directory partition: OUT/<table>/run_date=YYYY-MM-DD/<run_id>-<part>.parquet.
+# The column lives in the path only, not inside the Parquet files.
+PARTITION_COLUMN = "run_date"
+PARTITIONING = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.date32())]), flavor="hive")
+
+UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _schema(table: TableName, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION, TABLE_KEY: table})
+
+
+FILES_SCHEMA = _schema(
+    "files",
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("file_id", pa.string()),  # null only when the input could not be read at all
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),  # ok | failed | skipped
+        pa.field("error", pa.string()),
+        pa.field("engine", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("profile", pa.string()),
+        pa.field("quantization", pa.string()),
+        pa.field("batch_size", pa.int32()),
+        pa.field("language", pa.string()),
+        pa.field("segments_n", pa.int32()),
+        pa.field("words_n", pa.int32()),
+        pa.field("decode_s", pa.float64()),
+        pa.field("infer_s", pa.float64()),
+        pa.field("started_at", UTC_TIMESTAMP),
+        pa.field("finished_at", UTC_TIMESTAMP),
+        pa.field("settings_key", pa.string(), nullable=False),
+    ],
+)
+
+SEGMENTS_SCHEMA = _schema(
+    "segments",
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("file_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("start", pa.float64(), nullable=False),
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("avg_logprob", pa.float64()),
+        pa.field("no_speech_prob", pa.float64()),
+        pa.field("compression_ratio", pa.float64()),
+        pa.field("language", pa.string()),
+    ],
+)
+
+WORDS_SCHEMA = _schema(
+    "words",
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("file_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("word_index", pa.int32(), nullable=False),  # position within its segment
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("start", pa.float64(), nullable=False),
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("probability", pa.float64()),
+    ],
+)
+
+SCHEMAS: dict[TableName, pa.Schema] = {
+    "files": FILES_SCHEMA,
+    "segments": SEGMENTS_SCHEMA,
+    "words": WORDS_SCHEMA,
+}

@@ -1,0 +1,393 @@
+"""Commit transcripts to the Parquet tables (files, segments, words) and optional sidecars.
+
+Table contract (docs/tables.md): each commit writes one Parquet file per table, words and
+segments first, then sidecars, then the `files` rows last. A `files` row therefore means
+that file's words and segments are complete; words/segments rows whose (run_id, file_id)
+has no `files` row come from a commit that was interrupted and must be ignored.
+Every Parquet file appears whole under its final name or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from prefect import task
+
+from steadyscribe.profiles import Output as OutputOptions
+from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, Transcript
+from steadyscribe.schema import PARTITION_COLUMN, PARTITIONING, SCHEMAS, TableName
+from steadyscribe.storage import (
+    TEMP_DIR,
+    StorageOptions,
+    filesystem_for,
+    join,
+    source_url,
+    with_retries,
+    write_bytes_atomic,
+)
+
+# Default rows per row group (profiles set output.row_group_size): small enough for readers
+# to skip groups by file_id statistics, large enough to compress well.
+ROW_GROUP_ROWS = 10_000
+
+# Plan fields that change what is transcribed. Batch size and device are left out: the batch
+# size adapts to memory at run time, and neither should make a rerun transcribe everything again.
+OUTPUT_AFFECTING_PLAN_FIELDS = ("engine", "model", "quantization", "dtype", "language", "chunk_s")
+
+SidecarFormat = Literal["srt", "vtt", "json"]
+SIDECAR_FORMATS: tuple[SidecarFormat, ...] = ("srt", "vtt", "json")
+
+_SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def settings_key(plan: Plan, extra: Mapping[str, Any] | None = None) -> str:
+    """Hash of the model and the settings that affect the output, for idempotent reruns.
+
+    `extra` adds output-affecting options the plan does not hold (e.g. a weights digest,
+    word-timestamp options).
+    """
+    settings = {name: getattr(plan, name) for name in OUTPUT_AFFECTING_PLAN_FIELDS} | dict(extra or {})
+    canonical = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every row of one run shares."""
+
+    run_id: str  # becomes part of file names: letters, digits, '.', '_', '-'
+    run_date: date
+    plan: Plan
+    settings_key: str
+
+    def __post_init__(self) -> None:
+        if not _SAFE_RUN_ID.fullmatch(self.run_id):
+            raise ValueError(f"run_id must be letters, digits, '.', '_' or '-': {self.run_id!r}")
+
+
+@dataclass
+class FileResult:
+    """The outcome for one input file: one `files` row, and its segments and words when ok."""
+
+    source: str
+    status: Status
+    file_id: str | None = None
+    duration_s: float | None = None
+    decode_s: float | None = None
+    infer_s: float | None = None
+    started_at: datetime | None = None  # timezone-aware
+    finished_at: datetime | None = None
+    error: str | None = None
+    transcript: Transcript | None = None
+
+    @classmethod
+    def from_decoded(
+        cls,
+        decoded: DecodedAudio,
+        transcript: Transcript | None = None,
+        *,
+        infer_s: float | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        error: str | None = None,
+    ) -> FileResult:
+        """A decoded file's result; `error` (e.g. an inference failure) makes it failed."""
+        status, reason = decoded.status, decoded.error
+        if status == "ok" and (error is not None or transcript is None):
+            status, reason = "failed", error or "no transcript produced"
+        return cls(
+            source=decoded.source,
+            status=status,
+            file_id=decoded.file_id,
+            duration_s=decoded.duration_s,
+            decode_s=decoded.decode_s,
+            infer_s=infer_s,
+            started_at=started_at,
+            finished_at=finished_at,
+            error=reason,
+            transcript=transcript if status == "ok" else None,
+        )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamps must be timezone-aware, got naive {moment}")
+    return moment.astimezone(timezone.utc)
+
+
+def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
+    transcript = result.transcript if result.status == "ok" else None
+    return {
+        "run_id": run.run_id,
+        "file_id": result.file_id,
+        "source": result.source,
+        "duration_s": result.duration_s,
+        "status": result.status,
+        "error": result.error,
+        "engine": run.plan.engine,
+        "model": run.plan.model,
+        "profile": run.plan.profile,
+        "quantization": run.plan.quantization,
+        "batch_size": transcript.batch_size if transcript else None,
+        "language": transcript.language if transcript else None,
+        "segments_n": len(transcript.segments) if transcript else None,
+        "words_n": len(transcript.words) if transcript else None,
+        "decode_s": result.decode_s,
+        "infer_s": result.infer_s,
+        "started_at": _utc(result.started_at),
+        "finished_at": _utc(result.finished_at),
+        "settings_key": run.settings_key,
+    }
+
+
+def _transcribed(results: Iterable[FileResult]) -> Iterable[tuple[FileResult, Transcript]]:
+    for result in results:
+        if result.status == "ok":
+            if result.transcript is None or result.file_id is None:
+                raise ValueError(f"an ok result needs a file_id and a transcript: {result.source}")
+            yield result, result.transcript
+
+
+def segment_rows(run: RunInfo, results: Iterable[FileResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run.run_id,
+            "file_id": result.file_id,
+            "source": result.source,
+            "segment_index": i,
+            "start": s.start,
+            "end": s.end,
+            "text": s.text,
+            "avg_logprob": s.avg_logprob,
+            "no_speech_prob": s.no_speech_prob,
+            "compression_ratio": s.compression_ratio,
+            "language": transcript.language,
+        }
+        for result, transcript in _transcribed(results)
+        for i, s in enumerate(transcript.segments)
+    ]
+
+
+def word_rows(run: RunInfo, results: Iterable[FileResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run.run_id,
+            "file_id": result.file_id,
+            "source": result.source,
+            "segment_index": i,
+            "word_index": j,
+            "word": w.word,
+            "start": w.start,
+            "end": w.end,
+            "probability": w.probability,
+        }
+        for result, transcript in _transcribed(results)
+        for i, s in enumerate(transcript.segments)
+        for j, w in enumerate(s.words)
+    ]
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> bytes:
+    """The table as one complete Parquet file (zstd; schema version in key-value metadata)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+    return sink.getvalue().to_pybytes()
+
+
+def table_path(root: str, table: TableName, run_date: date, part: str) -> str:
+    return join(root, table, f"{PARTITION_COLUMN}={run_date.isoformat()}", f"{part}.parquet")
+
+
+def write_file_results(
+    output: str,
+    run: RunInfo,
+    results: Sequence[FileResult],
+    *,
+    sidecar_formats: Iterable[SidecarFormat] = (),
+    row_group_size: int = ROW_GROUP_ROWS,
+    storage_options: StorageOptions | None = None,
+) -> list[str]:
+    """Commit a small group of files' results: words, segments, sidecars, then the files rows.
+
+    Each table gets one new Parquet file named <run_id>-<random part>, so concurrent runs
+    and repeated commits never overwrite one another. A failure part-way leaves no partial
+    file; at worst words/segments without their files rows, which readers ignore and which
+    a rerun replaces (the file is transcribed again because it has no ok files row).
+    Returns what was written, in commit order, as URLs (plain paths for local output).
+    """
+    formats = tuple(sidecar_formats)
+    if unknown := set(formats) - set(SIDECAR_FORMATS):
+        raise ValueError(f"unknown sidecar formats {sorted(unknown)}; choose from {SIDECAR_FORMATS}")
+    fs, root = filesystem_for(output, storage_options)
+    temp_dir = join(root, TEMP_DIR)
+    part = f"{run.run_id}-{uuid.uuid4().hex[:12]}"
+    written: list[str] = []
+
+    def put(path: str, data: bytes) -> None:
+        with_retries(lambda: write_bytes_atomic(fs, path, data, temp_dir))
+        written.append(source_url(fs, path))
+
+    for table, rows in (("words", word_rows(run, results)), ("segments", segment_rows(run, results))):
+        if rows:
+            table_bytes = parquet_bytes(pa.Table.from_pylist(rows, SCHEMAS[table]), row_group_size)
+            put(table_path(root, table, run.run_date, part), table_bytes)
+    for result, transcript in _transcribed(results):
+        for fmt in formats:
+            put(sidecar_path(root, run.run_date, result, fmt), render_sidecar(fmt, run, result, transcript).encode())
+    files = pa.Table.from_pylist([file_row(run, r) for r in results], SCHEMAS["files"])
+    if files.num_rows:
+        put(table_path(root, "files", run.run_date, part), parquet_bytes(files, row_group_size))
+    return written
+
+
+def write_file_result(
+    output: str,
+    run: RunInfo,
+    result: FileResult,
+    *,
+    sidecar_formats: Iterable[SidecarFormat] = (),
+    row_group_size: int = ROW_GROUP_ROWS,
+    storage_options: StorageOptions | None = None,
+) -> list[str]:
+    """Commit one input file's rows (see write_file_results)."""
+    return write_file_results(
+        output,
+        run,
+        [result],
+        sidecar_formats=sidecar_formats,
+        row_group_size=row_group_size,
+        storage_options=storage_options,
+    )
+
+
+def open_table(output: str, table: TableName, storage_options: StorageOptions | None = None) -> ds.Dataset:
+    """One table as a pyarrow dataset, with `run_date` read from the path as a date."""
+    fs, root = filesystem_for(output, storage_options)
+    directory = join(root, table)
+    # fsspec reuses filesystem instances, and s3fs/gcsfs cache listings: a long-lived worker
+    # would not see what other runs committed since it last looked.
+    fs.invalidate_cache()
+    schema = SCHEMAS[table].append(pa.field(PARTITION_COLUMN, pa.date32()))
+    return ds.dataset(directory, schema=schema, format="parquet", partitioning=PARTITIONING, filesystem=fs)
+
+
+def completed_file_keys(output: str, storage_options: StorageOptions | None = None) -> set[tuple[str, str]]:
+    """(file_id, settings_key) of every file some run transcribed successfully into `output`.
+
+    The flow skips an input whose content hash and settings are in this set (writing a
+    `skipped` row for it) unless forced.
+    """
+    fs, root = filesystem_for(output, storage_options)
+    files_dir = join(root, "files")
+
+    def read() -> set[tuple[str, str]]:
+        fs.invalidate_cache()
+        if not fs.exists(files_dir):
+            return set()
+        ok = open_table(output, "files", storage_options).to_table(
+            columns=["file_id", "settings_key"], filter=ds.field("status") == "ok"
+        )
+        return set(zip(ok["file_id"].to_pylist(), ok["settings_key"].to_pylist(), strict=True))
+
+    return with_retries(read)
+
+
+# ---- sidecars ----------------------------------------------------------------------------------
+
+
+def sidecar_path(root: str, run_date: date, result: FileResult, fmt: SidecarFormat) -> str:
+    stem = posixpath.basename(result.source.rstrip("/")).rpartition(".")[0] or "audio"
+    return join(root, "sidecars", run_date.isoformat(), f"{stem}-{(result.file_id or '')[:12]}.{fmt}")
+
+
+def _timestamp(seconds: float, decimal_separator: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_separator}{ms:03d}"
+
+
+def _cues(transcript: Transcript, decimal_separator: str) -> list[tuple[str, str]]:
+    """(timing line, text) per segment that has text; '-->' would end a cue's text early."""
+    return [
+        (
+            f"{_timestamp(s.start, decimal_separator)} --> {_timestamp(s.end, decimal_separator)}",
+            s.text.strip().replace("-->", "->"),
+        )
+        for s in transcript.segments
+        if s.text.strip()
+    ]
+
+
+def to_srt(transcript: Transcript) -> str:
+    """SubRip: numbered cues, times as HH:MM:SS,mmm."""
+    return "".join(f"{n}\n{timing}\n{text}\n\n" for n, (timing, text) in enumerate(_cues(transcript, ","), 1))
+
+
+def to_vtt(transcript: Transcript) -> str:
+    """WebVTT: header, then cues with times as HH:MM:SS.mmm."""
+    return "WEBVTT\n\n" + "".join(f"{timing}\n{text}\n\n" for timing, text in _cues(transcript, "."))
+
+
+def to_json(run: RunInfo, result: FileResult, transcript: Transcript) -> str:
+    return json.dumps(
+        {
+            "run_id": run.run_id,
+            "file_id": result.file_id,
+            "source": result.source,
+            "duration_s": result.duration_s,
+            "language": transcript.language,
+            "segments": [asdict(s) for s in transcript.segments],
+        },
+        ensure_ascii=False,
+    )
+
+
+def render_sidecar(fmt: SidecarFormat, run: RunInfo, result: FileResult, transcript: Transcript) -> str:
+    if fmt == "srt":
+        return to_srt(transcript)
+    if fmt == "vtt":
+        return to_vtt(transcript)
+    return to_json(run, result, transcript)
+
+
+@task(name="write", task_run_name="write {run.run_id} ({decoded[0].source} …)", retries=2, retry_delay_seconds=[2, 10])
+def write_task(
+    output: str,
+    run: RunInfo,
+    decoded: list[DecodedAudio],
+    transcript_paths: dict[str, str],
+    infer_s: dict[str, float],
+    started_at: datetime,
+    options: OutputOptions,
+) -> list[FileOutcome]:
+    """Commit one group of files (one Parquet file per table) and say how each ended."""
+    finished_at = datetime.now(timezone.utc)
+    transcripts = {file_id: Transcript.load(path) for file_id, path in transcript_paths.items()}
+    results = [
+        FileResult.from_decoded(
+            d, transcripts.get(d.file_id) if d.status == "ok" else None,
+            infer_s=infer_s.get(d.file_id), started_at=started_at, finished_at=finished_at,
+        )
+        for d in decoded
+    ]
+    write_file_results(output, run, results, sidecar_formats=options.sidecars, row_group_size=options.row_group_size)
+    return [
+        FileOutcome(r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {})
+        for r in results
+    ]

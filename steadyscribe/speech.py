@@ -1,10 +1,10 @@
 """Where the audio holds speech, judged from its loudness alone (no model, engine-independent).
 
-Frame loudness (RMS in dB per hop) is compared against an adaptive noise floor: a low percentile
-of the frame loudness in a sliding window of tens of seconds, so slow changes in background level
-are followed while a word never raises the floor under itself. Hysteresis (a higher level to
-enter speech than to stay in it) and the filling of short gaps keep word-internal dips and
-stop-consonant closures inside speech.
+Frame loudness (dB per hop, above 150 Hz) is compared against an adaptive noise floor: a low
+percentile of the frame loudness in a sliding window of tens of seconds, so slow changes in
+background level are followed while a word never raises the floor under itself. Hysteresis
+(a higher level to enter speech than to stay in it) and the filling of short gaps keep
+word-internal dips and stop-consonant closures inside speech.
 
 Audio is read in blocks, so a memory-mapped file of hours is never copied whole; only the small
 per-frame loudness array (50 values per second at the default hop) is kept.
@@ -16,28 +16,42 @@ import numpy as np
 
 # Digital silence would give log(0); this is far below any recorded noise floor.
 SILENCE_DB = -120.0
-# Frames read per block: bounds the temporary copy of the samples (about 1.3 MB at 16 kHz, 20 ms).
+# Frames per block: bounds the temporary copies (a few MB at 16 kHz and 20 ms hops).
 _BLOCK_FRAMES = 1024
+# Energy below this is left out of the loudness: speech has little there, rumble and
+# coloured noise have most of theirs.
+_LOW_CUT_HZ = 150.0
 # Margins above the floor in units of the noise's own jitter, so fluctuating noise is not speech.
 _ENTER_SPREADS = 5.0
 _STAY_SPREADS = 3.0
 
 
-def frame_loudness_db(samples: np.ndarray, sample_rate: int = 16000, hop_s: float = 0.02) -> np.ndarray:
-    """RMS level in dB (full scale = 0 dB) of each hop frame; a trailing partial frame counts as one."""
+def frame_loudness_db(
+    samples: np.ndarray, sample_rate: int = 16000, hop_s: float = 0.02, low_cut_hz: float = _LOW_CUT_HZ
+) -> np.ndarray:
+    """Level in dB (full scale = 0 dB) of each hop frame, counting only energy above `low_cut_hz`.
+
+    Frame i is [i * hop, (i + 1) * hop), measured with a Hann window twice as long centred on it.
+    Leaving out the lowest band removes hum, rumble and the slow swings of pink or brown noise
+    that would otherwise look like syllables in 20 ms frames; speech keeps nearly all its energy.
+    A trailing partial frame counts as one.
+    """
     hop = max(1, round(hop_s * sample_rate))
+    half = hop // 2
     n_frames = -(-len(samples) // hop)
+    window = np.hanning(2 * hop)
+    # Scaled so a full-scale sine reads about -3 dB, like a plain RMS level.
+    norm = 2.0 / (np.sum(window**2) * 2 * hop)
+    keep = np.fft.rfftfreq(2 * hop, 1.0 / sample_rate) >= low_cut_hz
+    offsets = np.arange(2 * hop)
     loudness = np.empty(n_frames, dtype=np.float64)
     for first in range(0, n_frames, _BLOCK_FRAMES):
         last = min(first + _BLOCK_FRAMES, n_frames)
-        block = np.asarray(samples[first * hop : last * hop], dtype=np.float64)
-        if len(block) < (last - first) * hop:
-            # Pad the final partial frame with its own mean power rather than zeros, so a short
-            # tail is not judged quieter than it is.
-            tail = block[(last - first - 1) * hop :]
-            pad = np.full((last - first) * hop - len(block), np.sqrt(np.mean(tail**2)) if len(tail) else 0.0)
-            block = np.concatenate([block, pad])
-        power = np.mean(block.reshape(-1, hop) ** 2, axis=1)
+        lo, hi = first * hop - half, last * hop + hop + half
+        block = np.asarray(samples[max(0, lo) : min(len(samples), hi)], dtype=np.float64)
+        block = np.pad(block, (max(0, -lo), hi - lo - max(0, -lo) - len(block)))
+        frames = block[np.arange(last - first)[:, None] * hop + offsets] * window
+        power = np.sum(np.abs(np.fft.rfft(frames, axis=1)[:, keep]) ** 2, axis=1) * norm
         loudness[first:last] = 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENCE_DB / 10.0)))
     return loudness
 
@@ -74,8 +88,8 @@ def speech_mask(
     samples: np.ndarray,
     sample_rate: int = 16000,
     hop_s: float = 0.02,
-    enter_db: float = 4.0,
-    stay_db: float = 2.0,
+    enter_db: float = 3.0,
+    stay_db: float = 1.5,
     dynamic_range_db: float = 45.0,
     fill_gap_s: float = 0.1,
     min_speech_s: float = 0.06,
@@ -84,10 +98,11 @@ def speech_mask(
     """True for each hop frame that holds speech.
 
     A run of frames is speech when it rises `enter_db` above the noise floor; it stays speech
-    while above `stay_db` (both widened for noise that fluctuates more). Levels more than `dynamic_range_db` below the loud part of the file
-    never count (keeps faint synthesis tails out when the floor is digital silence). Gaps
-    shorter than `fill_gap_s` are filled, bursts shorter than `min_speech_s` dropped, and each
-    region is held `hangover_s` past its end for decaying word endings.
+    while above `stay_db` (both widened for noise that fluctuates more). Levels more than
+    `dynamic_range_db` below the loud part of the file never count (keeps faint synthesis
+    tails out when the floor is digital silence). Gaps shorter than `fill_gap_s` are filled,
+    bursts shorter than `min_speech_s` dropped, and each region is held `hangover_s` past its
+    end for decaying word endings.
     """
     loudness = frame_loudness_db(samples, sample_rate, hop_s)
     return mask_from_loudness(
@@ -105,8 +120,8 @@ def speech_mask(
 def mask_from_loudness(
     loudness_db: np.ndarray,
     hop_s: float = 0.02,
-    enter_db: float = 4.0,
-    stay_db: float = 2.0,
+    enter_db: float = 3.0,
+    stay_db: float = 1.5,
     dynamic_range_db: float = 45.0,
     fill_gap_s: float = 0.1,
     min_speech_s: float = 0.06,

@@ -104,3 +104,25 @@ def test_partial_last_frame_and_empty_input():
     audio = _syllables([(0.0, 0.5)], 0.51)
     assert len(frame_loudness_db(audio, SR, HOP)) == 26
     assert len(speech_mask(np.zeros(0, dtype=np.float32), SR, HOP)) == 0
+
+
+def _coloured_noise(duration: float, exponent: float, dbfs: float, seed: int = 0) -> np.ndarray:
+    """Noise with power falling as 1/f**exponent (1: pink, 2: brown), at `dbfs` RMS."""
+    n = round(duration * SR)
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / SR)
+    freqs[0] = freqs[1]
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), n=n)
+    return (noise / np.sqrt(np.mean(noise**2)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0])
+def test_pink_and_brown_noise_alone_are_not_speech(exponent: float):
+    # Their slow swings in level would look like syllables without the low band left out.
+    assert speech_mask(_coloured_noise(20.0, exponent, -35.0), SR, HOP).mean() < 0.02
+
+
+def test_speech_over_a_brown_noise_floor():
+    audio = _syllables(SPANS, 7.0) + _coloured_noise(7.0, 2.0, -50.0)
+    mask = speech_mask(audio, SR, HOP)
+    assert (mask == _frames_of(SPANS, len(mask))).mean() > 0.95

@@ -114,7 +114,7 @@ def _transcribe_group(
             [inference[file_id].transcript_path for file_id in todo],
             list(todo.values()),
             chunked,
-            unmapped(profile.stabilization),
+            unmapped(profile.stabilization.model_dump()),
         ).result()
         return write_task(
             output,

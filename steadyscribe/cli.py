@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
 def _run(args: argparse.Namespace) -> int:
     from flows.transcribe import transcribe
-    from steadyscribe.profiles import ProfileError
-    from steadyscribe.storage import StorageError
+    from steadyscribe.profiles import ProfileError, apply_overrides, load_profile
+    from steadyscribe.storage import StorageError, check_writable
     from tasks.report import summary_text
     from tasks.select import PlanError
 
     try:
+        # Bad configuration is reported before a Prefect server is even started.
+        apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
+        check_writable(args.output)
         summary = transcribe(
             inputs=args.inputs,
             output=args.output,
@@ -63,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A local run has no network: don't let Prefect's server try to send telemetry.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -1,14 +1,20 @@
 """Decode stage: any audio (or video) input → 16 kHz mono float32 PCM on local disk.
 
-Decoding streams frame by frame into a raw file, so memory does not grow with
-the input's length; later stages memory-map that file.
+Decoding streams frame by frame into a raw file, and later stages read that file in
+slices (PcmSamples), so memory does not grow with the input's length.
+
+Every input gets a record: a bad input (missing, unreadable, empty, not audio, corrupt,
+truncated, an unsupported codec, too short) yields a `failed` record whose error says
+what is wrong, with which file, and what to do; decode_input never raises.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Collection
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import fsspec
@@ -17,98 +23,217 @@ from prefect import task
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import DecodedAudio, InputFile
+from steadyscribe.storage import is_transient_io_error, protocol_of, with_retries
 from tasks.discover import content_sha256
 
 MIN_DURATION_S = 0.1
+
+# Containers whose header states the exact length, so audio that ends well before it was cut
+# short (an upload or copy that did not finish). MP3 and Ogg are left out: their durations are
+# estimates from the bitrate or read from the file's end, and would raise false alarms.
+EXACT_DURATION_FORMATS = frozenset({"flac", "mov,mp4,m4a,3gp,3g2,mj2"})
+TRUNCATION_TOLERANCE_S = 0.5
+
+CONVERT_HINT = "convert it to FLAC, WAV or MP3 (e.g. `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.flac`)"
+
+# Leading bytes of files that are often misnamed as audio, for a clearer error.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+)
+_SNIFF_BYTES = 512
 
 
 class DecodeError(Exception):
     """The input cannot be turned into audio; the message says what to do about it."""
 
 
-def load_pcm(pcm_path: str | Path) -> np.ndarray:
-    """Memory-map a decoded file's samples (read-only, no copy)."""
-    if Path(pcm_path).stat().st_size == 0:
-        return np.zeros(0, dtype=np.float32)
-    return np.memmap(pcm_path, dtype="<f4", mode="r")
+class PcmSamples:
+    """A decoded file's samples (little-endian float32), read from disk slice by slice.
+
+    Behaves like a read-only 1-D array for len(), .size and slicing. Unlike a memory map,
+    a read leaves no pages of the file mapped into the process, so resident memory stays
+    at the size of the slices in use however long the audio is.
+    """
+
+    dtype = np.dtype("<f4")
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.size = os.path.getsize(self.path) // self.dtype.itemsize
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError(f"PcmSamples supports slices only, got {type(key).__name__}")
+        start, stop, step = key.indices(self.size)
+        samples = self._read(start, max(0, stop - start))
+        return samples if step == 1 else samples[::step]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        """All samples in memory: only for short files (tests, tools)."""
+        samples = self._read(0, self.size)
+        return samples if dtype is None else samples.astype(dtype)
+
+    def _read(self, first: int, count: int) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(first * self.dtype.itemsize)
+            return np.fromfile(f, dtype=self.dtype, count=count)
+
+
+def load_pcm(pcm_path: str | Path) -> PcmSamples:
+    """A decoded file's samples, read lazily (see PcmSamples)."""
+    return PcmSamples(pcm_path)
 
 
 def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collection[str] = ()) -> DecodedAudio:
     """Decode one input; a bad input yields a `failed` record with a helpful error, never an exception.
 
     Content already transcribed (its hash in `skip_file_ids`) is not decoded: it gets a `skipped` record.
+    Transient storage errors are retried with back-off (storage.with_retries) before the file fails.
     """
     started = time.perf_counter()
+    source = item.source
+    file_id: str | None = None
+    pcm_path: Path | None = None
+
+    def failed(error: str) -> DecodedAudio:
+        if pcm_path is not None:
+            pcm_path.unlink(missing_ok=True)
+        return DecodedAudio(source, "failed", file_id=file_id, error=error, decode_s=time.perf_counter() - started)
+
     try:
-        file_id = content_sha256(item.source)
+        file_id = content_sha256(source)
         if file_id in skip_file_ids:
-            return DecodedAudio(item.source, "skipped", file_id=file_id, decode_s=time.perf_counter() - started)
+            return DecodedAudio(source, "skipped", file_id=file_id, decode_s=time.perf_counter() - started)
         pcm_path = Path(work_dir) / f"{file_id}.f32"
-        samples_n = _decode_to_raw(item.source, pcm_path)
+        samples_n = with_retries(lambda: _decode_to_raw(source, pcm_path))
     except DecodeError as error:
-        return DecodedAudio(item.source, "failed", error=str(error), decode_s=time.perf_counter() - started)
+        return failed(str(error))
     except FileNotFoundError:
-        message = f"{item.source}: file not found; check the path or URL"
-        return DecodedAudio(item.source, "failed", error=message, decode_s=time.perf_counter() - started)
+        where = "no such file" if protocol_of(source) == "file" else "no object at this URL, or its bucket does not exist"
+        return failed(f"{source}: not found ({where}); check the path or URL")
     except PermissionError as error:
-        message = f"{item.source}: permission denied ({error}); grant read access or fix the credentials"
-        return DecodedAudio(item.source, "failed", error=message, decode_s=time.perf_counter() - started)
+        return failed(f"{source}: permission denied ({error}); grant read access or fix the storage credentials")
+    except IsADirectoryError:
+        return failed(f"{source}: is a directory, not an audio file; pass the directory itself to transcribe its files")
+    except Exception as error:  # anything else fails this file only; the run goes on with the others
+        if is_transient_io_error(error):
+            advice = "the storage kept failing after several retries; rerun later to pick this file up"
+        else:
+            advice = "unexpected error while reading; please report it with this message"
+        return failed(f"{source}: could not be read ({type(error).__name__}: {error}); {advice}")
     duration_s = samples_n / SAMPLE_RATE
-    decoded = DecodedAudio(
-        item.source, "ok", file_id=file_id, pcm_path=str(pcm_path),
-        duration_s=duration_s, decode_s=time.perf_counter() - started,
-    )
     if duration_s < MIN_DURATION_S:
-        decoded.status = "failed"
-        decoded.error = (
-            f"{item.source}: only {duration_s * 1000:.0f} ms of audio, shorter than the "
+        return failed(
+            f"{source}: only {duration_s * 1000:.0f} ms of audio, shorter than the "
             f"{MIN_DURATION_S * 1000:.0f} ms minimum; nothing to transcribe"
         )
-    return decoded
+    return DecodedAudio(
+        source, "ok", file_id=file_id, pcm_path=str(pcm_path),
+        duration_s=duration_s, decode_s=time.perf_counter() - started,
+    )
 
 
 def _decode_to_raw(source: str, pcm_path: Path) -> int:
     """Stream-decode `source` into `pcm_path`; return the number of samples written."""
-    samples_n = 0
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     with fsspec.open(source, "rb") as raw:
-        if raw.read(1) == b"":
-            raise DecodeError(f"{source}: the file is empty (0 bytes)")
+        head = raw.read(_SNIFF_BYTES)
+        if not head:
+            raise DecodeError(f"{source}: the file is empty (0 bytes); re-export or re-upload it")
         raw.seek(0)
         try:
             container = av.open(raw, mode="r")
         except av.FFmpegError as error:
             raise DecodeError(
-                f"{source}: not a readable audio or video file ({error}); "
+                f"{source}: not a readable audio or video file ({_reason(error)}{_looks_like(head)}); "
                 "check that it is not truncated and that its extension matches its content"
             ) from error
         with container, open(pcm_path, "wb") as out:
-            if not container.streams.audio:
-                raise DecodeError(f"{source}: the container has no audio stream; nothing to transcribe")
-            stream = container.streams.audio[0]
-            try:
-                for frame in container.decode(stream):
-                    for resampled in resampler.resample(frame):
-                        samples_n += _write_frame(resampled, out)
-                for resampled in resampler.resample(None):
-                    samples_n += _write_frame(resampled, out)
-            except av.FFmpegError as error:
-                codec = stream.codec_context.name if stream.codec_context else "unknown"
-                raise DecodeError(
-                    f"{source}: decoding the {codec} audio stream failed after "
-                    f"{samples_n / SAMPLE_RATE:.1f} s ({error}); the file may be corrupt or truncated"
-                ) from error
+            return _decode_stream(source, container, head, out)
+
+
+def _decode_stream(source: str, container: av.container.InputContainer, head: bytes, out: BinaryIO) -> int:
+    if not container.streams.audio:
+        held = ", ".join(f"{s.type} ({s.codec_context.name if s.codec_context else 'unknown codec'})" for s in container.streams)
+        raise DecodeError(
+            f"{source}: no audio stream in this {container.format.name} file "
+            f"(it holds {held or 'no streams'}{_looks_like(head)}); nothing to transcribe"
+        )
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:
+        raise DecodeError(f"{source}: the audio codec is not supported (FFmpeg has no decoder for it); {CONVERT_HINT}")
+    codec = stream.codec_context.name
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    samples_n = 0
+    try:
+        for frame in container.decode(stream):
+            for resampled in resampler.resample(frame):
+                samples_n += _write_frame(resampled, out)
+        for resampled in resampler.resample(None):
+            samples_n += _write_frame(resampled, out)
+    except av.error.DecoderNotFoundError as error:
+        raise DecodeError(f"{source}: the {codec} audio codec is not supported ({_reason(error)}); {CONVERT_HINT}") from error
+    except av.FFmpegError as error:
+        raise DecodeError(
+            f"{source}: the {codec} audio is corrupt or truncated: decoding failed after "
+            f"{samples_n / SAMPLE_RATE:.1f} s ({_reason(error)}); re-export or re-upload the file"
+        ) from error
+    if samples_n == 0:
+        raise DecodeError(f"{source}: no audio could be decoded from the {codec} stream; the file is probably corrupt")
+    declared_s = _declared_duration_s(container, stream)
+    decoded_s = samples_n / SAMPLE_RATE
+    if declared_s is not None and declared_s - decoded_s > TRUNCATION_TOLERANCE_S:
+        raise DecodeError(
+            f"{source}: truncated: the header says {declared_s:.1f} s but the audio ends at {decoded_s:.1f} s; "
+            "the copy or upload probably did not finish, re-upload the file"
+        )
     return samples_n
 
 
-def _write_frame(frame: av.AudioFrame, out) -> int:
+def _declared_duration_s(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    """The length the header states, where that is exact (EXACT_DURATION_FORMATS)."""
+    if container.format.name not in EXACT_DURATION_FORMATS:
+        return None
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration is not None else None
+
+
+def _reason(error: av.FFmpegError) -> str:
+    """FFmpeg's message without its errno number and file name."""
+    return error.strerror or type(error).__name__
+
+
+def _looks_like(head: bytes) -> str:
+    """'; it looks like …' for content that is plainly not audio, else ''."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return f"; it looks like {kind}"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return "; it looks like a text file" if all(c.isprintable() or c.isspace() for c in text) else ""
+
+
+def _write_frame(frame: av.AudioFrame, out: BinaryIO) -> int:
     samples = frame.to_ndarray().reshape(-1).astype("<f4", copy=False)
     out.write(samples.tobytes())
     return samples.size
 
 
-# Deterministic decode errors come back as `failed` records; only unexpected
-# exceptions (network, remote storage) escape, and those are worth a retry.
-@task(name="decode", task_run_name="decode {item.source}", retries=2, retry_delay_seconds=[2, 10])
+# decode_input never raises for a bad or unreachable input (it retries transient storage
+# errors itself), so a task-level retry would only repeat a bug.
+@task(name="decode", task_run_name="decode {item.source}")
 def decode_task(item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset()) -> DecodedAudio:
     return decode_input(item, work_dir, skip_file_ids)

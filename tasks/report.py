@@ -77,7 +77,7 @@ def summary_text(summary: RunSummary) -> str:
         f"plan: {summary.plan.get('engine')} / {summary.plan.get('model')} / batch {summary.plan.get('batch_size')}"
         f" / {summary.plan.get('quantization')}",
     ]
-    lines += [f"FAILED {f.source}: {f.error}" for f in summary.failures]
+    lines += [f"FAILED {f.source}: {(f.error or '').removeprefix(f'{f.source}: ')}" for f in summary.failures]
     return "\n".join(lines)
 
 

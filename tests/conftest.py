@@ -29,3 +29,12 @@ def fixture_truth(name: str) -> dict:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One local Prefect API (SQLite) for the whole test session: it takes ~15 s to start."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

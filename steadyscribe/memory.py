@@ -1,0 +1,210 @@
+"""Peak-memory estimates for running a Whisper model, calibrated on measurements.
+
+peak = runtime overhead + weights + max(load transient, decoding)
+decoding = weight factor x weights + batch x per-window activations
+
+Weights come from the architecture (parameter count x bytes per parameter for the dtype or
+quantization). Per-window activations are an analytic count of the tensors one 30 s window
+keeps alive (encoder scratch, cross- and self-attention caches, the word-alignment pass),
+scaled by a per-engine factor
+fitted from docs/memory-calibration.md (bench/measure_memory.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+GiB = 1024**3
+MiB = 1024**2
+
+AUDIO_CTX = 1500  # encoder frames per 30 s window
+TEXT_CTX = 448  # decoder positions
+DECODE_TOKENS = 224  # tokens one window decodes at most (openai-whisper's sample_len)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of one Whisper checkpoint."""
+
+    width: int
+    heads: int
+    encoder_layers: int
+    decoder_layers: int
+    n_mels: int = 80
+    vocab: int = 51865
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters plus the encoder's positional table (it is loaded and held like one)."""
+        d = self.width
+        encoder = (
+            self.n_mels * d * 3 + d  # conv1
+            + d * d * 3 + d  # conv2
+            + AUDIO_CTX * d  # positional table
+            + self.encoder_layers * (12 * d * d + 12 * d)  # self-attention + MLP + 2 layer norms
+            + 2 * d  # final layer norm
+        )
+        decoder = (
+            self.vocab * d  # token embedding, tied with the output projection
+            + TEXT_CTX * d
+            + self.decoder_layers * (16 * d * d + 17 * d)  # self- and cross-attention + MLP + 3 norms
+            + 2 * d
+        )
+        return encoder + decoder
+
+    @property
+    def linear_parameter_count(self) -> int:
+        """Weights of the attention and MLP projections: the part quantization shrinks."""
+        d = self.width
+        return self.encoder_layers * 12 * d * d + self.decoder_layers * 16 * d * d
+
+    def window_elements(self, engine: str) -> int:
+        """Activation tensor elements one 30 s window keeps alive at peak (before calibration)."""
+        d, h, t = self.width, self.heads, AUDIO_CTX
+        caches = 2 * self.decoder_layers * (t + TEXT_CTX) * d  # cross- and self-attention keys/values
+        if engine == "transformers":
+            # SDPA never materializes attention maps; word timing is one teacher-forced decoder pass
+            # that keeps the alignment layers' cross-attention queries and keys.
+            return 10 * t * d + caches + self.decoder_layers * (DECODE_TOKENS + t) * d
+        encoder_scratch = 10 * t * d + 2 * h * t * t  # one layer's projections, MLP and attention map
+        if engine == "whisper":
+            # Word alignment reruns the decoder over all tokens: full logits and cross-attention maps.
+            return encoder_scratch + caches + DECODE_TOKENS * (self.vocab + self.decoder_layers * h * t)
+        return encoder_scratch + caches
+
+
+_TINY = dict(width=384, heads=6, encoder_layers=4, decoder_layers=4)
+_BASE = dict(width=512, heads=8, encoder_layers=6, decoder_layers=6)
+_SMALL = dict(width=768, heads=12, encoder_layers=12, decoder_layers=12)
+_MEDIUM = dict(width=1024, heads=16, encoder_layers=24, decoder_layers=24)
+_LARGE = dict(width=1280, heads=20, encoder_layers=32, decoder_layers=32)
+_EN = 51864  # English-only vocabulary
+_V3 = dict(n_mels=128, vocab=51866)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "tiny": Architecture(**_TINY),
+    "tiny.en": Architecture(**_TINY, vocab=_EN),
+    "base": Architecture(**_BASE),
+    "base.en": Architecture(**_BASE, vocab=_EN),
+    "small": Architecture(**_SMALL),
+    "small.en": Architecture(**_SMALL, vocab=_EN),
+    "medium": Architecture(**_MEDIUM),
+    "medium.en": Architecture(**_MEDIUM, vocab=_EN),
+    "large-v1": Architecture(**_LARGE),
+    "large-v2": Architecture(**_LARGE),
+    "large-v3": Architecture(**_LARGE, **_V3),
+    "large-v3-turbo": Architecture(width=1280, heads=20, encoder_layers=32, decoder_layers=4, **_V3),
+    # Distil-Whisper keeps the teacher's encoder and two decoder layers.
+    "distil-small.en": Architecture(width=768, heads=12, encoder_layers=12, decoder_layers=4, vocab=_EN),
+    "distil-medium.en": Architecture(width=1024, heads=16, encoder_layers=24, decoder_layers=2, vocab=_EN),
+    "distil-large-v2": Architecture(width=1280, heads=20, encoder_layers=32, decoder_layers=2),
+    "distil-large-v3": Architecture(width=1280, heads=20, encoder_layers=32, decoder_layers=2, **_V3),
+}
+ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo", "distil-large-v3.5": "distil-large-v3"}
+
+
+def architecture(model: str) -> Architecture:
+    """The architecture of a model name, also for hub ids such as openai/whisper-small.en."""
+    name = re.sub(r"^.*/", "", model.strip().lower())
+    name = re.sub(r"^(faster-)?(distil-)?whisper-", r"\2", name)
+    name = ALIASES.get(name, name)
+    if name not in ARCHITECTURES:
+        raise KeyError(f"unknown Whisper model {model!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name]
+
+
+def is_english_only(model: str) -> bool:
+    return architecture(model).vocab == _EN
+
+
+def whisper_dims(arch: Architecture) -> dict[str, int]:
+    """openai-whisper ModelDimensions for an architecture."""
+    return dict(
+        n_mels=arch.n_mels, n_audio_ctx=AUDIO_CTX, n_audio_state=arch.width, n_audio_head=arch.heads,
+        n_audio_layer=arch.encoder_layers, n_vocab=arch.vocab, n_text_ctx=TEXT_CTX,
+        n_text_state=arch.width, n_text_head=arch.heads, n_text_layer=arch.decoder_layers,
+    )
+
+
+def hf_config_kwargs(arch: Architecture) -> dict[str, int]:
+    """transformers WhisperConfig arguments for an architecture."""
+    return dict(
+        vocab_size=arch.vocab, num_mel_bins=arch.n_mels, d_model=arch.width,
+        encoder_layers=arch.encoder_layers, decoder_layers=arch.decoder_layers,
+        encoder_attention_heads=arch.heads, decoder_attention_heads=arch.heads,
+        encoder_ffn_dim=4 * arch.width, decoder_ffn_dim=4 * arch.width,
+        max_source_positions=AUDIO_CTX, max_target_positions=TEXT_CTX,
+    )
+
+
+# ---------------------------------------------------------------- estimate
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+QUANTIZED_BYTES = {"int8": 1.0, "dynamic-int8": 1.0, "nf4": 0.5 + 4 / 64}  # nf4: fp32 scale per 64 weights
+ENGINES = ("whisper", "transformers", "ctranslate2")
+# A CUDA context plus cuBLAS/cuDNN workspaces on the device. Not measurable on this CPU-only
+# machine: a typical figure for CUDA 12 on recent cards, kept on the safe side.
+CUDA_CONTEXT_BYTES = 600 * MiB
+
+
+@dataclass(frozen=True)
+class EngineCalibration:
+    """Constants fitted from docs/memory-calibration.md (CPU, fp32; `bench/measure_memory.py --fit`)."""
+
+    runtime_bytes: int  # process RSS once the engine's libraries are imported
+    load_copy_factor: float  # transient copy while loading, as a share of the weights' bytes
+    weight_factor: float  # decoding memory that grows with the weights, as a share of them
+    activation_factor: float  # measured per-window bytes / analytic per-window bytes
+
+
+CALIBRATION: dict[str, EngineCalibration] = {
+    "whisper": EngineCalibration(runtime_bytes=370 * MiB, load_copy_factor=0.67, weight_factor=1.75,
+                                 activation_factor=1.43),
+    # Fitted on generate() without attentions (tiny.en at batch 8 and 24), as the engine decodes.
+    "transformers": EngineCalibration(runtime_bytes=440 * MiB, load_copy_factor=0.53, weight_factor=1.21,
+                                      activation_factor=0.40),
+    # One model measured: its weight_factor is really a fixed ~45 MiB, scaled with the weights to stay safe.
+    "ctranslate2": EngineCalibration(runtime_bytes=50 * MiB, load_copy_factor=0.05, weight_factor=0.29,
+                                     activation_factor=0.52),
+}
+
+
+def weight_bytes(model: str, dtype: str = "float32", quantization: str = "none") -> int:
+    """Bytes of the loaded weights; quantization shrinks the linear projections only."""
+    arch = architecture(model)
+    if quantization == "none":
+        return arch.parameter_count * DTYPE_BYTES[dtype]
+    linear = arch.linear_parameter_count
+    return int(linear * QUANTIZED_BYTES[quantization] + (arch.parameter_count - linear) * DTYPE_BYTES[dtype])
+
+
+def estimate_peak_bytes(
+    model: str,
+    *,
+    engine: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quantization: str = "none",
+    batch_size: int = 1,
+) -> int:
+    """Peak memory (CPU RSS, or GPU memory on cuda) of loading `model` and decoding one batch.
+
+    peak = runtime + weights + max(load transient, decoding), where
+    decoding = weight_factor x weights + batch x activation_factor x analytic window bytes
+    """
+    if engine not in CALIBRATION:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    calibration = CALIBRATION[engine]
+    arch = architecture(model)
+    weights = weight_bytes(model, dtype, quantization)
+    # torch's dynamic-int8 quantizes a loaded fp32 model: the fp32 projections exist until it is done.
+    load_copy = (
+        arch.linear_parameter_count * DTYPE_BYTES["float32"]
+        if quantization == "dynamic-int8" and engine == "transformers"
+        else weights * calibration.load_copy_factor
+    )
+    window = arch.window_elements(engine) * DTYPE_BYTES[dtype] * calibration.activation_factor
+    decoding = calibration.weight_factor * weights + batch_size * window
+    runtime = CUDA_CONTEXT_BYTES if device == "cuda" else calibration.runtime_bytes
+    return int(runtime + weights + max(load_copy, decoding))

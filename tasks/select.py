@@ -1,0 +1,250 @@
+"""Selection stage: a profile and a probe become one concrete Plan, with the reason for it.
+
+Search order (first fit wins): engines in preference order that are available; for each,
+models in preference order; for each, quantizations in preference order that work here; for
+each, the largest allowed batch that fits the memory budget. So when the first choice does
+not fit, a smaller batch is tried first, then quantization, then the next model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+
+from steadyscribe.memory import estimate_peak_bytes, is_english_only
+from steadyscribe.profiles import Profile, apply_overrides, format_bytes, load_profile, parse_size
+from steadyscribe.records import Plan
+from tasks.probe import Probe
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` takes the largest that fits; 24 is transformers' default
+BATCH_ONE_ENGINES = {"whisper"}  # openai-whisper decodes one window at a time
+
+
+class PlanError(RuntimeError):
+    """No plan fits: raised before any work, with what was tried and the budget."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where the model would run and how much memory it may use there."""
+
+    device: str
+    free_bytes: int
+    budget_bytes: int
+    description: str  # "no GPU; 1.8 GiB free, budget 60% of free = 1.1 GiB"
+
+
+def select_plan(
+    profile: Profile,
+    probe: Probe,
+    available_engines: Collection[str],
+    overrides: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Choose engine, model, precision, quantization and batch size that fit this machine.
+
+    `overrides` holds one run's command-line `memory_budget` and `batch_size` (None: unset).
+    Raises PlanError when nothing fits, ProfileError for bad overrides.
+    """
+    profile = apply_overrides(profile, overrides)
+    if profile.candidates:
+        return _select_candidate(profile, probe, available_engines, overrides)
+    plan = _plan_for(profile, probe, available_engines)
+    log.info("plan for profile %s: %s", profile.name, plan.reason)
+    return plan
+
+
+def _select_candidate(
+    auto: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None
+) -> Plan:
+    """The first candidate profile whose device is present, whose memory floor is met and that fits."""
+    skipped: list[str] = []
+    for name in auto.candidates:
+        candidate = apply_overrides(load_profile(name), overrides)
+        target_free = probe.gpu_free_bytes if candidate.device == "cuda" else probe.memory_available_bytes
+        if candidate.device == "cuda" and not probe.cuda_available:
+            skipped.append(f"{name}: no usable GPU")
+            continue
+        if candidate.min_free_memory and target_free < parse_size(candidate.min_free_memory):
+            skipped.append(f"{name}: needs {candidate.min_free_memory} free, {format_bytes(target_free)} is")
+            continue
+        try:
+            plan = _plan_for(candidate, probe, available_engines)
+        except PlanError as exc:
+            skipped.append(f"{name}: {exc}")
+            continue
+        plan.reason = f"{auto.name} chose {name} ({'; '.join(skipped) or 'first candidate'}): {plan.reason}"
+        log.info("plan for profile %s: %s", auto.name, plan.reason)
+        return plan
+    raise PlanError(f"profile {auto.name}: no candidate fits: " + "; ".join(skipped))
+
+
+def _plan_for(profile: Profile, probe: Probe, available_engines: Collection[str]) -> Plan:
+    target = _target(profile, probe)
+    notes: list[str] = []
+    engines = []
+    for engine in profile.engine:
+        if engine in available_engines:
+            engines.append(engine)
+        else:
+            _note(notes, f"{engine} engine not available")
+    if not engines:
+        raise PlanError(
+            f"profile {profile.name}: none of its engines {profile.engine} is available "
+            f"(available: {sorted(available_engines) or 'none'})"
+        )
+
+    tried: list[str] = []
+    for engine in engines:
+        dtype, dtype_note = _dtype(profile.dtype, engine, target.device)
+        for model in profile.model:
+            language = profile.language or ("en" if is_english_only(model) else None)
+            if language not in (None, "en") and is_english_only(model):
+                _note(notes, f"{model} is English-only, language is {language}")
+                continue
+            for quantization in profile.quantization:
+                why_not = _quantization_unusable(quantization, engine, target.device, probe)
+                if why_not:
+                    _note(notes, f"no {quantization}: {why_not}")
+                    continue
+                batch, need = _largest_batch(profile, engine, model, target.device, dtype, quantization, target)
+                if batch is None:
+                    precision = _precision(dtype, quantization)
+                    tried.append(f"{engine} {model} {precision} needs ~{format_bytes(need)} at batch 1")
+                    continue
+                reason = "; ".join(
+                    [target.description, *filter(None, [dtype_note]), *notes, *tried]
+                    + [
+                        f"{model} with {engine} in {_precision(dtype, quantization)} needs "
+                        f"~{format_bytes(need)} at batch {batch} -> chose {model}, batch {batch}"
+                    ]
+                )
+                return Plan(
+                    engine=engine,
+                    model=model,
+                    device=target.device,
+                    dtype=dtype,
+                    quantization=quantization,
+                    batch_size=batch,
+                    chunk_s=profile.chunking.max_window_s,
+                    threads=probe.usable_cpus if profile.threads == "auto" else profile.threads,
+                    language=language,
+                    memory_budget_bytes=target.budget_bytes,
+                    estimated_peak_bytes=need,
+                    profile=profile.name,
+                    reason=reason,
+                )
+    raise PlanError(
+        f"profile {profile.name}: nothing fits the memory budget: {target.description}; "
+        f"tried: {'; '.join(tried) or 'nothing usable'}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + ". Raise memory_budget, or pick a smaller model or a profile such as cpu-lowmem."
+    )
+
+
+def _target(profile: Profile, probe: Probe) -> _Target:
+    budget = profile.budget
+    if profile.device == "cuda" and not probe.cuda_available:
+        raise PlanError(f"profile {profile.name} needs a CUDA GPU and none works here; use auto or a cpu-* profile")
+    gpu = probe.best_gpu() if profile.device in ("cuda", "auto") and probe.cuda_available else None
+    if gpu is not None:
+        free, where = gpu.free_bytes, f"GPU {gpu.name}: {format_bytes(gpu.free_bytes)} free"
+    else:
+        free = probe.memory_available_bytes
+        where = f"no GPU; {format_bytes(free)} free" if profile.device == "auto" else f"CPU: {format_bytes(free)} free"
+    budget_bytes = min(budget.resolve(free), free)
+    description = f"{where}, budget {budget.describe()} = {format_bytes(budget_bytes)}"
+    return _Target("cuda" if gpu else "cpu", free, budget_bytes, description)
+
+
+def _dtype(requested: str, engine: str, device: str) -> tuple[str, str | None]:
+    """The compute dtype, and a note when the request cannot be honoured here."""
+    if device == "cuda":
+        return ("float16" if requested == "auto" else requested), None
+    if requested in ("auto", "float32"):
+        return "float32", None
+    if requested == "bfloat16" and engine == "transformers":
+        return "bfloat16", None
+    return "float32", f"{requested} is not used on the CPU by {engine}; float32 instead"
+
+
+def _quantization_unusable(quantization: str, engine: str, device: str, probe: Probe) -> str | None:
+    """Why a quantization cannot run with this engine on this device; None when it can."""
+    if quantization == "none":
+        return None
+    if engine == "whisper":
+        return "the whisper engine runs unquantized"
+    if engine == "ctranslate2":  # its int8 is native and needs no bitsandbytes; dynamic-int8 means the same
+        return None if quantization in ("int8", "dynamic-int8") else f"ctranslate2 has no {quantization}"
+    if quantization == "dynamic-int8":
+        return None if device == "cpu" else "dynamic-int8 is CPU-only"
+    if device == "cuda":
+        return None if probe.bitsandbytes_cuda else "bitsandbytes does not work on this GPU"
+    if quantization == "int8":
+        return None if probe.bitsandbytes_int8_cpu else "bitsandbytes int8 does not work on this CPU"
+    return "nf4 is planned on CUDA only"
+
+
+def _largest_batch(
+    profile: Profile, engine: str, model: str, device: str, dtype: str, quantization: str, target: _Target
+) -> tuple[int | None, int]:
+    """The largest batch (the profile's, or a smaller one) that fits, and its estimated peak.
+
+    When none fits: (None, the estimate at batch 1).
+    """
+    if engine in BATCH_ONE_ENGINES:
+        sizes: list[int] = [1]
+    elif profile.batch_size == "auto":
+        sizes = list(BATCH_SIZES)
+    else:
+        sizes = [profile.batch_size, *(b for b in BATCH_SIZES if b < profile.batch_size)]
+    need = 0
+    for batch in sizes:
+        need = estimate_peak_bytes(model, engine=engine, device=device, dtype=dtype, quantization=quantization,
+                                   batch_size=batch)
+        if need <= target.budget_bytes:
+            return batch, need
+    return None, need
+
+
+def _note(notes: list[str], note: str) -> None:
+    """Each reason for skipping a choice once, however many combinations it ruled out."""
+    if note not in notes:
+        notes.append(note)
+
+
+def _precision(dtype: str, quantization: str) -> str:
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+    return short if quantization == "none" else f"{quantization} ({short} compute)"
+
+
+def plan_markdown(plan: Plan, probe: Probe) -> str:
+    """The plan and the machine it was made for, as Markdown for the Prefect UI."""
+    rows = [
+        ("profile", plan.profile),
+        ("engine", plan.engine),
+        ("model", plan.model),
+        ("device / dtype", f"{plan.device} / {plan.dtype}"),
+        ("quantization", plan.quantization),
+        ("batch size", plan.batch_size),
+        ("threads", plan.threads),
+        ("memory budget", format_bytes(plan.memory_budget_bytes) if plan.memory_budget_bytes else "none"),
+        ("estimated peak", format_bytes(plan.estimated_peak_bytes) if plan.estimated_peak_bytes else "unknown"),
+        ("CPUs usable", probe.usable_cpus),
+        ("memory available", format_bytes(probe.memory_available_bytes)),
+        ("GPUs", ", ".join(f"{g.name} ({format_bytes(g.free_bytes)} free)" for g in probe.gpus) or "none"),
+    ]
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return f"## Execution plan\n\n{plan.reason}\n\n{table}\n"
+
+
+@task(name="select")
+def select_task(
+    profile: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None = None
+) -> Plan:
+    return select_plan(profile, probe, available_engines, overrides)

@@ -1,0 +1,239 @@
+"""Profiles: shipped files validate, extends merges, errors say where, what and what is allowed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from steadyscribe.profiles import (
+    SHIPPED_DIR,
+    MemoryBudget,
+    ProfileError,
+    apply_overrides,
+    list_profiles,
+    load_profile,
+    parse_memory_budget,
+)
+from steadyscribe.profiles_cli import register
+
+SHIPPED = ["auto", "cpu-batched", "cpu-lowmem", "cpu-small", "gpu-24gb", "gpu-80gb", "gpu-8gb"]
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("STEADYSCRIBE_PROFILES_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_validates(name):
+    profile = load_profile(name)
+    assert profile.name == name
+    assert profile.chunking.max_window_s <= 30
+
+
+def test_shipped_profiles_are_the_ones_listed():
+    assert sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")) == SHIPPED
+
+
+def test_default_profile_is_whisper_tiny_en_batch_1():
+    profile = load_profile()
+    assert (profile.name, profile.engine, profile.model) == ("cpu-small", ["whisper"], ["tiny.en"])
+    assert profile.batch_size == 1
+
+
+def test_extends_deep_merges_over_the_parent(user_dir):
+    write(user_dir, "mine", "extends: cpu-small\nbatch_size: 4\nstabilization:\n  max_shift_s: 0.2\n")
+    profile = load_profile("mine")
+    assert profile.batch_size == 4
+    assert profile.stabilization.max_shift_s == 0.2
+    assert profile.stabilization.enabled is True  # kept from cpu-small
+    assert profile.model == ["tiny.en"]
+
+
+def test_extends_chain_through_shipped_profiles():
+    profile = load_profile("gpu-80gb")  # gpu-80gb -> gpu-24gb -> gpu-8gb -> cpu-small
+    assert (profile.device, profile.dtype, profile.quantization, profile.memory_budget) == (
+        "cuda", "float16", ["none"], "90%")
+    assert profile.stabilization.enabled
+
+
+def test_user_profile_may_extend_the_shipped_one_of_its_name(user_dir):
+    write(user_dir, "cpu-small", "extends: cpu-small\nthreads: 3\n")
+    profile = load_profile("cpu-small")
+    assert profile.threads == 3 and profile.model == ["tiny.en"]
+
+
+def test_extends_cycle_is_an_error(user_dir):
+    write(user_dir, "a", "extends: b\n")
+    write(user_dir, "b", "extends: a\n")
+    with pytest.raises(ProfileError, match=r"extends cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_profile("a")
+
+
+def test_candidates_must_be_plain_profiles(user_dir):
+    write(user_dir, "meta", "candidates: [auto]\n")
+    with pytest.raises(ProfileError, match="candidates: 'auto' has candidates itself"):
+        load_profile("meta")
+    write(user_dir, "typo", "candidates: [gpu-8gb, cpu-smal]\n")
+    with pytest.raises(ProfileError, match="no profile named 'cpu-smal'"):
+        load_profile("typo")
+
+
+def test_profile_by_path(tmp_path):
+    path = write(tmp_path, "x", "extends: cpu-batched\nmemory_budget: 2GiB\n")
+    profile = load_profile(str(path))
+    assert profile.name == "x" and profile.budget == MemoryBudget(bytes=2 * 2**30)
+
+
+def test_unknown_profile_names_the_known_ones():
+    with pytest.raises(ProfileError, match="no profile named 'nope'.*cpu-small"):
+        load_profile("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value", "allowed"),
+    [
+        ("batch_size: big", "batch_size", "'big'", "a whole number, 1 or more) or 'auto'"),
+        ("batch_size: 0", "batch_size", "0", "or 'auto'"),
+        ("device: tpu", "device", "'tpu'", "'auto', 'cpu' or 'cuda'"),
+        ("quantization: [none, int4]", "quantization[1]", "'int4'", "'none', 'int8', 'nf4' or 'dynamic-int8'"),
+        ("engine: whisperx", "engine[0]", "'whisperx'", "'whisper', 'transformers' or 'ctranslate2'"),
+        ("model: huge-v9", "model[0]", "'huge-v9'", "tiny.en"),
+        ("memory_budget: lots", "memory_budget", "'lots'", "'2GiB', '512MiB'"),
+        ("memory_budget: 150%", "memory_budget", "'150%'", "at most 100"),
+        ("stabilization:\n  min_word_s: -1", "stabilization.min_word_s", "-1", "greater than or equal to 0"),
+        ("chunking:\n  max_window_s: 45", "chunking.max_window_s", "45", "less than or equal to 30"),
+        ("output:\n  sidecars: [srt, docx]", "output.sidecars[1]", "'docx'", "'srt', 'vtt' or 'json'"),
+        ("threads: many", "threads", "'many'", "'auto'"),
+    ],
+)
+def test_bad_value_names_file_key_value_and_allowed(tmp_path, text, key, value, allowed):
+    path = write(tmp_path, "bad", f"extends: cpu-small\n{text}\n")
+    with pytest.raises(ProfileError) as caught:
+        load_profile(str(path))
+    message = str(caught.value)
+    assert f"{path}: {key}: {value} is not allowed; " in message
+    assert allowed in message
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    path = write(tmp_path, "bad", "stabilization:\n  min_word: 0.1\n")
+    with pytest.raises(ProfileError, match=r"bad\.yaml: stabilization\.min_word: unknown key; allowed keys here: "
+                                           r"enabled, min_word_s, max_shift_s, drop_hallucinations, no_speech_threshold, split_pause_s"):
+        load_profile(str(path))
+
+
+def test_error_names_the_file_that_set_the_bad_key(user_dir):
+    parent = write(user_dir, "parent", "batch_size: -3\n")
+    write(user_dir, "child", "extends: parent\nthreads: 2\n")
+    with pytest.raises(ProfileError, match=f"{parent}: batch_size: -3 is not allowed"):
+        load_profile("child")
+
+
+def test_runner_options_only_for_dask(tmp_path):
+    ok = load_profile(str(write(tmp_path, "d", "runner: {kind: dask, address: 'tcp://s:8786', n_workers: 2}\n")))
+    assert ok.runner.address == "tcp://s:8786"
+    with pytest.raises(ProfileError, match="runner: address and n_workers apply only to kind: dask"):
+        load_profile(str(write(tmp_path, "t", "runner: {kind: threads, n_workers: 2}\n")))
+
+
+def test_english_only_models_refuse_another_language(tmp_path):
+    with pytest.raises(ProfileError, match="needs a multilingual model"):
+        load_profile(str(write(tmp_path, "fr", "model: [tiny.en]\nlanguage: fr\n")))
+
+
+def test_yaml_syntax_and_shape_errors_name_the_file(tmp_path):
+    with pytest.raises(ProfileError, match=r"broken\.yaml: not valid YAML"):
+        load_profile(str(write(tmp_path, "broken", "batch_size: [1\n")))
+    with pytest.raises(ProfileError, match=r"list\.yaml: expected a mapping"):
+        load_profile(str(write(tmp_path, "list", "- a\n- b\n")))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2GiB", MemoryBudget(bytes=2 * 2**30)),
+        ("512MiB", MemoryBudget(bytes=512 * 2**20)),
+        ("1.5 GB", MemoryBudget(bytes=1_500_000_000)),
+        ("60%", MemoryBudget(share=0.6)),
+        ("100%", MemoryBudget(share=1.0)),
+        (1024, MemoryBudget(bytes=1024)),
+    ],
+)
+def test_budget_parsing(text, expected):
+    assert parse_memory_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "0%", "150%", "-1GiB", "2 GiBs", "", "60 %%", "0GiB", True])
+def test_bad_budgets_are_rejected(text):
+    with pytest.raises(ValueError, match="expected a size such as"):
+        parse_memory_budget(text)
+
+
+def test_budget_resolves_against_free_memory():
+    assert parse_memory_budget("60%").resolve(10 * 2**30) == 6 * 2**30
+    assert parse_memory_budget("2GiB").resolve(10 * 2**30) == 2 * 2**30
+
+
+def test_overrides_are_validated_like_profile_keys():
+    profile = apply_overrides(load_profile("cpu-batched"), {"memory_budget": "1GiB", "batch_size": 2})
+    assert (profile.memory_budget, profile.batch_size) == ("1GiB", 2)
+    with pytest.raises(ProfileError, match="command-line override: batch_size: 'x' is not allowed"):
+        apply_overrides(profile, {"batch_size": "x"})
+    with pytest.raises(ProfileError, match="cannot be overridden"):
+        apply_overrides(profile, {"model": "large-v3"})
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["profiles", *argv])
+    return args.func(args)
+
+
+def test_cli_list(capsys):
+    assert run_cli("list") == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SHIPPED)
+
+
+def test_cli_show_prints_the_merged_profile(capsys):
+    import yaml
+
+    assert run_cli("show", "cpu-batched") == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["engine"] == ["transformers", "ctranslate2", "whisper"]
+    assert "extends" not in shown
+    assert load_profile("cpu-batched").model_dump(mode="json") == shown
+
+
+def test_cli_show_unknown_profile_fails(capsys):
+    assert run_cli("show", "nope") == 1
+    assert "no profile named 'nope'" in capsys.readouterr().err
+
+
+def test_cli_validate(tmp_path, capsys):
+    good = write(tmp_path, "good", "extends: cpu-small\n")
+    bad = write(tmp_path, "bad", "dtype: float8\n")
+    assert run_cli("validate", str(good)) == 0
+    assert run_cli("validate", str(good), str(bad)) == 1
+    captured = capsys.readouterr()
+    assert f"ok: {good}" in captured.out
+    assert f"{bad}: dtype: 'float8' is not allowed" in captured.err
+
+
+def test_list_profiles_includes_user_dir(user_dir):
+    write(user_dir, "studio", "extends: cpu-small\n")
+    assert list_profiles()["studio"] == user_dir / "studio.yaml"

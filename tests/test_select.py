@@ -1,0 +1,193 @@
+"""Selection: simulated machines and the plans they must get; the memory model behind them."""
+
+from __future__ import annotations
+
+import pytest
+
+from steadyscribe.memory import ARCHITECTURES, architecture, estimate_peak_bytes, weight_bytes
+from steadyscribe.profiles import ProfileError, load_profile
+from tasks.probe import GpuInfo, Probe
+from tasks.select import PlanError, select_plan
+
+GiB = 2**30
+ALL_ENGINES = {"whisper", "transformers", "ctranslate2"}
+TODAY = {"whisper", "ctranslate2"}  # engines implemented now; transformers is on its way
+
+
+def machine(ram_gib: float = 24, gpu_gib: float | None = None, bitsandbytes: bool = True,
+            cgroup_limit_gib: float | None = None, cpus: int = 8) -> Probe:
+    gpus = [GpuInfo(0, f"GPU {gpu_gib:g} GB", int(gpu_gib * GiB), int(gpu_gib * 0.95 * GiB), "8.0")] if gpu_gib else []
+    available = int(min(ram_gib, cgroup_limit_gib or ram_gib) * GiB)
+    return Probe(
+        cpu_count=cpus, cpu_affinity=cpus, cgroup_cpu_quota=None, usable_cpus=cpus,
+        ram_total_bytes=int(ram_gib * GiB), ram_available_bytes=int(ram_gib * GiB),
+        cgroup_memory_limit_bytes=int(cgroup_limit_gib * GiB) if cgroup_limit_gib else None,
+        cgroup_memory_usage_bytes=0 if cgroup_limit_gib else None,
+        memory_available_bytes=available, cuda_available=bool(gpus), gpus=gpus,
+        bitsandbytes_version="0.50.2" if bitsandbytes else None,
+        bitsandbytes_int8_cpu=bitsandbytes, bitsandbytes_cuda=bitsandbytes and bool(gpus),
+    )
+
+
+def plan_for(profile: str, probe: Probe, engines=ALL_ENGINES, overrides=None):
+    plan = select_plan(load_profile(profile), probe, engines, overrides)
+    assert plan.estimated_peak_bytes <= plan.memory_budget_bytes  # every plan fits its budget
+    assert plan.reason
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("case", "profile", "probe", "engines", "expect"),
+    [
+        ("80 GB GPU", "auto", machine(gpu_gib=80), TODAY,
+         dict(device="cuda", model="large-v3", dtype="float16", quantization="none", min_batch=16)),
+        ("80 GB GPU, transformers", "gpu-80gb", machine(gpu_gib=80), ALL_ENGINES,
+         dict(device="cuda", engine="transformers", model="large-v3", dtype="float16", min_batch=2)),
+        ("24 GB GPU", "auto", machine(gpu_gib=24), TODAY,
+         dict(device="cuda", model="large-v3", dtype="float16", min_batch=4)),
+        ("no GPU, 24 GiB", "auto", machine(), ALL_ENGINES, dict(device="cpu", dtype="float32")),
+        ("no GPU, only whisper", "auto", machine(), {"whisper"}, dict(device="cpu", engine="whisper", batch_size=1)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_machines_get_the_plans_they_should(case, profile, probe, engines, expect):
+    plan = plan_for(profile, probe, engines)
+    min_batch = expect.pop("min_batch", 1)
+    assert {key: getattr(plan, key) for key in expect} == expect, plan.reason
+    assert plan.batch_size >= min_batch, plan.reason
+
+
+@pytest.mark.parametrize("profile", ["cpu-lowmem", "auto"])
+def test_1gib_cgroup_gets_a_small_quantized_or_tiny_plan(profile):
+    plan = plan_for(profile, machine(ram_gib=64, cgroup_limit_gib=1))
+    assert plan.device == "cpu" and plan.batch_size <= 2
+    assert plan.model in ("tiny.en", "base.en") or plan.quantization != "none"
+    assert plan.memory_budget_bytes <= 0.6 * 2**30 + 1  # the cgroup limit, not the host's 64 GiB, sets the budget
+    if profile == "cpu-lowmem":
+        assert plan.quantization in ("dynamic-int8", "int8")
+
+
+def test_8gb_gpu_gets_a_smaller_or_quantized_plan():
+    plan = plan_for("gpu-8gb", machine(gpu_gib=8))
+    assert plan.device == "cuda" and plan.dtype == "float16"
+    assert plan.model != "large-v3" or plan.quantization != "none"
+    assert plan.estimated_peak_bytes <= 0.85 * 0.95 * 8 * GiB
+
+
+def test_4gb_gpu_without_bitsandbytes_never_plans_8_or_4_bit():
+    plan = plan_for("gpu-8gb", machine(gpu_gib=4, bitsandbytes=False), {"transformers", "whisper"})
+    assert plan.quantization == "none"
+    assert plan.model in ("small", "base")  # the large models in the list cannot fit 4 GB unquantized
+    assert "no int8: bitsandbytes does not work on this GPU" in plan.reason
+
+
+def test_with_bitsandbytes_a_quantized_plan_comes_before_a_smaller_model():
+    probe = machine(gpu_gib=24)
+    unquantized = estimate_peak_bytes("distil-large-v3", engine="transformers", device="cuda", dtype="float16")
+    int8 = estimate_peak_bytes("distil-large-v3", engine="transformers", device="cuda", dtype="float16",
+                               quantization="int8")
+    budget = int8 + 2**20  # int8 fits at batch 1, float16 does not
+    assert unquantized > budget
+    plan = plan_for("gpu-8gb", probe, {"transformers"}, {"memory_budget": str(budget)})
+    assert (plan.model, plan.quantization, plan.batch_size) == ("distil-large-v3", "int8", 1)
+
+
+def test_model_that_cannot_fit_raises_plan_error_naming_budget_and_need():
+    with pytest.raises(PlanError) as caught:
+        plan_for("cpu-small", machine(), overrides={"memory_budget": "256MiB"})
+    message = str(caught.value)
+    assert "budget 256.0 MiB = 256.0 MiB" in message
+    assert "whisper tiny.en fp32 needs ~" in message
+    assert "cpu-lowmem" in message
+
+
+def test_auto_without_any_fit_lists_every_candidate():
+    with pytest.raises(PlanError, match=r"no candidate fits: gpu-80gb: no usable GPU;.*cpu-small: .*budget"):
+        plan_for("auto", machine(cgroup_limit_gib=0.25), {"whisper"})
+
+
+def test_cpu_batched_degrades_to_whisper_when_transformers_is_missing():
+    plan = plan_for("cpu-batched", machine(), {"whisper"})
+    assert (plan.engine, plan.batch_size) == ("whisper", 1)
+    assert "transformers engine not available" in plan.reason
+
+
+def test_default_profile_works_with_only_whisper():
+    plan = plan_for("cpu-small", machine(ram_gib=4, cpus=2), {"whisper"})
+    assert (plan.engine, plan.model, plan.device, plan.dtype) == ("whisper", "tiny.en", "cpu", "float32")
+    assert plan.batch_size == 1
+    assert (plan.language, plan.threads, plan.profile, plan.chunk_s) == ("en", 2, "cpu-small", 30.0)
+
+
+def test_gpu_profile_without_gpu_fails_before_work():
+    with pytest.raises(PlanError, match="gpu-24gb needs a CUDA GPU"):
+        plan_for("gpu-24gb", machine())
+
+
+def test_no_available_engine_is_an_error():
+    with pytest.raises(PlanError, match=r"none of its engines \['whisper'\] is available"):
+        plan_for("cpu-small", machine(), set())
+
+
+def test_auto_batch_is_the_largest_that_fits():
+    plan = plan_for("cpu-batched", machine(ram_gib=16), ALL_ENGINES)
+    assert plan.engine == "transformers" and plan.batch_size in (1, 2, 4, 8, 16, 24)
+    bigger = {1: 2, 2: 4, 4: 8, 8: 16, 16: 24}.get(plan.batch_size)
+    if bigger:
+        assert estimate_peak_bytes(plan.model, engine="transformers", batch_size=bigger) > plan.memory_budget_bytes
+
+
+def test_overrides_set_budget_and_batch_for_one_run():
+    plan = plan_for("cpu-batched", machine(), ALL_ENGINES, {"memory_budget": "12GiB", "batch_size": 2})
+    assert (plan.memory_budget_bytes, plan.batch_size) == (12 * GiB, 2)
+    with pytest.raises(ProfileError, match="memory_budget: 'lots' is not allowed"):
+        plan_for("cpu-batched", machine(), ALL_ENGINES, {"memory_budget": "lots"})
+
+
+def test_fixed_batch_falls_back_to_a_smaller_one():
+    budget = estimate_peak_bytes("base.en", engine="transformers", batch_size=2) + 1
+    plan = plan_for("cpu-batched", machine(), {"transformers"}, {"memory_budget": str(budget), "batch_size": 8})
+    assert (plan.model, plan.batch_size) == ("base.en", 2)
+
+
+def test_threads_follow_the_probe():
+    probe = machine(cpus=16)
+    probe.usable_cpus = 3  # e.g. a cgroup quota of 3 CPUs
+    assert plan_for("cpu-small", probe, {"whisper"}).threads == 3
+
+
+def test_plan_reason_reads_like_a_sentence():
+    plan = plan_for("cpu-small", machine(ram_gib=2), {"whisper"})
+    assert plan.reason.startswith("CPU: 2.0 GiB free, budget 80% of free = 1.6 GiB; ")
+    assert plan.reason.endswith("-> chose tiny.en, batch 1")
+
+
+# ---------------------------------------------------------------- memory model
+
+
+@pytest.mark.parametrize(
+    ("model", "millions"),
+    [("tiny.en", 39), ("base", 74), ("small", 244), ("medium", 769), ("large-v3", 1550),
+     ("large-v3-turbo", 809), ("distil-large-v3", 756), ("distil-medium.en", 394), ("distil-small.en", 166)],
+)
+def test_parameter_counts_match_the_published_sizes(model, millions):
+    assert architecture(model).parameter_count / 1e6 == pytest.approx(millions, rel=0.05)
+
+
+def test_model_names_and_hub_ids_resolve():
+    assert architecture("openai/whisper-large-v3") == ARCHITECTURES["large-v3"]
+    assert architecture("distil-whisper/distil-large-v3") == ARCHITECTURES["distil-large-v3"]
+    assert architecture("turbo") == ARCHITECTURES["large-v3-turbo"]
+    with pytest.raises(KeyError):
+        architecture("huge")
+
+
+def test_estimates_grow_with_batch_and_shrink_with_precision():
+    fp32 = [estimate_peak_bytes("small", engine="transformers", batch_size=b) for b in (1, 4, 24)]
+    assert fp32[0] < fp32[1] < fp32[2]
+    # Measured on tiny.en: batch 8 -> 936 MiB, batch 24 -> 1286 MiB (docs/memory-calibration.md).
+    assert estimate_peak_bytes("tiny.en", engine="transformers", batch_size=24) / 2**20 == pytest.approx(1286, rel=0.05)
+    assert weight_bytes("large-v3", "float16") == weight_bytes("large-v3", "float32") // 2
+    assert weight_bytes("large-v3", "float16", "int8") < weight_bytes("large-v3", "float16")
+    assert weight_bytes("large-v3", "float16", "nf4") < weight_bytes("large-v3", "float16", "int8")
+    assert estimate_peak_bytes("tiny.en", engine="whisper", batch_size=1) == pytest.approx(1.13e9, rel=0.15)

@@ -1,8 +1,9 @@
 """Chunk stage: cut a file's audio into windows of at most 30 s, at pauses.
 
 Windows tile the whole file (no gaps, no overlap), so every word falls in exactly
-one window. Windows with no speech at all are dropped: Whisper tends to invent
-text over silence and noise, and nothing real is lost there.
+one window. Only windows of near-digital silence are dropped: a relative speech
+detector can miss dense speech, and a lost window is a lost transcript, while
+text invented over noise is removed later (engine no-speech checks, stabilization).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from prefect import task
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import DecodedAudio, Window
-from steadyscribe.speech import speech_mask
+from steadyscribe.speech import frame_loudness_db, mask_from_loudness
 from tasks.decode import load_pcm
 
 HOP_S = 0.02
+# Quieter than any recording's noise floor: a window that never rises above it holds nothing.
+SILENCE_DBFS = -60.0
 
 
 def plan_windows(
@@ -23,19 +26,19 @@ def plan_windows(
     file_id: str,
     max_window_s: float = 30.0,
     min_window_s: float = 10.0,
-    min_speech_s: float = 0.1,
 ) -> list[Window]:
     """Split `samples` into windows ending in the longest pause of each window's tail."""
     duration = samples.size / SAMPLE_RATE
-    mask = speech_mask(samples, SAMPLE_RATE, HOP_S)
+    loudness = frame_loudness_db(samples, SAMPLE_RATE, HOP_S)
+    mask = mask_from_loudness(loudness, HOP_S)
     bounds = [0.0]
     while duration - bounds[-1] > max_window_s:
         bounds.append(_best_cut(mask, bounds[-1] + min_window_s, bounds[-1] + max_window_s))
     bounds.append(duration)
     windows = []
     for start, end in zip(bounds, bounds[1:]):
-        speech_s = mask[int(start / HOP_S) : int(np.ceil(end / HOP_S))].sum() * HOP_S
-        if speech_s >= min_speech_s:
+        frames = loudness[int(start / HOP_S) : int(np.ceil(end / HOP_S))]
+        if frames.size and frames.max() > SILENCE_DBFS:
             windows.append(Window(file_id, len(windows), round(start, 3), round(end, 3)))
     return windows
 

@@ -1,0 +1,73 @@
+"""Windows: at most 30 s, tiling the file, cut in pauses, none over pure silence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from steadyscribe import SAMPLE_RATE
+from steadyscribe.records import InputFile
+from tasks import chunk
+from tasks.chunk import HOP_S, plan_windows
+from tasks.decode import decode_input, load_pcm
+
+
+@pytest.fixture
+def speech_at(monkeypatch):
+    """Make the speech detector report exactly the given spans, to test the cutting alone."""
+
+    def install(spans: list[tuple[float, float]]):
+        def mask(loudness, hop_s):
+            times = np.arange(len(loudness)) * HOP_S
+            return np.any([(times >= s) & (times < e) for s, e in spans], axis=0)
+
+        monkeypatch.setattr(chunk, "mask_from_loudness", mask)
+
+    return install
+
+
+def audible(duration: float) -> np.ndarray:
+    return np.random.default_rng(0).normal(0.0, 0.1, int(duration * SAMPLE_RATE)).astype(np.float32)
+
+
+def test_a_short_file_is_one_window():
+    assert [(w.start, w.end) for w in plan_windows(audible(6.0), "f")] == [(0.0, 6.0)]
+
+
+def test_long_audio_is_cut_in_the_longest_pause_of_each_window_tail(speech_at):
+    # Utterances with short gaps, and one long pause at 22–24 s.
+    spans = [(s, s + 2.0) for s in np.arange(0.0, 22.0, 2.2)] + [(s, s + 2.0) for s in np.arange(24.0, 70.0, 2.2)]
+    speech_at(spans)
+    windows = plan_windows(audible(70.0), "f")
+    assert all(w.end - w.start <= 30.0 + 1e-9 for w in windows)
+    assert windows[0].start == 0.0 and windows[-1].end == 70.0
+    assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
+    assert 22.0 < windows[0].end < 24.0
+    for w in windows[:-1]:
+        assert not any(start < w.end < end for start, end in spans)
+
+
+def test_speech_without_pauses_is_cut_at_the_window_limit(speech_at):
+    speech_at([(0.0, 65.0)])
+    windows = plan_windows(audible(65.0), "f")
+    assert [(w.start, w.end) for w in windows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
+    assert [w.index for w in windows] == [0, 1, 2]
+
+
+def test_only_silent_windows_are_dropped():
+    assert plan_windows(np.zeros(10 * SAMPLE_RATE, dtype=np.float32), "f") == []
+    # A steady hum is no speech by loudness, but it is decoded: nothing audible is thrown away.
+    hum = 0.3 * np.sin(2 * np.pi * 220 * np.arange(10 * SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32)
+    assert len(plan_windows(hum, "f")) == 1
+
+
+def test_real_speech_is_never_cut_inside_a_word(tmp_path):
+    truth = json.loads((FIXTURES / "straddle_40s.json").read_text())
+    decoded = decode_input(InputFile(str(FIXTURES / "straddle_40s.flac")), tmp_path)
+    windows = plan_windows(load_pcm(decoded.pcm_path), decoded.file_id)
+    assert len(windows) == 2 and windows[0].end <= 30.0
+    cut = windows[0].end
+    assert not any(w["start"] < cut < w["end"] for w in truth["words"])

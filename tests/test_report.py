@@ -1,0 +1,34 @@
+"""The run summary: counts, real-time factor, and failures named with their reasons."""
+
+from __future__ import annotations
+
+from steadyscribe.records import FileOutcome
+from tasks.report import summarize, summary_markdown, summary_text
+
+PLAN = {"engine": "whisper", "model": "tiny.en", "batch_size": 1, "quantization": "none"}
+
+
+def test_summary_counts_files_and_audio_of_ok_files_only():
+    outcomes = [
+        FileOutcome("a.wav", "ok", 60.0, stabilization={"words_moved": 3, "words_dropped": 1}),
+        FileOutcome("b.wav", "ok", 30.0, stabilization={"words_moved": 2}),
+        FileOutcome("c.wav", "skipped", 45.0),
+        FileOutcome("d.wav", "failed", 0.0, "d.wav: the file is empty (0 bytes)"),
+    ]
+    summary = summarize("run-1", "out", PLAN, outcomes, wall_s=45.0)
+    assert (summary.files_ok, summary.files_skipped, summary.files_failed) == (2, 1, 1)
+    assert summary.audio_s == 90.0
+    assert summary.real_time_factor == 0.5
+    assert summary.stabilization == {"words_moved": 5, "words_dropped": 1}
+    assert summary.peak_rss_bytes > 0
+    text = summary_text(summary)
+    assert "FAILED d.wav: the file is empty (0 bytes)" in text
+    assert "2 ok, 1 failed, 1 skipped" in text
+    markdown = summary_markdown(summary)
+    assert "| d.wav | d.wav: the file is empty (0 bytes) |" in markdown
+    assert "| real-time factor | 0.500 |" in markdown
+
+
+def test_a_run_with_no_audio_has_no_real_time_factor():
+    summary = summarize("run-2", "out", PLAN, [FileOutcome("x.wav", "failed", 0.0, "missing")], wall_s=3.0)
+    assert summary.real_time_factor == 0.0 and summary.files_failed == 1

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
 
 from steadyscribe.engines import available_engines
 from steadyscribe.profiles import Profile, load_profile
@@ -34,6 +35,15 @@ from tasks.report import RunSummary, summarize, summary_markdown
 from tasks.select import plan_markdown, select_task
 from tasks.stabilize import stabilize_task
 from tasks.write import RunInfo, completed_file_keys, settings_key, write_task
+
+
+class FilesFailed(Exception):
+    """Some inputs failed (their `files` rows say why); carries the run's summary."""
+
+    def __init__(self, summary: RunSummary):
+        total = summary.files_ok + summary.files_failed + summary.files_skipped
+        super().__init__(f"{summary.files_failed} of {total} files failed")
+        self.summary = summary
 
 
 def new_run_id() -> str:
@@ -59,11 +69,13 @@ def transcribe(
     memory_budget: str | None = None,
     batch_size: int | None = None,
     force: bool = False,
-) -> RunSummary:
+) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
     Files already transcribed into `output` with the same content and settings are
     skipped unless `force`. Every input ends in one `files` row: ok, skipped or failed.
+    When a file failed, the run still commits the others and then ends Failed; calling
+    the flow then raises FilesFailed, which carries the summary.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -90,6 +102,11 @@ def transcribe(
 
     summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
+    if summary.files_failed:
+        # Failed, not Completed, so the UI, automations and callers notice; a returned state
+        # (rather than a raise) keeps the message short and the summary with the error.
+        error = FilesFailed(summary)
+        return Failed(message=f"{error}; see the run-summary artifact", data=error)
     return summary
 
 
@@ -109,13 +126,21 @@ def _transcribe_group(
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         chunked = chunk_task.map(list(todo.values()), unmapped(profile.chunking.max_window_s)).result()
         windows = [w for file_windows in chunked for w in file_windows]
-        inference = infer_task(run.plan, todo, windows, work_dir) if todo else {}
-        stabilized = stabilize_task.map(
-            [inference[file_id].transcript_path for file_id in todo],
-            list(todo.values()),
-            chunked,
-            unmapped(profile.stabilization.model_dump()),
-        ).result()
+        try:
+            inference = infer_task(run.plan, todo, windows, work_dir) if todo else {}
+            stabilized = stabilize_task.map(
+                [inference[file_id].transcript_path for file_id in todo],
+                list(todo.values()),
+                chunked,
+                unmapped(profile.stabilization.model_dump()),
+            ).result()
+        except Exception as error:
+            # The engine failed for the whole group: record it on each file and let later groups go on.
+            get_run_logger().exception("transcription failed for files %s", [d.source for d in todo.values()])
+            for item in todo.values():
+                item.status = "failed"
+                item.error = f"{item.source}: transcription failed ({error!r}); rerun to retry, or report it with the log"
+            inference, stabilized = {}, []
         return write_task(
             output,
             run,

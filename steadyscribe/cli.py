@@ -9,7 +9,7 @@ import sys
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.transcribe import transcribe
+    from flows.transcribe import FilesFailed, transcribe
     from steadyscribe.profiles import ProfileError, apply_overrides, load_profile
     from steadyscribe.storage import StorageError, check_writable
     from tasks.report import summary_text
@@ -27,6 +27,8 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             force=args.force,
         )
+    except FilesFailed as failed:
+        summary = failed.summary
     except (ProfileError, PlanError, StorageError) as error:
         print(f"steadyscribe: {error}", file=sys.stderr)
         return 2

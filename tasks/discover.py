@@ -7,6 +7,7 @@ import logging
 import posixpath
 from collections.abc import Collection, Iterable
 
+from fsspec import AbstractFileSystem
 from prefect import task
 
 from steadyscribe.records import InputFile
@@ -61,6 +62,17 @@ def _expand(spec: str, extensions: Collection[str], storage_options: StorageOpti
     fs, path = filesystem_for(spec, storage_options)
     # Instances and their cached listings outlive a run in a served flow: look afresh every time.
     fs.invalidate_cache()
+    try:
+        return _list(fs, path, spec, extensions)
+    except Exception as error:
+        # Wrong credentials, or a storage outage that outlasted the retries: this input gets a
+        # `failed` row saying why (decode meets the same error) and the other inputs go on.
+        log.warning("cannot look at %s, it will be recorded as failed: %r", spec, error)
+        return [InputFile(source=source_url(fs, path), size=None)]
+
+
+def _list(fs: AbstractFileSystem, path: str, spec: str, extensions: Collection[str]) -> list[InputFile]:
+    """What `path` names: itself, or the files under it or matching it that have an audio extension."""
     if GLOB_CHARS & set(path):
         matches = with_retries(lambda: fs.glob(path, detail=True))
         files: dict[str, dict] = {}

@@ -1,0 +1,108 @@
+"""decode_input on hostile bytes: it never raises and always says how the input ended."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steadyscribe import SAMPLE_RATE
+from steadyscribe.records import InputFile
+from tasks.decode import MIN_DURATION_S, decode_input, load_pcm
+
+# (file name, container format, codec, sample rate): what PyAV can write here.
+FORMATS = [
+    ("sine.flac", "flac", "flac", 16000),
+    ("sine.wav", "wav", "pcm_s16le", 16000),
+    ("sine.mp3", "mp3", "libmp3lame", 16000),
+    ("sine.ogg", "ogg", "libopus", 48000),
+]
+
+
+def write_sine(path: Path, container_format: str, codec: str, rate: int, seconds: float = 0.5) -> None:
+    """A 440 Hz mono sine encoded with PyAV."""
+    t = np.arange(int(rate * seconds)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(
+            format=stream.format.name, layout="mono", rate=rate, frame_size=stream.codec_context.frame_size or None
+        )
+        for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
+            container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+
+
+@pytest.fixture(scope="module")
+def real_files(tmp_path_factory) -> dict[str, bytes]:
+    directory = tmp_path_factory.mktemp("formats")
+    for name, container_format, codec, rate in FORMATS:
+        write_sine(directory / name, container_format, codec, rate)
+    return {name: (directory / name).read_bytes() for name, *_ in FORMATS}
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("decode")
+
+
+@st.composite
+def mangled(draw, real: dict[str, bytes]) -> tuple[str, bytes]:
+    """(file name, content): random bytes, or a real file with its header overwritten, cut or spliced."""
+    name = draw(st.sampled_from(sorted(real)))
+    original = real[name]
+    how = draw(st.sampled_from(["random", "header", "truncate", "splice"]))
+    if how == "random":
+        return name, draw(st.binary(max_size=4096))
+    if how == "header":
+        at = draw(st.integers(0, 63))
+        patch = draw(st.binary(min_size=1, max_size=64))
+        return name, original[:at] + patch + original[at + len(patch) :]
+    if how == "truncate":
+        return name, original[: draw(st.integers(0, len(original)))]
+    at = draw(st.integers(0, len(original)))
+    return name, original[:at] + draw(st.binary(min_size=1, max_size=512)) + original[at:]
+
+
+def test_real_files_decode(real_files, scratch):
+    for name, content in real_files.items():
+        path = scratch / name
+        path.write_bytes(content)
+        decoded = decode_input(InputFile(str(path)), scratch)
+        assert decoded.status == "ok", decoded.error
+        assert decoded.duration_s == pytest.approx(0.5, abs=0.05)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_any_bytes_give_a_record_never_an_exception(real_files, scratch, data):
+    name, content = data.draw(mangled(real_files))
+    path = scratch / f"{uuid.uuid4().hex}-{name}"
+    path.write_bytes(content)
+    decoded = decode_input(InputFile(str(path)), scratch)
+    assert decoded.source == str(path)
+    if decoded.status == "failed":
+        assert decoded.error and str(path) in decoded.error
+        assert decoded.pcm_path is None
+    else:
+        assert decoded.status == "ok" and decoded.error is None
+        assert decoded.duration_s >= MIN_DURATION_S
+        assert len(load_pcm(decoded.pcm_path)) == round(decoded.duration_s * SAMPLE_RATE)
+
+
+def test_pcm_slices_read_the_same_samples_as_the_whole_file(tmp_path):
+    samples = np.random.default_rng(0).standard_normal(10_000).astype("<f4")
+    path = tmp_path / "x.f32"
+    samples.tofile(path)
+    pcm = load_pcm(path)
+    assert len(pcm) == pcm.size == 10_000
+    np.testing.assert_array_equal(np.asarray(pcm), samples)
+    for key in (slice(0, 5), slice(9_990, 20_000), slice(-7, None), slice(50, 40), slice(3, 3_000, 7)):
+        np.testing.assert_array_equal(pcm[key], samples[key])

@@ -1,0 +1,445 @@
+"""Reliability through the real flow: odd and bad inputs, storage faults, kills, bad configuration.
+
+Every input must end in exactly one `files` row (ok, skipped or failed with an error that says
+what, which file and what to do), and the other files must carry on. Inputs are made here with
+PyAV and numpy; nothing calls sox or espeak.
+
+Tests run as root, for whom chmod 000 does not block reads: the permission case raises
+PermissionError from a patched local file open instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileOpener
+from fsspec.implementations.memory import MemoryFileSystem
+from s3_server import s3_options, s3_server  # noqa: F401  (fixtures)
+
+import tasks.decode
+import tasks.write
+from conftest import FIXTURES
+from steadyscribe import SAMPLE_RATE
+from steadyscribe.cli import main
+from steadyscribe.records import InputFile
+from tasks.decode import load_pcm
+from tasks.write import open_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH_S = 3.0  # speech clips are cut short: inference on CPU is the slow part
+
+
+# ---- making inputs -------------------------------------------------------------------------
+
+
+def encode(path: Path, samples: np.ndarray, *, rate: int = SAMPLE_RATE, codec: str = "flac",
+           container_format: str | None = None, channels: int = 1) -> Path:
+    """16 kHz mono float samples encoded with PyAV at `rate` Hz with `channels` channels."""
+    layout = "stereo" if channels == 2 else "mono"
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        resampler = av.AudioResampler(
+            format=stream.format.name, layout=layout, rate=rate, frame_size=stream.codec_context.frame_size or None
+        )
+        for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
+            container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_video_only(path: Path) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(5):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_png(path: Path) -> Path:
+    with av.open(str(path), "w", format="image2pipe") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "rgb24"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def cut_at_packet_boundary(source: Path, target: Path) -> Path:
+    """`source` cut cleanly between two packets halfway through: a copy that did not finish."""
+    with av.open(str(source)) as container:
+        positions = [p.pos for p in container.demux(container.streams.audio[0]) if p.pos]
+    target.write_bytes(source.read_bytes()[: positions[len(positions) // 2]])
+    return target
+
+
+def with_unknown_codec(wav: Path, target: Path) -> Path:
+    """A WAV whose format tag names a codec FFmpeg has no decoder for."""
+    data = bytearray(wav.read_bytes())
+    fmt = data.find(b"fmt ")
+    data[fmt + 8 : fmt + 10] = (0x7777).to_bytes(2, "little")
+    target.write_bytes(bytes(data))
+    return target
+
+
+def speech(name: str, work_dir: Path, seconds: float = SPEECH_S) -> np.ndarray:
+    decoded = tasks.decode.decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir)
+    return np.asarray(load_pcm(decoded.pcm_path))[: int(seconds * SAMPLE_RATE)]
+
+
+def files_rows(output: Path) -> list[dict]:
+    return open_table(str(output), "files").to_table().to_pylist()
+
+
+def api_env() -> dict[str, str]:
+    """Environment for a `steadyscribe` subprocess that reports to this session's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+
+
+# ---- injected faults -------------------------------------------------------------------------
+
+
+class FlakyFileSystem(MemoryFileSystem):
+    """memory:// under the protocol flaky://, whose reads fail with a dropped connection on
+    the opens numbered in `failing_opens` (1-based), like a storage service having a bad minute."""
+
+    protocol = "flaky"
+    failing_opens: frozenset[int] = frozenset({1, 3})  # the hash's first open, then the decoder's
+    opens = 0
+    raised = 0
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(str(path).removeprefix("flaky://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode:
+            FlakyFileSystem.opens += 1
+            if FlakyFileSystem.opens in self.failing_opens:
+                FlakyFileSystem.raised += 1
+                raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer (injected)", path)
+        return super()._open(path, mode, **kwargs)
+
+
+class FlakyWrites:
+    """Wraps write_bytes_atomic: the first write of the run fails as a throttled object store would."""
+
+    def __init__(self, write):
+        self.write, self.calls, self.raised = write, 0, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            self.raised += 1
+            raise OSError(errno.EBUSY, "SlowDown: please reduce your request rate (injected)")
+        return self.write(*args, **kwargs)
+
+
+# ---- one flow run over every odd input ---------------------------------------------------------
+
+# name → (status, fragments the error must contain)
+CASES = {
+    "missing.wav": ("failed", ["not found", "check the path"]),
+    "locked.flac": ("failed", ["permission denied", "grant read access"]),
+    "empty.wav": ("failed", ["empty (0 bytes)"]),
+    "truncated.flac": ("failed", ["truncated", "re-upload"]),
+    "corrupt.flac": ("failed", ["corrupt"]),
+    "text.mp3": ("failed", ["not a readable audio", "looks like a text file"]),
+    "image.wav": ("failed", ["no audio stream", "PNG image"]),
+    "video_only.mkv": ("failed", ["no audio stream", "video (mpeg4)"]),
+    "unknown_codec.wav": ("failed", ["codec is not supported", "ffmpeg -i"]),
+    "too_short.wav": ("failed", ["50 ms", "shorter than the 100 ms minimum"]),
+    "silence.flac": ("ok", []),
+    "stereo_44k.wav": ("ok", []),
+    "mono_48k.flac": ("ok", []),
+    "u8.wav": ("ok", []),
+    "speech.flac": ("ok", []),
+    "flaky.flac": ("ok", []),
+}
+
+
+@pytest.fixture(scope="module")
+def odd_run(prefect_server, tmp_path_factory):
+    """`steadyscribe run` (in process) over a folder of odd inputs, a missing path and a flaky remote file."""
+    scratch = tmp_path_factory.mktemp("scratch")
+    inputs = tmp_path_factory.mktemp("odd-inputs")
+    output = tmp_path_factory.mktemp("odd-out")
+    clip = speech("fast_speaker", scratch)
+    shutil.copy(FIXTURES / "fast_speaker.flac", inputs / "speech.flac")
+    encode(inputs / "stereo_44k.wav", clip, rate=44100, codec="pcm_s16le", channels=2)
+    encode(inputs / "mono_48k.flac", clip, rate=48000)
+    encode(inputs / "u8.wav", clip, codec="pcm_u8")
+    encode(inputs / "silence.flac", np.zeros(2 * SAMPLE_RATE))
+    encode(inputs / "too_short.wav", clip[: SAMPLE_RATE // 20], codec="pcm_s16le")
+    encode(inputs / "locked.flac", clip)
+    (inputs / "empty.wav").write_bytes(b"")
+    (inputs / "text.mp3").write_text("These are meeting notes, not a recording.\n" * 20)
+    write_png(inputs / "image.wav")
+    write_video_only(inputs / "video_only.mkv")
+    with_unknown_codec(encode(scratch / "tone.wav", clip, codec="pcm_s16le"), inputs / "unknown_codec.wav")
+    cut_at_packet_boundary(FIXTURES / "clean_gb.flac", inputs / "truncated.flac")
+    corrupt = bytearray((FIXTURES / "noisy.flac").read_bytes())
+    corrupt[200:-200] = np.random.default_rng(0).integers(0, 256, len(corrupt) - 400, dtype=np.uint8).tobytes()
+    (inputs / "corrupt.flac").write_bytes(bytes(corrupt))
+
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    FlakyFileSystem().pipe_file("/remote/flaky.flac", (FIXTURES / "fast_speaker.flac").read_bytes())
+    flaky_writes = FlakyWrites(tasks.write.write_bytes_atomic)
+    locked = str(inputs / "locked.flac")
+    real_open = LocalFileOpener._open
+
+    def open_unless_locked(opener: LocalFileOpener) -> None:
+        if opener.path == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", opener.path)
+        real_open(opener)
+
+    summary_path = scratch / "summary.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalFileOpener, "_open", open_unless_locked)
+        patch.setattr(tasks.write, "write_bytes_atomic", flaky_writes)
+        exit_code = main([
+            "run", str(inputs), str(inputs / "missing.wav"), "flaky:///remote/flaky.flac",
+            "--output", str(output), "--summary-json", str(summary_path),
+        ])
+    rows = {row["source"].rsplit("/", 1)[-1]: row for row in files_rows(output)}
+    return {
+        "exit_code": exit_code,
+        "rows": rows,
+        "all_rows": files_rows(output),
+        "summary": json.loads(summary_path.read_text()),
+        "flaky_writes": flaky_writes,
+        "output": output,
+    }
+
+
+@pytest.mark.slow
+def test_every_input_ends_in_exactly_one_files_row(odd_run):
+    sources = [row["source"].rsplit("/", 1)[-1] for row in odd_run["all_rows"]]
+    assert sorted(sources) == sorted(CASES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_input_case(odd_run, name):
+    status, fragments = CASES[name]
+    row = odd_run["rows"][name]
+    assert row["status"] == status, row["error"]
+    if status == "failed":
+        # What is wrong, with which file, and what to do.
+        assert row["source"] in row["error"]
+        for fragment in fragments:
+            assert fragment in row["error"]
+    else:
+        assert row["error"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["stereo_44k.wav", "mono_48k.flac", "u8.wav"])
+def test_other_rates_channels_and_depths_are_transcribed(odd_run, name):
+    row = odd_run["rows"][name]
+    assert row["duration_s"] == pytest.approx(SPEECH_S, abs=0.05)
+    assert row["words_n"] >= 5
+
+
+@pytest.mark.slow
+def test_silence_is_ok_with_no_words(odd_run):
+    row = odd_run["rows"]["silence.flac"]
+    assert row["duration_s"] == pytest.approx(2.0, abs=0.01)
+    assert row["words_n"] == 0
+
+
+@pytest.mark.slow
+def test_transient_storage_errors_are_retried(odd_run):
+    """Dropped connections while hashing and decoding a remote input, and a throttled write."""
+    assert FlakyFileSystem.raised == 2
+    assert odd_run["rows"]["flaky.flac"]["words_n"] == odd_run["rows"]["speech.flac"]["words_n"] > 0
+    assert odd_run["flaky_writes"].raised == 1
+    assert odd_run["flaky_writes"].calls > 1
+
+
+@pytest.mark.slow
+def test_exit_code_and_summary_report_the_failures(odd_run):
+    failed = sorted(name for name, (status, _) in CASES.items() if status == "failed")
+    assert odd_run["exit_code"] == 1
+    summary = odd_run["summary"]
+    assert summary["files_failed"] == len(failed)
+    assert summary["files_ok"] == len(CASES) - len(failed)
+    assert sorted(f["source"].rsplit("/", 1)[-1] for f in summary["failures"]) == failed
+
+
+@pytest.mark.slow
+def test_flow_run_ends_failed_when_files_failed(odd_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["steadyscribe-transcribe"])),
+            sort=FlowRunSort.START_TIME_DESC,
+        )
+    run = next(r for r in runs if str(odd_run["output"]) in r.name)
+    assert run.state.is_failed()
+    assert f"{odd_run['summary']['files_failed']} of {len(CASES)} files failed" in run.state.message
+
+
+# ---- cloud storage: missing bucket, wrong credentials ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_server_with_auth():
+    """A moto S3 server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0), in its own process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "case, url, fragments",
+    [
+        ("missing bucket", "s3://no-such-bucket-steadyscribe/call.wav", ["not found", "bucket does not exist"]),
+        ("wrong credentials", "s3://recordings/call.wav", ["permission denied", "credentials"]),
+    ],
+)
+def test_unreachable_cloud_input_fails_alone(prefect_server, request, monkeypatch, tmp_path, case, url, fragments):
+    import s3fs
+
+    if case == "missing bucket":
+        options = request.getfixturevalue("s3_options")
+    else:
+        endpoint = request.getfixturevalue("s3_server_with_auth")
+        options = {"key": "wrong", "secret": "wrong", "endpoint_url": endpoint, "client_kwargs": {"region_name": "eu-west-1"}}
+    monkeypatch.setitem(fsspec.config.conf, "s3", options)
+    s3fs.S3FileSystem.clear_instance_cache()
+    request.addfinalizer(s3fs.S3FileSystem.clear_instance_cache)
+    output = tmp_path / "out"
+    assert main(["run", url, "--output", str(output)]) == 1
+    [row] = files_rows(output)
+    assert (row["source"], row["status"]) == (url, "failed")
+    for fragment in fragments:
+        assert fragment in row["error"]
+
+
+# ---- bad configuration ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fails the test if any input is decoded."""
+    calls = []
+    monkeypatch.setattr(tasks.decode, "decode_input", lambda *args, **kwargs: calls.append(args))
+    yield
+    assert not calls, "a configuration error must stop the run before any audio is decoded"
+
+
+@pytest.mark.parametrize(
+    "options, fragments",
+    [
+        (["--profile", "no-such-profile"], ["no profile named 'no-such-profile'", "known: "]),
+        (["--profile", "{tmp}/bad.yaml"], ["bad.yaml", "batch_size", "whole number"]),
+        (["--batch-size", "0"], ["batch_size: 0 is not allowed"]),
+        (["--memory-budget", "lots"], ["memory_budget: 'lots' is not allowed", "2GiB"]),
+        (["--output", "{tmp}/a-file/out"], ["cannot write to output", "a-file/out"]),
+    ],
+    ids=["unknown profile", "invalid profile file", "batch size", "memory budget", "output not writable"],
+)
+def test_bad_configuration_exits_2_before_any_work(prefect_server, no_decoding, tmp_path, capsys, options, fragments):
+    (tmp_path / "bad.yaml").write_text("extends: cpu-small\nbatch_size: lots\n")
+    (tmp_path / "a-file").write_text("a file where the output directory should be\n")
+    output = tmp_path / "out"
+    options = [option.format(tmp=tmp_path) for option in options]
+    code = main(["run", str(FIXTURES / "fast_speaker.flac"), "--output", str(output), *options])
+    message = capsys.readouterr().err
+    assert code == 2
+    for fragment in fragments:
+        assert fragment in message
+    assert not (output / "files").exists()
+
+
+# ---- killed mid-run, then rerun -----------------------------------------------------------------
+
+
+def visible_parquet(output: Path) -> list[Path]:
+    return [p for table in ("files", "segments", "words") for p in (output / table).glob("**/*.parquet")]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp_path):
+    """Two groups of files; SIGKILL once the first group's rows are committed; rerun finishes the rest."""
+    inputs, output = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    # Group 1 (16 files, the group size at batch 1): distinct silent clips, quick to transcribe.
+    for i in range(16):
+        encode(inputs / f"a{i:02d}.flac", np.zeros(SAMPLE_RATE + 160 * i))
+    # Group 2: speech, still being transcribed when the kill lands.
+    encode(inputs / "b0.flac", speech("fast_speaker", tmp_path))
+    encode(inputs / "b1.flac", speech("clean_gb", tmp_path))
+    command = [sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), "--output", str(output)]
+    log = (tmp_path / "run1.log").open("w")
+    run = subprocess.Popen(command, env=api_env(), stdout=log, stderr=subprocess.STDOUT)
+    checked: set[Path] = set()
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        for path in set(visible_parquet(output)) - checked:
+            pq.read_metadata(path)  # a partial file under its final name would fail here
+            checked.add(path)
+        if list((output / "files").glob("**/*.parquet")):
+            run.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert run.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "run1.log").read_text()[-3000:]
+
+    for path in visible_parquet(output):
+        pq.read_metadata(path)
+    first = files_rows(output)
+    assert sorted(r["source"].rsplit("/", 1)[-1] for r in first) == [f"a{i:02d}.flac" for i in range(16)]
+    assert {r["status"] for r in first} == {"ok"}
+
+    rerun = subprocess.run(command, env=api_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "2 ok, 0 failed, 16 skipped" in rerun.stdout
+    rows = files_rows(output)
+    ok = sorted(r["source"].rsplit("/", 1)[-1] for r in rows if r["status"] == "ok")
+    assert ok == sorted(p.name for p in inputs.iterdir())  # each file ok exactly once across both runs
+    assert {r["status"] for r in rows} == {"ok", "skipped"}
+    for path in visible_parquet(output):
+        pq.read_metadata(path)

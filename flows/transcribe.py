@@ -97,8 +97,9 @@ def transcribe(
     group_size = files_per_group(plan)
     for first in range(0, len(files), group_size):
         group = files[first : first + group_size]
-        logger.info("files %d–%d of %d", first + 1, first + len(group), len(files))
-        outcomes += _transcribe_group(group, output, run, chosen, done)
+        label = f"files {first + 1}–{first + len(group)} of {len(files)}"
+        logger.info(label)
+        outcomes += _transcribe_group(group, label, output, run, chosen, done)
 
     summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
@@ -112,12 +113,16 @@ def transcribe(
 
 def _transcribe_group(
     group: list[InputFile],
+    label: str,
     output: str,
     run: RunInfo,
     profile: Profile,
     skip_file_ids: frozenset[str],
 ) -> list[FileOutcome]:
-    """Decode, transcribe and commit one group of files; return one outcome per file."""
+    """Decode, transcribe and commit one group of files; return one outcome per file.
+
+    `label` ("files 17–32 of 40") names the group's inference and write task runs.
+    """
     group_started = datetime.now(timezone.utc)
     work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{run.run_id}-")
     try:
@@ -127,7 +132,8 @@ def _transcribe_group(
         chunked = chunk_task.map(list(todo.values()), unmapped(profile.chunking.max_window_s)).result()
         windows = [w for file_windows in chunked for w in file_windows]
         try:
-            inference = infer_task(run.plan, todo, windows, work_dir) if todo else {}
+            infer = infer_task.with_options(task_run_name=f"infer {run.plan.model} batch {run.plan.batch_size}, {label}")
+            inference = infer(run.plan, todo, windows, work_dir) if todo else {}
             stabilized = stabilize_task.map(
                 [inference[file_id].transcript_path for file_id in todo],
                 list(todo.values()),
@@ -141,7 +147,7 @@ def _transcribe_group(
                 item.status = "failed"
                 item.error = f"{item.source}: transcription failed ({error!r}); rerun to retry, or report it with the log"
             inference, stabilized = {}, []
-        return write_task(
+        return write_task.with_options(task_run_name=f"write {label}")(
             output,
             run,
             decoded,

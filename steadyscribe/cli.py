@@ -9,8 +9,9 @@ import sys
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.transcribe import FilesFailed, transcribe
+    from flows.transcribe import FilesFailed
     from steadyscribe.profiles import ProfileError, apply_overrides, load_profile
+    from steadyscribe.runners import transcribe_flow
     from steadyscribe.storage import StorageError, check_writable
     from tasks.report import summary_text
     from tasks.select import PlanError
@@ -19,7 +20,8 @@ def _run(args: argparse.Namespace) -> int:
         # Bad configuration is reported before a Prefect server is even started.
         apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
         check_writable(args.output)
-        summary = transcribe(
+        # The profile picks the task runner (threads or Dask): it must be set before the flow starts.
+        summary = transcribe_flow(args.profile)(
             inputs=args.inputs,
             output=args.output,
             profile=args.profile,
@@ -42,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from steadyscribe.models.cli import register as register_models
     from steadyscribe.profiles_cli import register as register_profiles
+    from steadyscribe.serve import register as register_serve
 
     parser = argparse.ArgumentParser(
         prog="steadyscribe",
@@ -61,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     run.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     run.add_argument("--summary-json", help="also write the run summary as JSON to this path")
-    run.set_defaults(handler=_run)
+    run.set_defaults(func=_run)
 
     register_models(commands)
     register_profiles(commands)
+    register_serve(commands)
     return parser
 
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # A local run has no network: don't let Prefect's server try to send telemetry.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -234,6 +234,6 @@ def _write_frame(frame: av.AudioFrame, out: BinaryIO) -> int:
 
 # decode_input never raises for a bad or unreachable input (it retries transient storage
 # errors itself), so a task-level retry would only repeat a bug.
-@task(name="decode", task_run_name="decode {item.source}")
+@task(name="decode", task_run_name="decode {item.source}", timeout_seconds=60 * 60)
 def decode_task(item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset()) -> DecodedAudio:
     return decode_input(item, work_dir, skip_file_ids)

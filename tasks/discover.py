@@ -117,6 +117,6 @@ def content_sha256(
     return with_retries(digest)
 
 
-@task(name="discover", retries=2, retry_delay_seconds=[2, 10])
+@task(name="discover", retries=2, retry_delay_seconds=[2, 10], timeout_seconds=15 * 60)
 def discover_task(inputs: list[str]) -> list[InputFile]:
     return discover_inputs(inputs)

@@ -90,7 +90,7 @@ class _ProgressReporter:
 
 
 # Tagged so a Prefect concurrency limit on "inference" can keep one model per GPU.
-@task(name="infer", task_run_name="infer {plan.engine}:{plan.model} batch {plan.batch_size}", tags=["inference"])
+@task(name="infer", tags=["inference"])
 def infer_task(
     plan: Plan, decoded: dict[str, DecodedAudio], windows: list[Window], work_dir: str
 ) -> dict[str, InferenceResult]:

@@ -366,7 +366,7 @@ def render_sidecar(fmt: SidecarFormat, run: RunInfo, result: FileResult, transcr
     return to_json(run, result, transcript)
 
 
-@task(name="write", task_run_name="write {run.run_id} ({decoded[0].source} …)", retries=2, retry_delay_seconds=[2, 10])
+@task(name="write", retries=2, retry_delay_seconds=[2, 10], timeout_seconds=15 * 60)
 def write_task(
     output: str,
     run: RunInfo,

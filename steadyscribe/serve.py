@@ -1,0 +1,80 @@
+"""`steadyscribe serve`: a one-machine setup with no work pool or worker.
+
+One long-running process registers two deployments of the transcribe flow with the Prefect
+API and runs their flow runs itself, one at a time:
+
+- `served-nightly` runs on a cron schedule and transcribes what is new under the inputs
+  (files already transcribed with the same settings are skipped);
+- `served-backfill` has no schedule; start it on demand, e.g. with `--param force=true`.
+
+The profile's task runner (threads or Dask) is fixed when serving starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError
+
+NIGHTLY_CRON = "0 2 * * *"
+NIGHTLY_DEPLOYMENT = "served-nightly"
+BACKFILL_DEPLOYMENT = "served-backfill"
+
+
+def serve(
+    schedule_cron: str,
+    inputs: list[str],
+    output: str,
+    profile: str = DEFAULT_PROFILE,
+    timezone: str = "UTC",
+) -> None:
+    """Serve the nightly and backfill deployments until interrupted (the deployments are paused on exit)."""
+    # Imported here so that building the CLI's parser stays quick.
+    from prefect import serve as serve_deployments
+    from prefect.schedules import Cron
+
+    from steadyscribe.runners import transcribe_flow
+
+    flow = transcribe_flow(profile)
+    parameters = {"inputs": inputs, "output": output, "profile": profile}
+    nightly = flow.to_deployment(
+        name=NIGHTLY_DEPLOYMENT,
+        schedules=[Cron(schedule_cron, timezone=timezone)],
+        parameters=parameters,
+        description=f"New files under {', '.join(inputs)} → {output}, on cron {schedule_cron!r} ({timezone}).",
+        concurrency_limit=1,  # a slow night must not overlap the next one
+    )
+    backfill = flow.to_deployment(
+        name=BACKFILL_DEPLOYMENT,
+        parameters={**parameters, "force": False},
+        description=f"On demand: {', '.join(inputs)} → {output}; force=true redoes transcribed files.",
+    )
+    # One run at a time: each run sizes its model and batch to the whole machine's memory.
+    serve_deployments(nightly, backfill, limit=1)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `serve` command."""
+    command = subparsers.add_parser(
+        "serve",
+        help="serve nightly and backfill deployments from this machine (no worker needed)",
+        description="Needs a Prefect API (PREFECT_API_URL) to register with. Runs until interrupted.",
+    )
+    command.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs to watch")
+    command.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
+    command.add_argument(
+        "--profile", "-p", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})"
+    )
+    command.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule (default: {NIGHTLY_CRON!r})")
+    command.add_argument("--timezone", default="UTC", help="time zone of the schedule (default: UTC)")
+    command.set_defaults(func=_serve_command)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    try:
+        serve(args.cron, args.inputs, args.output, args.profile, args.timezone)
+    except ProfileError as error:
+        print(f"steadyscribe: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,296 @@
+"""Operations against a real Prefect server: observable CLI runs, `prefect deploy`, `steadyscribe serve`
+and the Dask task runner.
+
+The server runs as `prefect server start` in a subprocess (SQLite in a temporary PREFECT_HOME), and
+the pipeline runs in subprocesses pointed at it, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from conftest import FIXTURES
+from steadyscribe.profiles import load_profile
+from steadyscribe.runners import task_runner_for
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHORT_FIXTURES = [str(FIXTURES / "clean_gb.flac"), str(FIXTURES / "fast_speaker.flac")]
+FLOW_NAME = "steadyscribe-transcribe"
+POOL = "steadyscribe"
+# Columns that differ between two runs of the same inputs: ids, wall-clock times and durations.
+RUN_COLUMNS = {"run_id", "started_at", "finished_at", "decode_s", "infer_s"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory) -> str:
+    """A Prefect server of its own, started the way an operator starts one."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"}
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        assert server.poll() is None, f"prefect server exited:\n{(home / 'server.log').read_text()}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "the Prefect server")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def api_env(api_url, tmp_path_factory) -> dict[str, str]:
+    """Environment of a client process: this server's API, a home of its own."""
+    home = tmp_path_factory.mktemp("prefect-client-home")
+    return {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)}
+
+
+@contextmanager
+def client_for(api_url: str):
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def run(command: list, env: dict, timeout_s: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def flow_run_writing_to(client, output: Path):
+    runs = [r for r in client.read_flow_runs() if r.parameters.get("output") == str(output)]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def table_rows(output: Path, table: str) -> list[dict]:
+    """A table's rows without the columns that differ between runs, in a stable order."""
+    dataset = ds.dataset(output / table, format="parquet")  # no partitioning: the run date is left out
+    rows = [{k: v for k, v in row.items() if k not in RUN_COLUMNS} for row in dataset.to_table().to_pylist()]
+    return sorted(rows, key=lambda r: (r["source"], r.get("segment_index", 0), r.get("word_index", 0)))
+
+
+# ---------------------------------------------------------------- a CLI run, seen through the API
+
+
+@pytest.fixture(scope="module")
+def threads_run(api_env, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("threads-out")
+    run([BIN / "steadyscribe", "run", *SHORT_FIXTURES, "--output", str(output)], api_env)
+    return output
+
+
+def test_cli_run_reports_to_the_server(api_url, threads_run):
+    with client_for(api_url) as client:
+        flow_run = flow_run_writing_to(client, threads_run)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    assert flow_run.state.is_completed()
+    names = [t.name for t in task_runs]
+    for stage in ("decode", "chunk", "stabilize"):
+        for fixture in SHORT_FIXTURES:
+            assert f"{stage} {fixture}" in names, names
+    assert all(t.state.is_completed() for t in task_runs)
+    by_key = {a.key: a for a in artifacts if a.key}
+    assert by_key["plan"].type == "markdown" and "tiny.en" in by_key["plan"].data
+    summary = by_key["run-summary"].data
+    assert by_key["run-summary"].type == "markdown"
+    for measure in ("files ok / failed / skipped", "audio hours", "wall time", "real-time factor", "peak memory"):
+        assert measure in summary
+    assert "| 2 / 0 / 0 |" in summary
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress and all(a.data == 100.0 for a in progress)
+
+
+# ---------------------------------------------------------------- prefect.yaml
+
+
+@pytest.fixture(scope="module")
+def deployed(api_url, api_env, tmp_path_factory):
+    """deployments/prefect.yaml deployed the documented way, with inputs and output from the environment."""
+    inputs = tmp_path_factory.mktemp("nightly-in")
+    shutil.copy(FIXTURES / "fast_speaker.flac", inputs)
+    output = tmp_path_factory.mktemp("nightly-out")
+    env = {**api_env, "STEADYSCRIBE_INPUTS": str(inputs), "STEADYSCRIBE_OUTPUT": str(output)}
+    run([BIN / "prefect", "work-pool", "create", POOL, "--type", "process"], env)
+    run([BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+    with client_for(api_url) as client:
+        deployments = {name: client.read_deployment_by_name(f"{FLOW_NAME}/{name}") for name in ("nightly", "backfill")}
+        schedules = {name: client.read_deployment_schedules(d.id) for name, d in deployments.items()}
+    return deployments, schedules, inputs, output
+
+
+def test_deploy_all_registers_nightly_and_backfill(deployed):
+    deployments, schedules, inputs, output = deployed
+    nightly, backfill = deployments["nightly"], deployments["backfill"]
+    [schedule] = schedules["nightly"]
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 2 * * *", "UTC", True)
+    assert schedules["backfill"] == []
+    assert nightly.parameters == {"inputs": [str(inputs)], "output": str(output), "profile": "cpu-small"}
+    assert backfill.parameters["force"] is False
+    for deployment in deployments.values():
+        assert deployment.work_pool_name == POOL and deployment.entrypoint == "flows/transcribe.py:transcribe"
+        assert deployment.enforce_parameter_schema
+        # No code is pulled from git: the worker runs this checkout.
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+        ]
+        assert set(deployment.parameter_openapi_schema["properties"]) == {
+            "inputs", "output", "profile", "memory_budget", "batch_size", "force"
+        }
+
+
+def test_deploy_without_inputs_set_fails_clearly(api_env, deployed):  # `deployed` created the work pool
+    result = subprocess.run(
+        [BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+        env=api_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "set STEADYSCRIBE_INPUTS and STEADYSCRIBE_OUTPUT" in result.stdout + result.stderr
+
+
+def test_deployment_rejects_parameters_that_do_not_fit_the_flow(api_url, deployed):
+    deployments, *_ = deployed
+    with client_for(api_url) as client, pytest.raises(Exception, match="(?i)validation|batch_size"):
+        client.create_flow_run_from_deployment(deployments["backfill"].id, parameters={"batch_size": "lots"})
+
+
+def test_worker_runs_the_deployed_backfill(api_url, api_env, deployed):
+    deployments, _, inputs, output = deployed
+    with client_for(api_url) as client:
+        flow_run = client.create_flow_run_from_deployment(deployments["backfill"].id, parameters={"force": True})
+    run([BIN / "prefect", "worker", "start", "--pool", POOL, "--run-once"], api_env, timeout_s=300, cwd=inputs)
+    with client_for(api_url) as client:
+        finished = client.read_flow_run(flow_run.id)
+    assert finished.state.is_completed(), finished.state
+    assert [row["status"] for row in table_rows(output, "files")] == ["ok"]
+
+
+# ---------------------------------------------------------------- steadyscribe serve
+
+# `steadyscribe serve` as the CLI runs it, built from serve.register alone.
+SERVE = (
+    "import argparse, sys\n"
+    "from steadyscribe.serve import register\n"
+    "parser = argparse.ArgumentParser(prog='steadyscribe')\n"
+    "register(parser.add_subparsers(required=True))\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+def test_serve_schedules_nightly_and_runs_backfill_on_demand(api_url, api_env, tmp_path):
+    from prefect.deployments import run_deployment
+
+    output = tmp_path / "served-out"
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-c", SERVE, "serve", SHORT_FIXTURES[1], "--output", str(output), "--cron", "30 1 * * *"]
+    with log.open("w") as log_file:
+        serving = subprocess.Popen(command, env=api_env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        with client_for(api_url) as client:
+
+            def served():
+                assert serving.poll() is None, log.read_text()
+                names = {d.name: d for d in client.read_deployments()}
+                return names if {"served-nightly", "served-backfill"} <= set(names) else None
+
+            deployments = wait_for(served, 120, "served deployments")
+            [schedule] = client.read_deployment_schedules(deployments["served-nightly"].id)
+            assert client.read_deployment_schedules(deployments["served-backfill"].id) == []
+        assert schedule.schedule.cron == "30 1 * * *" and schedule.active
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            flow_run = run_deployment(f"{FLOW_NAME}/served-backfill", timeout=240)
+        assert flow_run.state.is_completed(), flow_run.state
+        assert [row["status"] for row in table_rows(output, "files")] == ["ok"]
+    finally:
+        serving.terminate()
+        serving.wait(30)
+
+
+# ---------------------------------------------------------------- Dask
+
+
+def test_runner_follows_the_profile(tmp_path):
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    assert isinstance(task_runner_for(load_profile("cpu-small")), ThreadPoolTaskRunner)
+    cluster = tmp_path / "cluster.yaml"
+    runner_spec = {"kind": "dask", "address": "tcp://10.0.0.5:8786"}
+    cluster.write_text(yaml.safe_dump({"extends": "cpu-small", "runner": runner_spec}))
+    runner = task_runner_for(load_profile(str(cluster)))
+    assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.5:8786"
+
+
+def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run, tmp_path):
+    profile = tmp_path / "dask-local.yaml"
+    profile.write_text(yaml.safe_dump({"extends": "cpu-small", "runner": {"kind": "dask", "n_workers": 2}}))
+    output = tmp_path / "dask-out"
+    script = (
+        "import sys\n"
+        "from steadyscribe.runners import transcribe_flow\n"
+        "transcribe_flow(sys.argv[1])(inputs=sys.argv[3:], output=sys.argv[2], profile=sys.argv[1])\n"
+    )
+    env = {**api_env, "PREFECT_LOGGING_LEVEL": "INFO"}  # to see which cluster the runner starts
+    result = run([sys.executable, "-c", script, str(profile), str(output), *SHORT_FIXTURES], env)
+    assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in result.stdout + result.stderr
+    with client_for(api_url) as client:
+        flow_run = flow_run_writing_to(client, output)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert flow_run.state.is_completed()
+    assert sum(t.name.startswith("stabilize ") for t in task_runs) == len(SHORT_FIXTURES)
+    for table in ("files", "segments", "words"):
+        dask_rows, threads_rows = table_rows(output, table), table_rows(threads_run, table)
+        if table == "files":  # the profile's name is recorded; everything else must match
+            assert {r.pop("profile") for r in dask_rows} == {"dask-local"}
+            assert {r.pop("profile") for r in threads_rows} == {"cpu-small"}
+        assert dask_rows == threads_rows, table

@@ -9,11 +9,13 @@ not fit, a smaller batch is tried first, then quantization, then the next model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
+
+from steadyscribe.engines import provisioning_error
 
 from steadyscribe.memory import estimate_peak_bytes, is_english_only
 from steadyscribe.profiles import Profile, apply_overrides, format_bytes, load_profile, parse_size
@@ -40,27 +42,34 @@ class _Target:
     description: str  # "no GPU; 1.8 GiB free, budget 60% of free = 1.1 GiB"
 
 
+# (model, engine) → None when the model can be had in that engine's format, else why not.
+ModelCheck = Callable[[str, str], "str | None"]
+
+
 def select_plan(
     profile: Profile,
     probe: Probe,
     available_engines: Collection[str],
     overrides: Mapping[str, Any] | None = None,
+    model_unavailable: ModelCheck | None = None,
 ) -> Plan:
     """Choose engine, model, precision, quantization and batch size that fit this machine.
 
     `overrides` holds one run's command-line `memory_budget` and `batch_size` (None: unset).
+    `model_unavailable` lets selection skip models that cannot be provisioned (e.g. offline).
     Raises PlanError when nothing fits, ProfileError for bad overrides.
     """
     profile = apply_overrides(profile, overrides)
     if profile.candidates:
-        return _select_candidate(profile, probe, available_engines, overrides)
-    plan = _plan_for(profile, probe, available_engines)
+        return _select_candidate(profile, probe, available_engines, overrides, model_unavailable)
+    plan = _plan_for(profile, probe, available_engines, model_unavailable)
     log.info("plan for profile %s: %s", profile.name, plan.reason)
     return plan
 
 
 def _select_candidate(
-    auto: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None
+    auto: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None,
+    model_unavailable: ModelCheck | None,
 ) -> Plan:
     """The first candidate profile whose device is present, whose memory floor is met and that fits."""
     skipped: list[str] = []
@@ -74,7 +83,7 @@ def _select_candidate(
             skipped.append(f"{name}: needs {candidate.min_free_memory} free, {format_bytes(target_free)} is")
             continue
         try:
-            plan = _plan_for(candidate, probe, available_engines)
+            plan = _plan_for(candidate, probe, available_engines, model_unavailable)
         except PlanError as exc:
             skipped.append(f"{name}: {exc}")
             continue
@@ -84,7 +93,9 @@ def _select_candidate(
     raise PlanError(f"profile {auto.name}: no candidate fits: " + "; ".join(skipped))
 
 
-def _plan_for(profile: Profile, probe: Probe, available_engines: Collection[str]) -> Plan:
+def _plan_for(
+    profile: Profile, probe: Probe, available_engines: Collection[str], model_unavailable: ModelCheck | None = None
+) -> Plan:
     target = _target(profile, probe)
     notes: list[str] = []
     engines = []
@@ -106,6 +117,9 @@ def _plan_for(profile: Profile, probe: Probe, available_engines: Collection[str]
             language = profile.language or ("en" if is_english_only(model) else None)
             if language not in (None, "en") and is_english_only(model):
                 _note(notes, f"{model} is English-only, language is {language}")
+                continue
+            if model_unavailable and (missing := model_unavailable(model, engine)):
+                _note(notes, f"{model} for {engine} unavailable: {missing}")
                 continue
             for quantization in profile.quantization:
                 why_not = _quantization_unusable(quantization, engine, target.device, probe)
@@ -247,4 +261,5 @@ def plan_markdown(plan: Plan, probe: Probe) -> str:
 def select_task(
     profile: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None = None
 ) -> Plan:
-    return select_plan(profile, probe, available_engines, overrides)
+    """Select a plan whose model can be provisioned here (cached, shipped in a package, or downloaded)."""
+    return select_plan(profile, probe, available_engines, overrides, model_unavailable=provisioning_error)

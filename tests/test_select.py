@@ -191,3 +191,17 @@ def test_estimates_grow_with_batch_and_shrink_with_precision():
     assert weight_bytes("large-v3", "float16", "int8") < weight_bytes("large-v3", "float16")
     assert weight_bytes("large-v3", "float16", "nf4") < weight_bytes("large-v3", "float16", "int8")
     assert estimate_peak_bytes("tiny.en", engine="whisper", batch_size=1) == pytest.approx(1.13e9, rel=0.15)
+
+
+def test_models_that_cannot_be_provisioned_are_skipped_with_the_reason():
+    def offline(model: str, engine: str) -> str | None:
+        return None if model == "tiny.en" else "not available locally and cannot be downloaded"
+
+    plan = select_plan(load_profile("cpu-batched"), machine(), ALL_ENGINES, model_unavailable=offline)
+    assert plan.model == "tiny.en"
+    assert "base.en for transformers unavailable: not available locally" in plan.reason
+
+
+def test_no_model_available_is_a_plan_error():
+    with pytest.raises(PlanError):
+        select_plan(load_profile("cpu-small"), machine(), ALL_ENGINES, model_unavailable=lambda m, e: "offline")

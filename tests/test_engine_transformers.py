@@ -10,7 +10,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-from conftest import FIXTURES, fixture_truth  # noqa: E402
+from conftest import (  # noqa: E402
+    SAMPLE_RATE,
+    SPEECH,
+    WER_MARGIN,
+    decode_fixture,
+    fixture_truth,
+    speech_fixture_windows,
+    speech_wer,
+    window_audio,
+)
 
 from steadyscribe.engines.base import WindowAudio, WindowResult  # noqa: E402
 from steadyscribe.engines.transformers_engine import (  # noqa: E402
@@ -18,18 +27,12 @@ from steadyscribe.engines.transformers_engine import (  # noqa: E402
     is_out_of_memory,
     torch_dtype_for,
 )
-from steadyscribe.metrics import boundary_errors, corpus_wer, normalize_text  # noqa: E402
-from steadyscribe.records import InputFile, Plan, Window  # noqa: E402
-from tasks.chunk import plan_windows  # noqa: E402
-from tasks.decode import decode_input, load_pcm  # noqa: E402
+from steadyscribe.metrics import boundary_errors, normalize_text  # noqa: E402
+from steadyscribe.records import Plan, Window  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SAMPLE_RATE = 16000
-# straddle_40s first: its two windows and two other files make the first batch of four.
-SPEECH = ["straddle_40s", "clean_gb", "clean_us_slow", "fast_speaker", "long_pauses", "noisy"]
 MAX_WER = 0.2
-WER_MARGIN = 0.02  # against openai-whisper at batch 1 with the same weights
 GiB = 1024**3
 
 
@@ -37,39 +40,18 @@ def plan(**fields) -> Plan:
     return Plan(engine="transformers", model="tiny.en", threads=2, **fields)
 
 
-def decoded_samples(name: str, work_dir) -> np.ndarray:
-    decoded = decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir)
-    return load_pcm(decoded.pcm_path)
-
-
-def audio(window: Window, samples: np.ndarray) -> WindowAudio:
-    return WindowAudio(window, samples[round(window.start * SAMPLE_RATE) : round(window.end * SAMPLE_RATE)])
-
-
 def words_of(results: list[WindowResult], name: str) -> list:
     ordered = sorted((r for r in results if r.window.file_id == name), key=lambda r: r.window.index)
     return [word for r in ordered for segment in r.segments for word in segment.words]
-
-
-def speech_wer(results: list[WindowResult]) -> float:
-    def text(name: str) -> str:
-        ordered = sorted((r for r in results if r.window.file_id == name), key=lambda r: r.window.index)
-        return " ".join(segment.text for r in ordered for segment in r.segments)
-
-    return corpus_wer((fixture_truth(name)["text"], text(name)) for name in SPEECH)
 
 
 @pytest.fixture(scope="module")
 def speech_windows(tmp_path_factory) -> list[WindowAudio]:
     """The pipeline's windows (tasks.chunk) of every speech fixture, then one whole no-speech window."""
     work_dir = tmp_path_factory.mktemp("pcm")
-    windows = []
-    for name in SPEECH:
-        samples = decoded_samples(name, work_dir)
-        windows += [audio(window, samples) for window in plan_windows(samples, name)]
-    silence = decoded_samples("no_speech", work_dir)
-    windows.append(audio(Window("no_speech", 0, 0.0, silence.size / SAMPLE_RATE), silence))
-    return windows
+    silence = decode_fixture("no_speech", work_dir)
+    no_speech = window_audio(Window("no_speech", 0, 0.0, silence.size / SAMPLE_RATE), silence)
+    return speech_fixture_windows(work_dir) + [no_speech]
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +90,9 @@ def test_out_of_memory_halves_the_batch_and_decodes_every_window_once(backed_off
     assert Counter(r.window for r in results) == Counter(w.window for w in speech_windows)
 
 
-def test_transcribes_like_openai_whisper_at_batch_one(backed_off, speech_windows):
-    from steadyscribe.engines.whisper_batch1 import WhisperBatch1Engine
-
+def test_transcribes_like_openai_whisper_at_batch_one(backed_off, batch1_speech_wer):
     _, _, results = backed_off
-    reference = list(WhisperBatch1Engine(Plan(engine="whisper", model="tiny.en", threads=2)).transcribe(speech_windows))
-    assert speech_wer(results) <= min(MAX_WER, speech_wer(reference) + WER_MARGIN)
+    assert speech_wer(results) <= min(MAX_WER, batch1_speech_wer + WER_MARGIN)
 
 
 def test_cross_file_batch_gives_the_same_text_as_batch_one(backed_off, speech_windows):

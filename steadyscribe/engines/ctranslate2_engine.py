@@ -8,40 +8,27 @@ reused by every step; only the rare partial re-runs (fallback, mixed languages) 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import ctranslate2
 import numpy as np
-from whisper.audio import (
-    HOP_LENGTH,
-    N_SAMPLES,
-    SAMPLE_RATE,
-    TOKENS_PER_SECOND,
-    log_mel_spectrogram,
-    pad_or_trim,
-)
-from whisper.timing import WordTiming, merge_punctuations
+from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
-from steadyscribe.records import Plan, Segment, Window, Word
+from steadyscribe.engines.decoding import TEMPERATURES, Decoding, decode_with_fallback
+from steadyscribe.engines.word_timing import (
+    MEDIAN_FILTER_WIDTH,
+    compression_ratio,
+    timestamped_spans,
+    window_segments,
+    word_timings,
+)
+from steadyscribe.records import Plan, Segment
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
-TIMESTAMP_PRECISION_S = 0.02
-# openai-whisper's decoding defaults: retry a window at higher temperature when its text is
-# repetitive (compression) or improbable, unless the model says it is silence.
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
-ALIGNMENT_MEDIAN_FILTER_WIDTH = 7
-PREPEND_PUNCTUATIONS = "\"'“¿([{-"
-APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-SENTENCE_END_MARKS = ".。!！?？"
 
 
 def compute_type_for(plan: Plan) -> str:
@@ -53,25 +40,6 @@ def compute_type_for(plan: Plan) -> str:
     if plan.quantization == "none":
         return plan.dtype if on_cuda else "float32"
     raise ValueError(f"CTranslate2 has no {plan.quantization!r} quantization; use none or int8")
-
-
-@dataclass
-class _Decoding:
-    """One generated hypothesis for a window: its tokens (timestamps included) and quality scores."""
-
-    tokens: list[int]
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-
-    @property
-    def is_silence(self) -> bool:
-        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOGPROB_THRESHOLD
-
-    @property
-    def needs_fallback(self) -> bool:
-        repetitive = self.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-        return (repetitive or self.avg_logprob < LOGPROB_THRESHOLD) and not self.is_silence
 
 
 class CTranslate2Engine:
@@ -162,7 +130,7 @@ class CTranslate2Engine:
 
     def _decode(
         self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[Tokenizer]
-    ) -> list[_Decoding]:
+    ) -> list[Decoding]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
         prompts = [
             list(tokenizer.sot_sequence)
@@ -170,24 +138,16 @@ class CTranslate2Engine:
             else list(tokenizer.sot_sequence_including_notimestamps)
             for tokenizer in tokenizers
         ]
-        attempts = [[d] for d in self._generate(encoded, prompts, tokenizers, self.temperatures[0])]
-        for temperature in self.temperatures[1:]:
-            retry = [i for i, tried in enumerate(attempts) if tried[-1].needs_fallback]
-            if not retry:
-                break
-            features = self._features_of(retry, encoded, mel)
-            retried = self._generate(
-                features, [prompts[i] for i in retry], [tokenizers[i] for i in retry], temperature
-            )
-            for i, decoding in zip(retry, retried):
-                attempts[i].append(decoding)
-        # When no temperature satisfied the thresholds, prefer non-repetitive text, then the likeliest.
-        return [
-            tried[-1]
-            if not tried[-1].needs_fallback
-            else min(tried, key=lambda d: (d.compression_ratio > COMPRESSION_RATIO_THRESHOLD, -d.avg_logprob))
-            for tried in attempts
-        ]
+        return decode_with_fallback(
+            lambda rows, temperature: self._generate(
+                self._features_of(rows, encoded, mel),
+                [prompts[i] for i in rows],
+                [tokenizers[i] for i in rows],
+                temperature,
+            ),
+            len(tokenizers),
+            self.temperatures,
+        )
 
     def _generate(
         self,
@@ -195,7 +155,7 @@ class CTranslate2Engine:
         prompts: list[list[int]],
         tokenizers: list[Tokenizer],
         temperature: float,
-    ) -> list[_Decoding]:
+    ) -> list[Decoding]:
         sampling = (
             {"beam_size": self.beam_size}
             if temperature == 0
@@ -219,7 +179,7 @@ class CTranslate2Engine:
             # generated tokens plus the end-of-text token.
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
-            decodings.append(_Decoding(tokens, avg_logprob, result.no_speech_prob, _compression_ratio(text)))
+            decodings.append(Decoding(tokens, text, avg_logprob, result.no_speech_prob, compression_ratio(text)))
         return decodings
 
     def _align(
@@ -241,7 +201,7 @@ class CTranslate2Engine:
                 list(start_sequence),
                 [text_tokens[i] for i in indices],
                 [num_frames[i] for i in indices],
-                median_filter_width=ALIGNMENT_MEDIAN_FILTER_WIDTH,
+                median_filter_width=MEDIAN_FILTER_WIDTH,
             )
             for i, result in zip(indices, results):
                 alignments[i] = result
@@ -263,147 +223,24 @@ class CTranslate2Engine:
         self,
         item: WindowAudio,
         tokenizer: Tokenizer,
-        decoding: _Decoding,
+        decoding: Decoding,
         alignment: ctranslate2.models.WhisperAlignmentResult,
     ) -> list[Segment]:
         """Split the window's tokens into segments at timestamp tokens and give each its words."""
         span = min(item.window.end - item.window.start, len(item.samples) / SAMPLE_RATE)
-        spans = _timestamped_spans(decoding.tokens, tokenizer, span)
-        words = _word_timings(alignment, [t for _, _, tokens in spans for t in tokens], tokenizer)
-        typical = _typical_word_duration(words)
-        segments = []
-        word_index = 0
-        for start, end, tokens in spans:
-            # Words were split from the concatenated text: a segment takes words until it has
-            # consumed its own token count (punctuation merging moves tokens, not their count).
-            segment_words: list[WordTiming] = []
-            consumed = 0
-            while word_index < len(words) and consumed < len(tokens):
-                timing = words[word_index]
-                if timing.word:
-                    segment_words.append(timing)
-                consumed += len(timing.tokens)
-                word_index += 1
-            if segment_words:
-                _fit_edge_words(segment_words, start, end, typical)
-                start, end = segment_words[0].start, segment_words[-1].end
-            segments.append(
-                Segment(
-                    start=item.window.start + _clip(start, span),
-                    end=item.window.start + _clip(end, span),
-                    text=tokenizer.decode(tokens),
-                    words=[_absolute_word(timing, item.window, span) for timing in segment_words],
-                    avg_logprob=decoding.avg_logprob,
-                    no_speech_prob=decoding.no_speech_prob,
-                    compression_ratio=decoding.compression_ratio,
-                )
-            )
-        return segments
-
-
-def _timestamped_spans(
-    tokens: list[int], tokenizer: Tokenizer, span: float
-) -> list[tuple[float, float, list[int]]]:
-    """(start, end, text tokens) per segment: text between timestamp tokens, times window-relative.
-
-    Handles both `<|a|> text <|b|><|b|> text <|c|>` and single timestamps between segments. Text
-    after the last timestamp (the model ran out of window) ends at the window's end; text
-    without timestamps (timestamp-free prompt) is one segment over the whole window.
-    """
-    spans = []
-    start = 0.0
-    text: list[int] = []
-    for token in tokens:
-        if token >= tokenizer.timestamp_begin:
-            time = (token - tokenizer.timestamp_begin) * TIMESTAMP_PRECISION_S
-            if text:
-                spans.append((start, time, text))
-                text = []
-            start = time
-        elif token < tokenizer.eot:
-            text.append(token)
-    if text:
-        spans.append((start, span, text))
-    return spans
-
-
-def _word_timings(
-    alignment: ctranslate2.models.WhisperAlignmentResult, text_tokens: list[int], tokenizer: Tokenizer
-) -> list[WordTiming]:
-    """Words with window-relative times from the DTW path, punctuation merged into its neighbours."""
-    if not text_tokens:
-        return []
-    # The path visits one row per text token plus a final row for end-of-text; a word spans from
-    # the first frame of its first token's row to the first frame of the next word's row.
-    words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
-    boundaries = np.concatenate([[0], np.cumsum([len(tokens) for tokens in word_tokens[:-1]])])
-    path = np.array(alignment.alignments)
-    row_starts = np.diff(path[:, 0], prepend=-1) > 0
-    row_times = path[row_starts, 1] / TOKENS_PER_SECOND
-    token_probs = np.asarray(alignment.text_token_probs)
-    timings = [
-        WordTiming(word, tokens, float(row_times[i]), float(row_times[j]), float(token_probs[i:j].mean()))
-        for word, tokens, i, j in zip(words[:-1], word_tokens[:-1], boundaries[:-1], boundaries[1:])
-    ]
-    _shorten_words_at_sentence_ends(timings, _typical_word_duration(timings))
-    merge_punctuations(timings, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
-    return timings
-
-
-# DTW hands silence to a neighbouring word: the heuristics below cap such words at twice the
-# typical (median, at most 0.7 s) word duration, as openai-whisper does. They only move a start
-# later or an end earlier, so word times stay monotonic.
-
-
-def _typical_word_duration(timings: list[WordTiming]) -> float:
-    durations = [t.end - t.start for t in timings if t.end > t.start]
-    return min(0.7, float(np.median(durations))) if durations else 0.0
-
-
-def _shorten_words_at_sentence_ends(timings: list[WordTiming], typical: float) -> None:
-    """A pause after a sentence goes to its last word or mark, or to the next sentence's first word."""
-    max_duration = 2 * typical
-    for i, timing in enumerate(timings):
-        if timing.end - timing.start <= max_duration:
-            continue
-        ends_sentence = timing.word in SENTENCE_END_MARKS or (
-            i + 1 < len(timings) and timings[i + 1].word in SENTENCE_END_MARKS
+        spans = timestamped_spans(decoding.tokens, tokenizer, span)
+        text_tokens = [t for token_span in spans for t in token_span.tokens]
+        # CT2's DTW path: (text index, time index) pairs, one row per text token plus end-of-text.
+        path = np.array(alignment.alignments, dtype=np.int64).reshape(-1, 2)
+        words = word_timings(tokenizer, text_tokens, path[:, 0], path[:, 1], alignment.text_token_probs)
+        segments = window_segments(
+            item.window,
+            span,
+            tokenizer,
+            spans,
+            words,
+            avg_logprob=decoding.avg_logprob,
+            no_speech_prob=decoding.no_speech_prob,
+            compression_ratio=decoding.compression_ratio,
         )
-        if ends_sentence:
-            timing.end = timing.start + max_duration
-        elif i > 0 and timings[i - 1].word in SENTENCE_END_MARKS:
-            timing.start = timing.end - max_duration
-
-
-def _fit_edge_words(words: list[WordTiming], start: float, end: float, typical: float) -> None:
-    """Trim a segment's first and last word where they run into silence.
-
-    A segment mostly starts after a pause (or at the window's start), whose silence DTW gives to
-    the first word; where the segment's timestamp tokens put the speech well inside an edge word,
-    the timestamp is believed instead.
-    """
-    first, last = words[0], words[-1]
-    first.start = max(first.start, first.end - 2 * typical)
-    if first.start + 0.5 < start < first.end:
-        first.start = max(first.start, min(first.end - typical, start))
-    if last.start < end < last.end - 0.5:
-        last.end = max(min(last.start + typical, last.end), end)
-
-
-def _absolute_word(timing: WordTiming, window: Window, span: float) -> Word:
-    return Word(
-        word=timing.word,
-        start=window.start + _clip(timing.start, span),
-        end=window.start + _clip(timing.end, span),
-        probability=timing.probability,
-    )
-
-
-def _clip(time: float, span: float) -> float:
-    return min(max(time, 0.0), span)
-
-
-def _compression_ratio(text: str) -> float:
-    """Bytes of text over bytes of its zlib compression: high for looping, repetitive output."""
-    encoded = text.encode("utf-8")
-    return len(encoded) / len(zlib.compress(encoded)) if encoded else 0.0
+        return [segment for segment in segments if segment.words]

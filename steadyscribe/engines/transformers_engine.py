@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
+from steadyscribe.engines.decoding import Decoding, decode_with_fallback
 from steadyscribe.engines.word_timing import (
     alignment_path,
     compression_ratio,
@@ -47,12 +47,6 @@ from steadyscribe.records import Plan
 logger = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 224  # openai-whisper's sample_len: half the decoder's context
-# openai-whisper's decoding defaults: retry a window at higher temperature when its text is
-# repetitive (compression) or improbable, unless the model says it is silence.
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
 _ENGLISH_ONLY_VOCAB = 51864
 
 
@@ -121,26 +115,6 @@ class PeakRssMeter:
             if line.startswith("VmHWM:"):
                 return max(rss, int(line.split()[1]) * 1024)
         return rss
-
-
-@dataclass
-class _Decoding:
-    """One generated hypothesis for a window: its tokens (timestamps included) and quality scores."""
-
-    tokens: list[int]
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-
-    @property
-    def is_silence(self) -> bool:
-        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOGPROB_THRESHOLD
-
-    @property
-    def needs_fallback(self) -> bool:
-        suspicious = self.compression_ratio > COMPRESSION_RATIO_THRESHOLD or self.avg_logprob < LOGPROB_THRESHOLD
-        return suspicious and not self.is_silence
 
 
 class _ChosenTokenLogprobs(LogitsProcessor):
@@ -305,23 +279,12 @@ class TransformersEngine:
             task="transcribe",
         )
 
-    def _decode(self, encoded: torch.Tensor, tokenizers: list[Tokenizer], no_speech_probs: list[float]) -> list[_Decoding]:
+    def _decode(self, encoded: torch.Tensor, tokenizers: list[Tokenizer], no_speech_probs: list[float]) -> list[Decoding]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
-        everyone = list(range(len(encoded)))
-        attempts = [[d] for d in self._generate(encoded, everyone, tokenizers, no_speech_probs, TEMPERATURES[0])]
-        for temperature in TEMPERATURES[1:]:
-            retry = [i for i, tried in enumerate(attempts) if tried[-1].needs_fallback]
-            if not retry:
-                break
-            for i, decoding in zip(retry, self._generate(encoded, retry, tokenizers, no_speech_probs, temperature)):
-                attempts[i].append(decoding)
-        # When no temperature satisfied the thresholds, prefer non-repetitive text, then the likeliest.
-        return [
-            tried[-1]
-            if not tried[-1].needs_fallback
-            else min(tried, key=lambda d: (d.compression_ratio > COMPRESSION_RATIO_THRESHOLD, -d.avg_logprob))
-            for tried in attempts
-        ]
+        return decode_with_fallback(
+            lambda rows, temperature: self._generate(encoded, rows, tokenizers, no_speech_probs, temperature),
+            len(encoded),
+        )
 
     def _generate(
         self,
@@ -330,7 +293,7 @@ class TransformersEngine:
         tokenizers: list[Tokenizer],
         no_speech_probs: list[float],
         temperature: float,
-    ) -> list[_Decoding]:
+    ) -> list[Decoding]:
         logprobs = _ChosenTokenLogprobs()
         language_args = {}
         if self.is_multilingual:
@@ -363,7 +326,7 @@ class TransformersEngine:
                 scored = len(tokens)
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
             decodings.append(
-                _Decoding(
+                Decoding(
                     tokens=tokens,
                     text=text,
                     avg_logprob=float(token_logprobs[:scored].sum()) / scored,

@@ -1,0 +1,91 @@
+"""One system in its own process: load the model, transcribe each part of the set, report.
+
+    python -m bench.worker SYSTEM --model tiny.en --data DIR --out RESULT.json
+
+A fresh process per system keeps one system's memory and threads from touching another's, and
+makes the process's peak RSS that system's peak. Model load and each part are timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from bench import systems
+from bench.dataset import load_manifest
+
+# Versions worth recording with each result: the system's own package and what it runs on.
+PACKAGES = ("openai-whisper", "torch", "transformers", "ctranslate2", "faster-whisper", "stable-ts", "numpy")
+
+
+def run_system(name: str, model: str, data_dir: Path) -> dict:
+    system = systems.SYSTEMS_BY_NAME[name]
+    files = load_manifest(data_dir)
+    runner = getattr(systems, system.runner)(model, systems.usable_threads(), system.options)
+    runner.prepare()
+    started = time.perf_counter()
+    runner.load()
+    load_s = time.perf_counter() - started
+    rss_after_load = psutil.Process().memory_info().rss
+
+    parts: dict[str, dict] = {}
+    outputs: dict[str, dict] = {}
+    try:
+        for part in dict.fromkeys(f.part for f in files):
+            paths = {f.name: f.absolute_path(data_dir) for f in files if f.part == part}
+            started = time.perf_counter()
+            outputs.update(runner.transcribe(paths))
+            parts[part] = {
+                "wall_s": time.perf_counter() - started,
+                "audio_s": sum(f.duration_s for f in files if f.part == part),
+            }
+    finally:
+        shutil.rmtree(runner.work_dir, ignore_errors=True)
+    return {
+        "system": name,
+        "model": model,
+        "settings": runner.settings,
+        "load_s": load_s,
+        "stabilize_s": getattr(runner, "stabilize_s", None),
+        "rss_after_load_bytes": rss_after_load,
+        # ru_maxrss is in KiB on Linux: the high-water mark of this whole process.
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "parts": parts,
+        "versions": _versions(),
+        "outputs": outputs,
+    }
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("system", choices=sorted(systems.SYSTEMS_BY_NAME))
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    result = run_system(args.system, args.model, args.data)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

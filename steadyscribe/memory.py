@@ -100,6 +100,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "distil-medium.en": Architecture(width=1024, heads=16, encoder_layers=24, decoder_layers=2, vocab=_EN),
     "distil-large-v2": Architecture(width=1280, heads=20, encoder_layers=32, decoder_layers=2),
     "distil-large-v3": Architecture(width=1280, heads=20, encoder_layers=32, decoder_layers=2, **_V3),
+    # steadyscribe.models.distil.build_student("tiny.en"): untrained, for tests and benchmarks only.
+    "distil-tiny.en-student": Architecture(width=384, heads=6, encoder_layers=4, decoder_layers=2, vocab=_EN),
 }
 ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo", "distil-large-v3.5": "distil-large-v3"}
 

@@ -50,6 +50,7 @@ class Probe:
     gpus: list[GpuInfo] = field(default_factory=list)
     bitsandbytes_version: str | None = None
     bitsandbytes_int8_cpu: bool = False  # an 8-bit Linear runs a forward pass on the CPU
+    bitsandbytes_nf4_cpu: bool = False  # a 4-bit NF4 Linear runs a forward pass on the CPU
     bitsandbytes_cuda: bool = False  # 8-bit and 4-bit Linears run on the first GPU
     disk_free_bytes: dict[str, int | None] = field(default_factory=dict)  # None: remote or missing
 
@@ -107,9 +108,12 @@ def probe_resources(
     if check_accelerators:
         probe.gpus = cuda_devices()
         probe.cuda_available = bool(probe.gpus)
-        probe.bitsandbytes_version, probe.bitsandbytes_int8_cpu, probe.bitsandbytes_cuda = bitsandbytes_support(
-            probe.cuda_available
-        )
+        (
+            probe.bitsandbytes_version,
+            probe.bitsandbytes_int8_cpu,
+            probe.bitsandbytes_nf4_cpu,
+            probe.bitsandbytes_cuda,
+        ) = bitsandbytes_support(probe.cuda_available)
     return probe
 
 
@@ -233,29 +237,21 @@ def cuda_devices() -> list[GpuInfo]:
 
 
 @functools.cache
-def bitsandbytes_support(cuda: bool) -> tuple[str | None, bool, bool]:
-    """(version, int8 works on CPU, int8 and nf4 work on CUDA), by running tiny layers once."""
+def bitsandbytes_support(cuda: bool) -> tuple[str | None, bool, bool, bool]:
+    """(version, int8 works on CPU, nf4 works on CPU, int8 and nf4 work on CUDA), as the
+    transformers engine loads them (steadyscribe.models.quantize runs tiny layers once)."""
     try:
         import bitsandbytes as bnb
-        import torch
+
+        from steadyscribe.models.quantize import quantization_support
     except Exception:
-        return None, False, False
-    return bnb.__version__, _bnb_forward_works(bnb, torch, "cpu", nf4=False), cuda and _bnb_forward_works(
-        bnb, torch, "cuda", nf4=True
+        return None, False, False, False
+    return (
+        bnb.__version__,
+        quantization_support("int8", "cpu") is None,
+        quantization_support("nf4", "cpu") is None,
+        cuda and quantization_support("int8", "cuda") is None and quantization_support("nf4", "cuda") is None,
     )
-
-
-def _bnb_forward_works(bnb: Any, torch: Any, device: str, *, nf4: bool) -> bool:
-    try:
-        x = torch.randn(2, 64, device=device)
-        layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False).to(device)
-        ok = layer(x).shape == (2, 64)
-        if nf4:
-            layer4 = bnb.nn.Linear4bit(64, 64, quant_type="nf4", compute_dtype=torch.float16).to(device)
-            ok = ok and layer4(x.half()).shape == (2, 64)
-        return bool(ok)
-    except Exception:  # any failure means "do not plan on it"
-        return False
 
 
 @task(name="probe")

@@ -16,8 +16,8 @@ from typing import Any
 from prefect import task
 
 from steadyscribe.engines import provisioning_error
-
 from steadyscribe.memory import estimate_peak_bytes, is_english_only
+from steadyscribe.models.distil import recommended_window_s
 from steadyscribe.profiles import Profile, apply_overrides, format_bytes, load_profile, parse_size
 from steadyscribe.records import Plan
 from tasks.probe import Probe
@@ -145,7 +145,7 @@ def _plan_for(
                     dtype=dtype,
                     quantization=quantization,
                     batch_size=batch,
-                    chunk_s=profile.chunking.max_window_s,
+                    chunk_s=min(profile.chunking.max_window_s, recommended_window_s(model) or 30.0),
                     threads=probe.usable_cpus if profile.threads == "auto" else profile.threads,
                     language=language,
                     memory_budget_bytes=target.budget_bytes,
@@ -201,7 +201,7 @@ def _quantization_unusable(quantization: str, engine: str, device: str, probe: P
         return None if probe.bitsandbytes_cuda else "bitsandbytes does not work on this GPU"
     if quantization == "int8":
         return None if probe.bitsandbytes_int8_cpu else "bitsandbytes int8 does not work on this CPU"
-    return "nf4 is planned on CUDA only"
+    return None if probe.bitsandbytes_nf4_cpu else "bitsandbytes nf4 does not work on this CPU"
 
 
 def _largest_batch(

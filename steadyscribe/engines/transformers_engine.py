@@ -61,19 +61,14 @@ def torch_dtype_for(plan: Plan) -> torch.dtype:
 
 
 def load_model(plan: Plan) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    """The plan's model (provisioned as a transformers directory) on its device, and its processor.
-
-    Quantized loading (plan.quantization) is to be added here.
-    """
-    if plan.quantization != "none":
-        raise ValueError(f"the transformers engine has no {plan.quantization!r} quantization yet; use none")
+    """The plan's model (provisioned as a transformers directory) on its device, quantized as the
+    plan says (steadyscribe.models.quantize), and its processor."""
     from steadyscribe.models.provision import provision
+    from steadyscribe.models.quantize import load_quantized_transformers
 
     model_dir = provision(plan.model, "transformers")
-    model = WhisperForConditionalGeneration.from_pretrained(
-        model_dir, dtype=torch_dtype_for(plan), attn_implementation="sdpa"
-    )
-    return model.to(plan.device).eval(), WhisperProcessor.from_pretrained(model_dir)
+    model = load_quantized_transformers(model_dir, plan.quantization, plan.device, torch_dtype_for(plan))
+    return model, WhisperProcessor.from_pretrained(model_dir)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

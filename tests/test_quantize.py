@@ -1,0 +1,169 @@
+"""Quantized loading (steadyscribe.models.quantize) and transcription through the transformers engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from conftest import FIXTURES, fixture_truth  # noqa: E402
+
+from steadyscribe.engines.base import WindowAudio, WindowResult  # noqa: E402
+from steadyscribe.metrics import corpus_wer  # noqa: E402
+from steadyscribe.models import quantize  # noqa: E402
+from steadyscribe.models.quantize import (  # noqa: E402
+    Int8TiedVocabulary,
+    QuantizationUnavailableError,
+    load_quantized_transformers,
+    quantization_support,
+    quantized_model_dir,
+)
+from steadyscribe.records import InputFile, Plan  # noqa: E402
+from tasks.chunk import plan_windows  # noqa: E402
+from tasks.decode import decode_input, load_pcm  # noqa: E402
+
+SAMPLE_RATE = 16000
+SPEECH = ["straddle_40s", "clean_gb", "clean_us_slow", "fast_speaker", "long_pauses", "noisy"]
+INT8_WER_MARGIN = 0.02  # int8 against fp32 on the same weights
+NF4_WER_MARGIN = 0.05  # 4-bit weights lose more
+
+
+def test_unquantized_and_dynamic_int8_work_on_the_cpu():
+    assert quantization_support("none", "cpu") is None
+    assert quantization_support("dynamic-int8", "cpu") is None
+
+
+def test_dynamic_int8_is_refused_on_cuda_with_the_reason():
+    assert "CPU only" in quantization_support("dynamic-int8", "cuda")
+
+
+def test_unknown_mode_is_refused():
+    assert "unknown quantization 'int4'" in quantization_support("int4", "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bitsandbytes_on_cuda_without_a_gpu_says_why(tmp_path):
+    assert quantization_support("int8", "cuda") is not None
+    with pytest.raises(QuantizationUnavailableError, match="with int8 quantization on cuda"):
+        load_quantized_transformers(tmp_path, "int8", "cuda", torch.float16)
+
+
+def test_cache_key_separates_sources_and_compute_dtypes(tmp_path):
+    first, second = tmp_path / "a" / "tiny.en", tmp_path / "b" / "tiny.en"
+    assert quantized_model_dir(first, "int8", torch.float32, tmp_path) != quantized_model_dir(
+        second, "int8", torch.float32, tmp_path
+    )
+    assert quantized_model_dir(first, "nf4", torch.float16, tmp_path).name.endswith("-float16")
+    assert quantized_model_dir(first, "nf4", torch.float16, tmp_path).parent == tmp_path / "transformers-nf4"
+
+
+def test_int8_tied_vocabulary_is_close_to_the_fp32_matrix():
+    weight = torch.randn(300, 64)
+    vocabulary = Int8TiedVocabulary(weight)
+    embedding = quantize.Int8Embedding(vocabulary)
+    projection = quantize.Int8OutputProjection(vocabulary)
+    ids = torch.tensor([[0, 5, 299]])
+    torch.testing.assert_close(embedding(ids), weight[ids], atol=0.02, rtol=0.02)
+    hidden = torch.randn(2, 3, 64)
+    logits = projection(hidden)
+    assert logits.shape == (2, 3, 300)
+    assert (logits - hidden @ weight.T).abs().max() < 0.02 * (hidden @ weight.T).abs().max()
+
+
+# --- the real tiny.en through the engine ---------------------------------------------------------
+
+
+def _engine(quantization: str):
+    from steadyscribe.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        Plan(engine="transformers", model="tiny.en", quantization=quantization, batch_size=8, threads=2)
+    )
+
+
+def _speech_wer(results: list[WindowResult]) -> float:
+    def text(name: str) -> str:
+        ordered = sorted((r for r in results if r.window.file_id == name), key=lambda r: r.window.index)
+        return " ".join(segment.text for r in ordered for segment in r.segments)
+
+    return corpus_wer((fixture_truth(name)["text"], text(name)) for name in SPEECH)
+
+
+@pytest.fixture(scope="module")
+def speech_windows(tmp_path_factory) -> list[WindowAudio]:
+    work_dir = tmp_path_factory.mktemp("pcm")
+    windows = []
+    for name in SPEECH:
+        samples = load_pcm(decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir).pcm_path)
+        for window in plan_windows(samples, name):
+            windows.append(
+                WindowAudio(window, samples[round(window.start * SAMPLE_RATE) : round(window.end * SAMPLE_RATE)])
+            )
+    return windows
+
+
+@pytest.fixture(scope="module")
+def fp32_wer(speech_windows) -> float:
+    return _speech_wer(list(_engine("none").transcribe(speech_windows)))
+
+
+def _assert_words_with_times(results: list[WindowResult]) -> None:
+    words = [(r.window, word) for r in results for segment in r.segments for word in segment.words]
+    assert len(words) > 100
+    for window, word in words:
+        assert window.start - 0.01 <= word.start <= word.end <= window.end + 0.01
+        assert 0.0 <= word.probability <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "margin"), [("dynamic-int8", INT8_WER_MARGIN), ("int8", INT8_WER_MARGIN), ("nf4", NF4_WER_MARGIN)]
+)
+def test_quantized_tiny_en_transcribes_with_word_times_close_to_fp32(mode, margin, speech_windows, fp32_wer):
+    reason = quantization_support(mode, "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    results = list(_engine(mode).transcribe(speech_windows))
+    _assert_words_with_times(results)
+    assert _speech_wer(results) <= fp32_wer + margin
+
+
+@pytest.mark.slow
+def test_bitsandbytes_model_is_quantized_once_and_loaded_from_the_cache(monkeypatch, tmp_path):
+    reason = quantization_support("int8", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    from steadyscribe.models.provision import provision
+
+    model_dir = provision("tiny.en", "transformers")
+    load_quantized_transformers(model_dir, "int8", "cpu", torch.float32, cache_dir=tmp_path)
+    cached = quantized_model_dir(model_dir, "int8", torch.float32, tmp_path)
+    assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no staging left behind
+
+    def quantize_again(*args):
+        raise AssertionError("quantized again despite the cache")
+
+    monkeypatch.setattr(quantize, "_save_bitsandbytes_model", quantize_again)
+    model = load_quantized_transformers(model_dir, "int8", "cpu", torch.float32, cache_dir=tmp_path)
+    assert model.model.encoder.layers[0].fc1.weight.dtype == torch.int8
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_bitsandbytes_on_cuda_transcribes(mode, speech_windows):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    reason = quantization_support(mode, "cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    from steadyscribe.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(
+        Plan(engine="transformers", model="tiny.en", device="cuda", dtype="float16", quantization=mode, batch_size=8)
+    )
+    results = list(engine.transcribe(speech_windows))
+    _assert_words_with_times(results)
+    assert np.isfinite(_speech_wer(results))

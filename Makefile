@@ -22,5 +22,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The benchmark's peers (faster-whisper with its VAD) and plotting come from the [bench] extra.
 bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run --quick

@@ -16,13 +16,13 @@ import time
 import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
 from steadyscribe.engines import available_engines
+from steadyscribe.models.provision import model_cache_dir
 from steadyscribe.profiles import Profile, load_profile
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
@@ -83,7 +83,7 @@ def transcribe(
     chosen = load_profile(profile)
     check_writable(output)
 
-    probe = probe_task([chosen.model_cache_dir or str(Path.home()), output])
+    probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output])
     plan = select_task(chosen, probe, available_engines(), {"memory_budget": memory_budget, "batch_size": batch_size})
     logger.info("plan: %s", plan.reason)
     create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")

@@ -107,6 +107,7 @@ class Plan:
     memory_budget_bytes: int | None = None
     estimated_peak_bytes: int | None = None
     profile: str = "cpu-small"
+    model_cache_dir: str | None = None  # None: STEADYSCRIBE_MODEL_CACHE or the user cache
     reason: str = ""
 
 

@@ -151,6 +151,7 @@ def _plan_for(
                     memory_budget_bytes=target.budget_bytes,
                     estimated_peak_bytes=need,
                     profile=profile.name,
+                    model_cache_dir=profile.model_cache_dir,
                     reason=reason,
                 )
     raise PlanError(
@@ -262,4 +263,7 @@ def select_task(
     profile: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None = None
 ) -> Plan:
     """Select a plan whose model can be provisioned here (cached, shipped in a package, or downloaded)."""
-    return select_plan(profile, probe, available_engines, overrides, model_unavailable=provisioning_error)
+    def model_unavailable(model: str, engine: str) -> str | None:
+        return provisioning_error(model, engine, profile.model_cache_dir)
+
+    return select_plan(profile, probe, available_engines, overrides, model_unavailable)

@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One model cache per test session: conversions of the bundled tiny.en happen once, never in the user's cache.
 os.environ["STEADYSCRIBE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="steadyscribe-models-")
 
+# The S3-compatible server on loopback (moto) and its fixtures, for every test module.
+pytest_plugins = ["s3_server"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

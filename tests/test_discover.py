@@ -8,7 +8,6 @@ import uuid
 
 import fsspec
 import pytest
-from s3_server import s3_bucket, s3_options, s3_server  # noqa: F401  (fixtures)
 
 from steadyscribe import storage
 from steadyscribe.records import InputFile

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileOpener
 from fsspec.implementations.memory import MemoryFileSystem
-from s3_server import s3_options, s3_server  # noqa: F401  (fixtures)
 
 import tasks.decode
 import tasks.write

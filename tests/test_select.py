@@ -205,3 +205,8 @@ def test_models_that_cannot_be_provisioned_are_skipped_with_the_reason():
 def test_no_model_available_is_a_plan_error():
     with pytest.raises(PlanError):
         select_plan(load_profile("cpu-small"), machine(), ALL_ENGINES, model_unavailable=lambda m, e: "offline")
+
+
+def test_plan_carries_the_profile_model_cache(tmp_path):
+    profile = load_profile("cpu-small").model_copy(update={"model_cache_dir": str(tmp_path)})
+    assert select_plan(profile, machine(), ALL_ENGINES).model_cache_dir == str(tmp_path)

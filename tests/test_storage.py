@@ -10,7 +10,6 @@ import pytest
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
-from s3_server import s3_bucket, s3_options, s3_server  # noqa: F401  (fixtures)
 
 from steadyscribe import storage
 from steadyscribe.storage import (

@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from s3_server import s3_bucket, s3_options, s3_server  # noqa: F401  (fixtures)
 
 from steadyscribe import storage
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Word

@@ -35,12 +35,12 @@ def load_engine(plan: Plan) -> Engine:
     return getattr(importlib.import_module(module), cls)(plan)
 
 
-def provisioning_error(model: str, engine: str) -> str | None:
+def provisioning_error(model: str, engine: str, cache_dir: str | None = None) -> str | None:
     """Provision `model` in the format `engine` loads (a no-op once cached); None on success, else why not."""
     from steadyscribe.models.provision import ModelUnavailableError, provision
 
     try:
-        provision(model, ENGINES[engine][3])
+        provision(model, ENGINES[engine][3], cache_dir)
     except ModelUnavailableError as error:
         return str(error).partition(". ")[0]  # the what and why; the offline options follow
     return None

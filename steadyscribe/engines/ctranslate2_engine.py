@@ -63,7 +63,7 @@ class CTranslate2Engine:
         if model_dir is None:
             from steadyscribe.models.provision import provision
 
-            model_dir = provision(plan.model, "ctranslate2")
+            model_dir = provision(plan.model, "ctranslate2", plan.model_cache_dir)
         self.plan = plan
         self.batch_size = plan.batch_size
         self.beam_size = beam_size

@@ -66,8 +66,10 @@ def load_model(plan: Plan) -> tuple[WhisperForConditionalGeneration, WhisperProc
     from steadyscribe.models.provision import provision
     from steadyscribe.models.quantize import load_quantized_transformers
 
-    model_dir = provision(plan.model, "transformers")
-    model = load_quantized_transformers(model_dir, plan.quantization, plan.device, torch_dtype_for(plan))
+    model_dir = provision(plan.model, "transformers", plan.model_cache_dir)
+    model = load_quantized_transformers(
+        model_dir, plan.quantization, plan.device, torch_dtype_for(plan), cache_dir=plan.model_cache_dir
+    )
     return model, WhisperProcessor.from_pretrained(model_dir)
 
 

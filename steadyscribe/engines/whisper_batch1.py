@@ -17,7 +17,7 @@ class WhisperBatch1Engine:
 
     def __init__(self, plan: Plan):
         torch.set_num_threads(max(1, plan.threads))
-        self.model = load_openai_whisper(plan.model, device=plan.device)
+        self.model = load_openai_whisper(plan.model, device=plan.device, cache_dir=plan.model_cache_dir)
         self.language = plan.language or ("en" if not self.model.is_multilingual else None)
         self.fp16 = plan.device.startswith("cuda") and plan.dtype in ("float16", "auto")
 

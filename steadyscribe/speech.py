@@ -84,37 +84,9 @@ def noise_floor_db(
     return np.interp(frames, centres, lows[:, 1]), np.interp(frames, centres, spread)
 
 
-def speech_mask(
-    samples: np.ndarray,
-    sample_rate: int = 16000,
-    hop_s: float = 0.02,
-    enter_db: float = 3.0,
-    stay_db: float = 1.5,
-    dynamic_range_db: float = 45.0,
-    fill_gap_s: float = 0.1,
-    min_speech_s: float = 0.06,
-    hangover_s: float = 0.02,
-) -> np.ndarray:
-    """True for each hop frame that holds speech.
-
-    A run of frames is speech when it rises `enter_db` above the noise floor; it stays speech
-    while above `stay_db` (both widened for noise that fluctuates more). Levels more than
-    `dynamic_range_db` below the loud part of the file never count (keeps faint synthesis
-    tails out when the floor is digital silence). Gaps shorter than `fill_gap_s` are filled,
-    bursts shorter than `min_speech_s` dropped, and each region is held `hangover_s` past its
-    end for decaying word endings.
-    """
-    loudness = frame_loudness_db(samples, sample_rate, hop_s)
-    return mask_from_loudness(
-        loudness,
-        hop_s=hop_s,
-        enter_db=enter_db,
-        stay_db=stay_db,
-        dynamic_range_db=dynamic_range_db,
-        fill_gap_s=fill_gap_s,
-        min_speech_s=min_speech_s,
-        hangover_s=hangover_s,
-    )
+def speech_mask(samples: np.ndarray, sample_rate: int = 16000, hop_s: float = 0.02, **decision: float) -> np.ndarray:
+    """True for each hop frame that holds speech; `decision` tunes `mask_from_loudness`."""
+    return mask_from_loudness(frame_loudness_db(samples, sample_rate, hop_s), hop_s, **decision)
 
 
 def mask_from_loudness(
@@ -127,7 +99,15 @@ def mask_from_loudness(
     min_speech_s: float = 0.06,
     hangover_s: float = 0.02,
 ) -> np.ndarray:
-    """The decision of `speech_mask`, from precomputed frame loudness (callers reuse the loudness)."""
+    """Speech frames from precomputed frame loudness (callers reuse the loudness).
+
+    A run of frames is speech when it rises `enter_db` above the noise floor; it stays speech
+    while above `stay_db` (both widened for noise that fluctuates more). Levels more than
+    `dynamic_range_db` below the loud part of the file never count (keeps faint synthesis
+    tails out when the floor is digital silence). Gaps shorter than `fill_gap_s` are filled,
+    bursts shorter than `min_speech_s` dropped, and each region is held `hangover_s` past its
+    end for decaying word endings.
+    """
     n = len(loudness_db)
     if n == 0:
         return np.zeros(0, dtype=bool)

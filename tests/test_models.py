@@ -200,3 +200,8 @@ def test_transformers_and_openai_exports_transcribe_alike() -> None:
 
     assert openai_text.strip()
     assert hf_text.strip() == openai_text.strip()
+
+
+def test_distilled_profile_names_resolve_to_their_hub_ids(tmp_path):
+    assert provisioning.resolve_source("distil-small.en", tmp_path).key == "distil-whisper--distil-small.en"
+    assert provisioning.resolve_source("distil-whisper/distil-small.en", tmp_path).key == "distil-whisper--distil-small.en"

@@ -163,7 +163,7 @@ def resolve_source(spec: str, cache: Path) -> ModelSource:
         return _local_source(path, key=f"{path.name}-{_short_hash(str(path.resolve()))}")
     if spec in known_names() or any(_native_path(cache, fmt, spec).exists() for fmt in FORMATS):
         return ModelSource("name", spec, spec)
-    if spec.startswith("distil-"):  # profiles name distilled models as distil-whisper does on the hub
+    if spec.startswith("distil-") and "/" not in spec:  # profiles name distilled models without the hub org
         spec = f"distil-whisper/{spec}"
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return ModelSource("hf-id", spec, spec.replace("/", "--"))

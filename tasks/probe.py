@@ -53,6 +53,8 @@ class Probe:
     bitsandbytes_nf4_cpu: bool = False  # a 4-bit NF4 Linear runs a forward pass on the CPU
     bitsandbytes_cuda: bool = False  # 8-bit and 4-bit Linears run on the first GPU
     disk_free_bytes: dict[str, int | None] = field(default_factory=dict)  # None: remote or missing
+    # RSS of the probing process: the flow process, which also hosts the engine.
+    process_rss_bytes: int = 0
 
     @property
     def gpu_free_bytes(self) -> int:
@@ -114,6 +116,8 @@ def probe_resources(
             probe.bitsandbytes_nf4_cpu,
             probe.bitsandbytes_cuda,
         ) = bitsandbytes_support(probe.cuda_available)
+    # Measured last: the accelerator checks import torch and bitsandbytes, which the run keeps.
+    probe.process_rss_bytes = psutil.Process().memory_info().rss
     return probe
 
 

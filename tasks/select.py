@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from steadyscribe.engines import provisioning_error
-from steadyscribe.memory import estimate_peak_bytes, is_english_only
+from steadyscribe.memory import CALIBRATION, estimate_peak_bytes, is_english_only
 from steadyscribe.models.distil import recommended_window_s
 from steadyscribe.profiles import Profile, apply_overrides, format_bytes, load_profile, parse_size
 from steadyscribe.records import Plan
@@ -39,7 +39,8 @@ class _Target:
     device: str
     free_bytes: int
     budget_bytes: int
-    description: str  # "no GPU; 1.8 GiB free, budget 60% of free = 1.1 GiB"
+    description: str
+    process_rss_bytes: int  # already resident in the process that will host the engine (CPU only)  # "no GPU; 1.8 GiB free, budget 60% of free = 1.1 GiB"
 
 
 # (model, engine) → None when the model can be had in that engine's format, else why not.
@@ -174,7 +175,7 @@ def _target(profile: Profile, probe: Probe) -> _Target:
         where = f"no GPU; {format_bytes(free)} free" if profile.device == "auto" else f"CPU: {format_bytes(free)} free"
     budget_bytes = min(budget.resolve(free), free)
     description = f"{where}, budget {budget.describe()} = {format_bytes(budget_bytes)}"
-    return _Target("cuda" if gpu else "cpu", free, budget_bytes, description)
+    return _Target("cuda" if gpu else "cpu", free, budget_bytes, description, 0 if gpu else probe.process_rss_bytes)
 
 
 def _dtype(requested: str, engine: str, device: str) -> tuple[str, str | None]:
@@ -218,10 +219,13 @@ def _largest_batch(
         sizes = list(BATCH_SIZES)
     else:
         sizes = [profile.batch_size, *(b for b in BATCH_SIZES if b < profile.batch_size)]
+    # The estimate is calibrated in a bare process; the flow process already holds more (Prefect, probes).
+    host_overhead = max(0, target.process_rss_bytes - CALIBRATION[engine].runtime_bytes)
     need = 0
     for batch in sizes:
-        need = estimate_peak_bytes(model, engine=engine, device=device, dtype=dtype, quantization=quantization,
-                                   batch_size=batch)
+        need = host_overhead + estimate_peak_bytes(
+            model, engine=engine, device=device, dtype=dtype, quantization=quantization, batch_size=batch
+        )
         if need <= target.budget_bytes:
             return batch, need
     return None, need

@@ -122,7 +122,9 @@ class SteadyscribeRunner(Runner):
         profile = load_profile(self.options["profile"])
         self.profile = validate_profile_data({**profile.model_dump(), "model": [self.model_spec]}, source="bench")
         probe = probe_resources([str(model_cache_dir())])
-        self.plan = select_plan(self.profile, probe, {self.options["engine"]})
+        # An explicit batch size (bench.batching) is a run's override, as `--batch-size` would be.
+        overrides = {"batch_size": self.options["batch_size"]} if "batch_size" in self.options else None
+        self.plan = select_plan(self.profile, probe, {self.options["engine"]}, overrides)
         importlib.import_module(ENGINES[self.plan.engine][0])
 
     def load(self) -> None:
@@ -221,13 +223,23 @@ class HFPipelineRunner(Runner):
 
     def transcribe(self, paths: dict[str, Path]) -> dict[str, dict[str, Words]]:
         audio = {name: read_audio(path, self.work_dir) for name, path in paths.items()}
-        # One call for the whole part, so chunks of different files share batches.
-        results = self.pipe(
-            [{"raw": samples, "sampling_rate": SAMPLE_RATE} for samples in audio.values()],
-            chunk_length_s=self.options["chunk_length_s"],
-            batch_size=self.options["batch_size"],
-            return_timestamps="word",
-        )
+        if self.options.get("per_file"):
+            # One call per file, as a user transcribing a folder file by file would: batches
+            # hold only that file's chunks.
+            results = [
+                self.pipe({"raw": samples, "sampling_rate": SAMPLE_RATE},
+                          chunk_length_s=self.options["chunk_length_s"], batch_size=self.options["batch_size"],
+                          return_timestamps="word")
+                for samples in audio.values()
+            ]
+        else:
+            # One call for the whole part, so chunks of different files share batches.
+            results = self.pipe(
+                [{"raw": samples, "sampling_rate": SAMPLE_RATE} for samples in audio.values()],
+                chunk_length_s=self.options["chunk_length_s"],
+                batch_size=self.options["batch_size"],
+                return_timestamps="word",
+            )
         outputs = {}
         for (name, samples), result in zip(audio.items(), results):
             duration = len(samples) / SAMPLE_RATE

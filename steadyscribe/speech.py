@@ -16,6 +16,8 @@ import numpy as np
 
 # Digital silence would give log(0); this is far below any recorded noise floor.
 SILENCE_DB = -120.0
+# Below any recording's noise floor (16-bit dither alone is about -100 dB): exact or near zeros.
+DIGITAL_SILENCE_DB = -110.0
 # Frames per block: bounds the temporary copies (a few MB at 16 kHz and 20 ms hops).
 _BLOCK_FRAMES = 1024
 # Energy below this is left out of the loudness: speech has little there, rumble and
@@ -75,13 +77,21 @@ def noise_floor_db(
     half = max(1, round(window_s / hop_s / 2))
     step = max(1, round(1.0 / hop_s))
     centres = np.arange(0, n, step)
-    lows = np.array(
-        [np.percentile(loudness_db[max(0, c - half) : c + half + 1], [2.0, percentile]) for c in centres]
-    )
+    lows = np.array([_low_percentiles(loudness_db[max(0, c - half) : c + half + 1], percentile) for c in centres])
     # For Gaussian jitter the 2nd and 10th percentiles lie 2.05 and 1.28 deviations below the mean.
     spread = (lows[:, 1] - lows[:, 0]) / 0.77
     frames = np.arange(n)
     return np.interp(frames, centres, lows[:, 1]), np.interp(frames, centres, spread)
+
+
+def _low_percentiles(loudness_db: np.ndarray, percentile: float) -> np.ndarray:
+    """The 2nd and `percentile`-th loudness. When the background is recorded noise but a little
+    digital silence (padding, a muted start) sits below it, the silence is left out: it is not
+    the noise, and would make the noise look wildly fluctuating."""
+    lows = np.percentile(loudness_db, [2.0, percentile])
+    if lows[0] <= DIGITAL_SILENCE_DB < lows[1]:
+        lows = np.percentile(loudness_db[loudness_db > DIGITAL_SILENCE_DB], [2.0, percentile])
+    return lows
 
 
 def speech_mask(samples: np.ndarray, sample_rate: int = 16000, hop_s: float = 0.02, **decision: float) -> np.ndarray:

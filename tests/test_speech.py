@@ -126,3 +126,16 @@ def test_speech_over_a_brown_noise_floor():
     audio = _syllables(SPANS, 7.0) + _coloured_noise(7.0, 2.0, -50.0)
     mask = speech_mask(audio, SR, HOP)
     assert (mask == _frames_of(SPANS, len(mask))).mean() > 0.95
+
+
+def test_digital_silence_before_noisy_speech_does_not_hide_the_speech():
+    """Padding with exact zeros must not widen the noise margins until nothing counts as speech."""
+    noise = _noise(6.0, 0.02, seed=4)
+    t = np.arange(int(2.0 * SR)) / SR
+    word = 0.3 * np.sin(2 * np.pi * 300 * t) * (np.sin(np.pi * t / 2.0) ** 2)
+    noise[int(2.0 * SR) : int(4.0 * SR)] += word.astype(np.float32)
+    padded = np.concatenate([np.zeros(int(0.25 * SR), dtype=np.float32), noise])
+    mask = speech_mask(padded, SR, HOP)
+    times = np.arange(len(mask)) * HOP
+    assert mask[(times > 2.8) & (times < 3.7)].mean() > 0.9
+    assert mask[(times > 0.5) & (times < 1.8)].mean() < 0.1

@@ -41,6 +41,17 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if summary.files_failed else 0
 
 
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Inputs, output and profile: what `run` and `serve` both take."""
+    from steadyscribe.profiles import DEFAULT_PROFILE
+
+    parser.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs (s3://, gs://, memory://)")
+    parser.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
+    parser.add_argument(
+        "--profile", "-p", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from steadyscribe.models.cli import register as register_models
     from steadyscribe.profiles_cli import register as register_profiles
@@ -57,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="transcribe inputs into Parquet tables",
         description="Exit status: 0 all files ok or skipped, 1 some file failed, 2 bad configuration.",
     )
-    run.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs (s3://, gs://, memory://)")
-    run.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
-    run.add_argument("--profile", "-p", default="cpu-small", help="profile name or YAML path (default: cpu-small)")
+    add_job_arguments(run)
     run.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     run.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     run.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from steadyscribe.cli import add_job_arguments
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -61,11 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve nightly and backfill deployments from this machine (no worker needed)",
         description="Needs a Prefect API (PREFECT_API_URL) to register with. Runs until interrupted.",
     )
-    command.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs to watch")
-    command.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
-    command.add_argument(
-        "--profile", "-p", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})"
-    )
+    add_job_arguments(command)
     command.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule (default: {NIGHTLY_CRON!r})")
     command.add_argument("--timezone", default="UTC", help="time zone of the schedule (default: UTC)")
     command.set_defaults(func=_serve_command)

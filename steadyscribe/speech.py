@@ -130,7 +130,7 @@ def mask_from_loudness(
     above_stay = loudness_db > stay
     # Hysteresis: a run above `stay` is speech when any frame in it is above `enter`.
     mask = np.zeros(n, dtype=bool)
-    for start, end in _runs(above_stay):
+    for start, end in true_runs(above_stay):
         if above_enter[start:end].any():
             mask[start:end] = True
 
@@ -138,7 +138,7 @@ def mask_from_loudness(
     mask = _drop_short_runs(mask, round(min_speech_s / hop_s))
     hangover = round(hangover_s / hop_s)
     if hangover > 0:
-        for _, end in _runs(mask):
+        for _, end in true_runs(mask):
             mask[end : end + hangover] = True
     return mask
 
@@ -148,7 +148,7 @@ def speech_regions(
 ) -> list[tuple[float, float]]:
     """Speech regions (start, end) in seconds, merging those separated by less than `min_gap_s`."""
     regions: list[tuple[float, float]] = []
-    for start, end in _runs(np.asarray(mask, dtype=bool)):
+    for start, end in true_runs(np.asarray(mask, dtype=bool)):
         start_s, end_s = start * hop_s, end * hop_s
         if regions and start_s - regions[-1][1] < min_gap_s:
             regions[-1] = (regions[-1][0], end_s)
@@ -157,7 +157,7 @@ def speech_regions(
     return regions
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """Half-open (start, end) frame indices of each run of True."""
     edges = np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8))
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
@@ -166,7 +166,7 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 def _fill_short_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
     """Set to True the interior False runs of at most `max_gap` frames (leading/trailing ones stay)."""
     out = mask.copy()
-    for start, end in _runs(~mask):
+    for start, end in true_runs(~mask):
         if 0 < start and end < len(mask) and end - start <= max_gap:
             out[start:end] = True
     return out
@@ -174,7 +174,7 @@ def _fill_short_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
 
 def _drop_short_runs(mask: np.ndarray, min_len: int) -> np.ndarray:
     out = mask.copy()
-    for start, end in _runs(mask):
+    for start, end in true_runs(mask):
         if end - start < min_len:
             out[start:end] = False
     return out

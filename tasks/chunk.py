@@ -13,12 +13,15 @@ from prefect import task
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import DecodedAudio, Window
-from steadyscribe.speech import frame_loudness_db, mask_from_loudness
+from steadyscribe.speech import frame_loudness_db, mask_from_loudness, true_runs
 from tasks.decode import load_pcm
 
 HOP_S = 0.02
 # Quieter than any recording's noise floor: a window that never rises above it holds nothing.
 SILENCE_DBFS = -60.0
+# A pause this long is a break between phrases, not the closure of a stop consonant.
+MIN_CUT_PAUSE_S = 0.3
+CUT_LEAD_S = 0.3
 
 
 def plan_windows(
@@ -27,7 +30,7 @@ def plan_windows(
     max_window_s: float = 30.0,
     min_window_s: float = 10.0,
 ) -> list[Window]:
-    """Split `samples` into windows ending in the longest pause of each window's tail."""
+    """Split `samples` into windows of at most `max_window_s`, each ending in a pause (`_best_cut`)."""
     duration = samples.size / SAMPLE_RATE
     loudness = frame_loudness_db(samples, SAMPLE_RATE, HOP_S)
     mask = mask_from_loudness(loudness, HOP_S)
@@ -44,20 +47,25 @@ def plan_windows(
 
 
 def _best_cut(mask: np.ndarray, earliest_s: float, latest_s: float) -> float:
-    """Middle of the longest non-speech run in [earliest, latest]; `latest` when there is none."""
+    """Where to end a window that may end anywhere in [earliest, latest].
+
+    In the latest pause of at least MIN_CUT_PAUSE_S, CUT_LEAD_S before the speech that follows
+    it: every window costs a full 30 s encoder pass, so long windows mean fewer passes, and the
+    next window starts at its speech instead of in silence. Without such a pause, the middle of
+    the longest shorter one; without any pause, `latest`.
+    """
     first, last = int(earliest_s / HOP_S), int(latest_s / HOP_S)
-    region = mask[first:last]
-    best_len, best_mid, run_start = 0, None, None
-    for i, is_speech in enumerate(np.append(region, True)):
-        if not is_speech and run_start is None:
-            run_start = i
-        elif is_speech and run_start is not None:
-            if i - run_start > best_len:
-                best_len, best_mid = i - run_start, (run_start + i) // 2
-            run_start = None
-    if best_mid is None:
+    pauses = true_runs(~mask[first:last])
+    if not pauses:
         return latest_s
-    return (first + best_mid) * HOP_S
+    long_pauses = [(start, end) for start, end in pauses if (end - start) * HOP_S >= MIN_CUT_PAUSE_S]
+    if long_pauses:
+        start, end = long_pauses[-1]
+        cut = max((start + end) // 2, end - round(CUT_LEAD_S / HOP_S))
+    else:
+        start, end = max(pauses, key=lambda run: run[1] - run[0])
+        cut = (start + end) // 2
+    return (first + cut) * HOP_S
 
 
 @task(name="chunk", task_run_name="chunk {decoded.source}")

@@ -37,17 +37,30 @@ def test_a_short_file_is_one_window():
     assert [(w.start, w.end) for w in plan_windows(audible(6.0), "f")] == [(0.0, 6.0)]
 
 
-def test_long_audio_is_cut_in_the_longest_pause_of_each_window_tail(speech_at):
-    # Utterances with short gaps, and one long pause at 22–24 s.
+def test_long_audio_is_cut_in_a_pause_of_each_window_tail(speech_at):
+    # Utterances with gaps too short to cut in, and one long pause at 22–24 s.
     spans = [(s, s + 2.0) for s in np.arange(0.0, 22.0, 2.2)] + [(s, s + 2.0) for s in np.arange(24.0, 70.0, 2.2)]
     speech_at(spans)
     windows = plan_windows(audible(70.0), "f")
     assert all(w.end - w.start <= 30.0 + 1e-9 for w in windows)
     assert windows[0].start == 0.0 and windows[-1].end == 70.0
     assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
-    assert 22.0 < windows[0].end < 24.0
+    assert 23.5 <= windows[0].end < 24.0  # near the speech after the pause
     for w in windows[:-1]:
         assert not any(start < w.end < end for start, end in spans)
+
+
+def test_the_latest_real_pause_wins_over_a_longer_earlier_one(speech_at):
+    # Every window is a full encoder pass: ending late in the 30 s keeps windows few.
+    speech_at([(0.0, 12.0), (14.0, 27.0), (27.5, 29.8), (30.0, 50.0)])
+    windows = plan_windows(audible(50.0), "f")
+    assert windows[0].end == pytest.approx(27.25, abs=HOP_S)  # the 0.5 s pause, not the 2 s one at 12 s
+
+
+def test_without_real_pauses_the_longest_short_gap_is_used(speech_at):
+    speech_at([(0.0, 15.0), (15.2, 25.0), (25.1, 40.0)])
+    windows = plan_windows(audible(40.0), "f")
+    assert windows[0].end == pytest.approx(15.1, abs=HOP_S)
 
 
 def test_speech_without_pauses_is_cut_at_the_window_limit(speech_at):

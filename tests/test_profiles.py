@@ -18,7 +18,7 @@ from steadyscribe.profiles import (
 )
 from steadyscribe.profiles_cli import register
 
-SHIPPED = ["auto", "cpu-batched", "cpu-lowmem", "cpu-small", "gpu-24gb", "gpu-80gb", "gpu-8gb"]
+SHIPPED = ["auto", "cpu-batched", "cpu-fast", "cpu-lowmem", "cpu-small", "gpu-24gb", "gpu-80gb", "gpu-8gb"]
 
 
 def write(directory: Path, name: str, text: str) -> Path:

@@ -129,7 +129,9 @@ def _transcribe_group(
         decoded: list[DecodedAudio] = decode_task.map(group, unmapped(work_dir), unmapped(skip_file_ids)).result()
         # Identical content under two names is transcribed once and written under both.
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
-        chunked = chunk_task.map(list(todo.values()), unmapped(run.plan.chunk_s)).result()
+        chunked = chunk_task.map(
+            list(todo.values()), unmapped(run.plan.chunk_s), unmapped(profile.chunking.min_pause_s)
+        ).result()
         windows = [w for file_windows in chunked for w in file_windows]
         try:
             infer = infer_task.with_options(task_run_name=f"infer {run.plan.model} batch {run.plan.batch_size}, {label}")

@@ -63,11 +63,20 @@ def test_without_real_pauses_the_longest_short_gap_is_used(speech_at):
     assert windows[0].end == pytest.approx(15.1, abs=HOP_S)
 
 
-def test_speech_without_pauses_is_cut_at_the_window_limit(speech_at):
+def test_continuous_speech_is_cut_at_its_quietest_stretch_near_the_end(speech_at):
     speech_at([(0.0, 65.0)])
-    windows = plan_windows(audible(65.0), "f")
-    assert [(w.start, w.end) for w in windows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
-    assert [w.index for w in windows] == [0, 1, 2]
+    samples = audible(65.0)
+    for dip_s in (24.0, 50.0):  # a breath between words, quieter than the speech around it
+        samples[int(dip_s * SAMPLE_RATE) : int((dip_s + 0.1) * SAMPLE_RATE)] *= 0.05
+    windows = plan_windows(samples, "f")
+    assert [w.end for w in windows[:-1]] == pytest.approx([24.05, 50.05], abs=2 * HOP_S)
+    assert windows[-1].end == 65.0 and [w.index for w in windows] == [0, 1, 2]
+
+
+def test_the_profile_sets_the_shortest_pause_to_cut_in(speech_at):
+    speech_at([(0.0, 15.0), (15.6, 27.0), (27.4, 40.0)])
+    assert plan_windows(audible(40.0), "f")[0].end == pytest.approx(27.2, abs=HOP_S)
+    assert plan_windows(audible(40.0), "f", min_pause_s=0.5)[0].end == pytest.approx(15.3, abs=HOP_S)
 
 
 def test_only_silent_windows_are_dropped():

@@ -136,7 +136,8 @@ def _plan_for(
                     [target.description, *filter(None, [dtype_note]), *notes, *tried]
                     + [
                         f"{model} with {engine} in {_precision(dtype, quantization)} needs "
-                        f"~{format_bytes(need)} at batch {batch} -> chose {model}, batch {batch}"
+                        f"~{format_bytes(need)} at batch {batch} -> chose {_engine_choice(profile, engine)}{model}, "
+                        f"batch {batch}"
                     ]
                 )
                 return Plan(
@@ -161,6 +162,13 @@ def _plan_for(
         + (f" ({'; '.join(notes)})" if notes else "")
         + ". Raise memory_budget, or pick a smaller model or a profile such as cpu-lowmem."
     )
+
+
+def _engine_choice(profile: Profile, engine: str) -> str:
+    """How the engine was chosen, when the profile offered several."""
+    if len(profile.engine) == 1:
+        return ""
+    return f"{engine} (engine order {' > '.join(profile.engine)}: the first installed that fits), "
 
 
 def _target(profile: Profile, probe: Probe) -> _Target:

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from bench.dataset import SAMPLE_RATE, BenchFile, _Piece, _write, build_dataset,
 from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, ROOT, available_models, machine_info
 from bench.score import accuracy
 from bench.worker import _versions
+from steadyscribe.memory import process_peak_rss_bytes
 
 CLIP_COUNT = 30
 PAD_S = 0.25
@@ -47,7 +47,7 @@ SWEEP = (1, 4, 8, 24)
 TIMEOUT_S = 600  # per configuration; the transformers pipeline is the slow one
 
 TRANSFORMERS = {"profile": "cpu-batched", "engine": "transformers"}
-CT2 = {"profile": "cpu-lowmem", "engine": "ctranslate2"}
+CT2 = {"profile": "cpu-fast", "engine": "ctranslate2"}
 # key -> (label, runner, options, parts in order, comparison)
 CONFIGS: dict[str, tuple[str, str, dict, tuple[str, ...], str]] = {
     **{f"ss-transformers-b{b}": (f"steadyscribe transformers b{b}", "SteadyscribeRunner",
@@ -59,6 +59,10 @@ CONFIGS: dict[str, tuple[str, str, dict, tuple[str, ...], str]] = {
     "faster-whisper-batched-b8": ("faster-whisper BatchedInferencePipeline int8 b8", "FasterWhisperRunner",
                                   {"compute_type": "int8", "batched": True, "batch_size": BATCH}, ("clips", "long"),
                                   "issue8"),
+    "faster-whisper-batched-b8-beam1": ("faster-whisper BatchedInferencePipeline int8 b8, beam 1",
+                                        "FasterWhisperRunner",
+                                        {"compute_type": "int8", "batched": True, "batch_size": BATCH, "beam_size": 1},
+                                        ("clips", "long"), "issue8"),
 }
 
 
@@ -130,7 +134,7 @@ def run_config(key: str, model: str, data_dir: Path) -> dict:
     return {
         "key": key, "label": label, "model": model, "settings": settings, "load_s": load_s,
         "rss_after_load_bytes": rss_after_load,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": process_peak_rss_bytes(),
         "parts": results, "versions": _versions(),
     }
 
@@ -161,6 +165,16 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _segmentation(by_key: dict) -> str:
+    """How faster-whisper's batched pipeline cut the audio in this run (Silero VAD needs onnxruntime)."""
+    ran = by_key.get("faster-whisper-batched-b8")
+    if ran is None or ran["status"] != "ok":
+        return "Silero VAD when onnxruntime is installed (it did not run here)"
+    if ran["settings"].get("segmentation") == "Silero VAD":
+        return "its Silero VAD (onnxruntime installed): speech regions merged into clips of at most 30 s"
+    return "fixed 30 s clip_timestamps: onnxruntime is not installed, so there is no Silero VAD"
+
+
 def write_markdown(run: dict, out: Path) -> None:
     m = run["machine"]
     lines = [
@@ -169,7 +183,7 @@ def write_markdown(run: dict, out: Path) -> None:
         f"model {run['model']}; load average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, "
         f"at end {', '.join(f'{x:.1f}' for x in m['load_average_end'])}",
         "",
-        f"**Set:** " + ", ".join(f"{k}: {v['files']} files, {v['audio_s']:.0f} s" for k, v in run["dataset"].items())
+        "**Set:** " + ", ".join(f"{k}: {v['files']} files, {v['audio_s']:.0f} s" for k, v in run["dataset"].items())
         + f". The 30 clips are the full set's {run['distinct_clips']} one-sentence clips plus the first "
           f"{CLIP_COUNT - run['distinct_clips']} again behind {PAD_S} s of silence.",
         "",
@@ -180,21 +194,23 @@ def write_markdown(run: dict, out: Path) -> None:
         r = by_key.get(key)
         label = CONFIGS[key][0]
         if r is None or r["status"] != "ok":
-            return f"| {label} | " + " | ".join(["–"] * (len(parts) * 3 + 2)) + f" | {r['note'][:120] if r else 'not run'} |"
+            return f"| {label} | " + " | ".join(["–"] * (len(parts) * 3 + 3)) + f" | {r['note'][:120] if r else 'not run'} |"
         cells = []
         for p in parts:
             q = r["parts"].get(p)
             cells += [f"{q['throughput']:.1f}", _pct(q["wer"]), _pct(q["within_200ms"])] if q else ["–"] * 3
         batch = r["settings"].get("batch_size")
-        return (f"| {label} | " + " | ".join(cells) + f" | {_mib(r['peak_rss_bytes'])} | {r['load_s']:.1f} | "
+        estimated = r["settings"].get("predicted_peak_bytes")  # the plan's estimate: steadyscribe rows only
+        return (f"| {label} | " + " | ".join(cells) + f" | {_mib(r['peak_rss_bytes'])} | "
+                f"{'–' if estimated is None else _mib(estimated)} | {r['load_s']:.1f} | "
                 f"batch {batch}{'' if r['settings'].get('batch_size_final') in (None, batch) else ' -> ' + str(r['settings']['batch_size_final'])} |")
 
     def table(title: str, keys: list[str], parts: tuple[str, ...], names: dict[str, str]) -> None:
         lines.append(f"**{title}**")
         lines.append("")
         head = ["system"] + [f"{names[p]} {h}" for p in parts for h in ("throughput (audio s / s)", "WER", "within 200 ms")]
-        lines.append("| " + " | ".join(head + ["peak RSS (MiB)", "load (s)", "note"]) + " |")
-        lines.append("|---|" + "--:|" * (len(head) - 1 + 2) + "---|")
+        lines.append("| " + " | ".join(head + ["peak RSS (MiB)", "estimated peak (MiB)", "load (s)", "note"]) + " |")
+        lines.append("|---|" + "--:|" * (len(head) - 1 + 3) + "---|")
         lines.extend(row(k, parts) for k in keys)
         lines.append("")
 
@@ -204,16 +220,16 @@ def write_markdown(run: dict, out: Path) -> None:
     table("Issue 5: cross-file batching on 30 short clips, batch 8",
           ["ss-transformers-b8", "hf-pipeline-per-file-b8"], ("clips",), names)
     table("Issue 8: ctranslate2 int8, batch 8, same CTranslate2 weights",
-          ["ss-ctranslate2-b8", "faster-whisper-batched-b8"], ("clips", "long"), names)
+          ["ss-ctranslate2-b8", "faster-whisper-batched-b8", "faster-whisper-batched-b8-beam1"], ("clips", "long"), names)
     lines += [
-        "Peak RSS is the process's high-water mark (ru_maxrss) over imports, load and both parts. "
+        "Peak RSS is the process's high-water mark over imports, load and both parts (kept across the transformers engine's per-batch resets of it). "
         "Throughput includes decoding the audio (the same PyAV stage for every system) and, for steadyscribe, "
         "chunking and stabilization. WER and within-200 ms are over the part's words.",
         "",
         "Notes: steadyscribe decodes greedily with temperature fallback; the transformers pipeline at its defaults "
-        "(greedy, no fallback); faster-whisper at transcribe() defaults (beam 5). onnxruntime is not installed, so "
-        "faster-whisper's BatchedInferencePipeline has no Silero VAD and is given fixed 30 s clip_timestamps. "
-        "A short clip is one window for every system: the pipeline called file by file and faster-whisper's "
+        "(greedy, no fallback); faster-whisper at transcribe() defaults (beam 5), and once more with beam 1 "
+        "(greedy, as steadyscribe). faster-whisper's BatchedInferencePipeline cuts the audio with "
+        f"{_segmentation(by_key)}. A short clip is one window for every system: the pipeline called file by file and faster-whisper's "
         "batched pipeline (one call per file) run each clip as a batch of one, while steadyscribe batches "
         "windows across files.",
         "",

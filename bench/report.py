@@ -47,6 +47,19 @@ def _settings(result: dict) -> str:
     return ", ".join(filter(None, [s.get("profile"), precision, batch, s.get("segmentation")]))
 
 
+def estimated_peak_bytes(result: dict) -> int | None:
+    """The peak memory selection estimated for a steadyscribe plan; None for other systems.
+
+    Results from before bench.worker recorded it carry it in their settings.
+    """
+    return result.get("estimated_peak_bytes") or result.get("settings", {}).get("predicted_peak_bytes")
+
+
+def _estimated_mib(result: dict) -> str:
+    estimated = estimated_peak_bytes(result)
+    return "–" if estimated is None else f"{estimated / MIB:.0f}"
+
+
 def machine_line(run: dict) -> str:
     m = run["machine"]
     dirty = " + uncommitted changes" if m["dirty"] else ""
@@ -63,15 +76,15 @@ def markdown(run: dict, throughput_png: str, boundary_png: str) -> str:
     lines = [f"**Machine:** {machine_line(run)}", "", _dataset_line(run), ""]
     lines += [
         "| system | settings | WER | words within 200 ms | mean boundary error (ms) | words on no-speech "
-        "| throughput (audio s / s) | RTF | load (s) | peak RSS (MiB) |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| throughput (audio s / s) | RTF | load (s) | peak RSS (MiB) | estimated peak (MiB) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in ok:
         o, final = r["overall"], r["overall"]["final"]
         lines.append(
             f"| {_name(r, run)} | {_settings(r)} | {_pct(final['wer'])} | {_pct(final['within_200ms'])} "
             f"| {_ms(final['mean_abs_error_ms'])} | {final['no_speech_words']} | {o['throughput']:.1f} "
-            f"| {o['rtf']:.3f} | {r['load_s']:.1f} | {r['peak_rss_bytes'] / MIB:.0f} |"
+            f"| {o['rtf']:.3f} | {r['load_s']:.1f} | {r['peak_rss_bytes'] / MIB:.0f} | {_estimated_mib(r)} |"
         )
     parts = [p for p in run["dataset"] if p != "no_speech"]
     for title, cell in (

@@ -40,7 +40,7 @@ SYSTEMS = [
     System("steadyscribe-whisper", "steadyscribe whisper b1", "SteadyscribeRunner",
            {"profile": "cpu-small", "engine": "whisper"}, ("whisper", "steadyscribe.engines.whisper_batch1"), quick=True),
     System("steadyscribe-ctranslate2", "steadyscribe ctranslate2 int8", "SteadyscribeRunner",
-           {"profile": "cpu-lowmem", "engine": "ctranslate2"}, ("ctranslate2", "steadyscribe.engines.ctranslate2_engine"),
+           {"profile": "cpu-fast", "engine": "ctranslate2"}, ("ctranslate2", "steadyscribe.engines.ctranslate2_engine"),
            quick=True),
     System("steadyscribe-transformers", "steadyscribe transformers", "SteadyscribeRunner",
            {"profile": "cpu-batched", "engine": "transformers"},
@@ -159,7 +159,8 @@ class SteadyscribeRunner(Runner):
             decoded[item.file_id] = item
             name_of[item.file_id] = name
         windows = {
-            file_id: plan_windows(load_pcm(item.pcm_path), file_id, max_window_s=self.plan.chunk_s)
+            file_id: plan_windows(load_pcm(item.pcm_path), file_id, max_window_s=self.plan.chunk_s,
+                                  min_pause_s=self.profile.chunking.min_pause_s)
             for file_id, item in decoded.items()
         }
         inference = transcribe_files(
@@ -268,8 +269,10 @@ class FasterWhisperRunner(Runner):
             compute_type=self.options["compute_type"], cpu_threads=self.threads,
         )
         self.batched = BatchedInferencePipeline(self.model) if self.options["batched"] else None
+        # transcribe()'s own default is beam 5; a beam of 1 matches steadyscribe's greedy decoding.
+        self.beam_size = self.options.get("beam_size", 5)
         self.settings = {"compute_type": self.options["compute_type"], "threads": self.threads,
-                         "decoding": "transcribe() defaults: beam 5, temperature fallback"}
+                         "decoding": f"beam {self.beam_size}, temperature fallback"}
         if self.batched:
             self.has_vad = importlib.util.find_spec("onnxruntime") is not None
             self.settings.update(batch_size=self.options["batch_size"],
@@ -280,16 +283,17 @@ class FasterWhisperRunner(Runner):
         for name, path in paths.items():
             audio = read_audio(path, self.work_dir)
             if self.batched is None:
-                segments, _ = self.model.transcribe(audio, word_timestamps=True)
+                segments, _ = self.model.transcribe(audio, beam_size=self.beam_size, word_timestamps=True)
             elif self.has_vad:
                 segments, _ = self.batched.transcribe(
-                    audio, batch_size=self.options["batch_size"], word_timestamps=True
+                    audio, batch_size=self.options["batch_size"], beam_size=self.beam_size, word_timestamps=True
                 )
             else:
                 duration = len(audio) / SAMPLE_RATE
                 clips = [{"start": t, "end": min(t + 30.0, duration)} for t in np.arange(0.0, duration, 30.0)]
                 segments, _ = self.batched.transcribe(
-                    audio, batch_size=self.options["batch_size"], word_timestamps=True, clip_timestamps=clips
+                    audio, batch_size=self.options["batch_size"], beam_size=self.beam_size, word_timestamps=True,
+                    clip_timestamps=clips,
                 )
             # segments is a generator: decoding happens while it is consumed, inside the timed span.
             outputs[name] = {"words": [_word(w.word, w.start, w.end) for s in segments for w in s.words or []]}

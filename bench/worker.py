@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import resource
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ import psutil
 
 from bench import systems
 from bench.dataset import load_manifest
+from steadyscribe.memory import process_peak_rss_bytes
 
 # Versions worth recording with each result: the system's own package and what it runs on.
 PACKAGES = ("openai-whisper", "torch", "transformers", "ctranslate2", "faster-whisper", "stable-ts", "numpy")
@@ -56,8 +56,11 @@ def run_system(name: str, model: str, data_dir: Path) -> dict:
         "load_s": load_s,
         "stabilize_s": getattr(runner, "stabilize_s", None),
         "rss_after_load_bytes": rss_after_load,
-        # ru_maxrss is in KiB on Linux: the high-water mark of this whole process.
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # The high-water mark of this whole process (ru_maxrss), kept across the transformers engine's
+        # per-batch resets of it (steadyscribe.memory.process_peak_rss_bytes).
+        "peak_rss_bytes": process_peak_rss_bytes(),
+        # What selection estimated for the plan (steadyscribe systems only): compare with peak_rss_bytes.
+        "estimated_peak_bytes": getattr(getattr(runner, "plan", None), "estimated_peak_bytes", None),
         "parts": parts,
         "versions": _versions(),
         "outputs": outputs,

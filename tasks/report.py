@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import resource
 from dataclasses import asdict, dataclass, field
 
+from steadyscribe.memory import process_peak_rss_bytes
 from steadyscribe.records import FileOutcome
 
 
@@ -31,11 +31,6 @@ class RunSummary:
         return {**asdict(self), "real_time_factor": self.real_time_factor}
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def summarize(
     run_id: str,
     output: str,
@@ -53,7 +48,7 @@ def summarize(
         files_skipped=len(by_status["skipped"]),
         audio_s=sum(o.duration_s for o in by_status["ok"]),
         wall_s=wall_s,
-        peak_rss_bytes=peak_rss_bytes(),
+        peak_rss_bytes=process_peak_rss_bytes(),
         failures=by_status["failed"],
         stabilization=_add_counts(o.stabilization for o in by_status["ok"]),
     )

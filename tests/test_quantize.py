@@ -72,6 +72,26 @@ def test_int8_tied_vocabulary_is_close_to_the_fp32_matrix():
     assert (logits - hidden @ weight.T).abs().max() < 0.02 * (hidden @ weight.T).abs().max()
 
 
+def test_safetensors_written_piecewise_read_back_whole_and_by_rows(tmp_path):
+    from safetensors import safe_open
+
+    tensors = {
+        "a": torch.randn(7, 5),
+        "b": torch.arange(12, dtype=torch.int8).reshape(3, 4),
+        "c": torch.randn(6, dtype=torch.float64),
+        "d": torch.randn(4, 3).to(torch.bfloat16),
+    }
+    path = tmp_path / "x.safetensors"
+    quantize._write_safetensors(path, {k: (lambda t=t: t) for k, t in tensors.items()}, {"format": "test"})
+    reader = quantize._SafetensorsReader([path])
+    assert reader.metadata == {"format": "test"} and reader.keys() == set(tensors)
+    with safe_open(str(path), framework="pt") as file:  # a valid safetensors file
+        for name, tensor in tensors.items():
+            assert torch.equal(reader.get(name), tensor) and torch.equal(file.get_tensor(name), tensor)
+    assert torch.equal(reader.rows("a", 2, 3), tensors["a"][2:5])
+    assert torch.equal(reader.rows("a", 5, 4096), tensors["a"][5:])
+
+
 # --- the real tiny.en through the engine ---------------------------------------------------------
 
 
@@ -128,6 +148,68 @@ def test_quantized_tiny_en_transcribes_with_word_times_close_to_fp32(mode, margi
     results = list(_engine(mode).transcribe(speech_windows))
     _assert_words_with_times(results)
     assert _speech_wer(results) <= fp32_wer + margin
+
+
+def _dynamic_int8_state(model) -> dict[str, torch.Tensor | None]:
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            weight, bias = module._weight_bias()
+            state[f"{name}.int8"] = weight.int_repr()
+            state[f"{name}.scales"] = weight.q_per_channel_scales()
+            state[f"{name}.zero_points"] = weight.q_per_channel_zero_points()
+            state[f"{name}.bias"] = bias
+    state.update({name: t for name, t in [*model.named_parameters(), *model.named_buffers()]})
+    return state
+
+
+def _assert_same_tensors(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert (tensor is None and actual[name] is None) or torch.equal(tensor, actual[name]), name
+
+
+@pytest.mark.slow
+def test_dynamic_int8_is_built_without_fp32_weights_cached_and_transcribes_as_quantize_dynamic(
+    monkeypatch, tmp_path, speech_windows
+):
+    from transformers import WhisperForConditionalGeneration
+
+    from steadyscribe.models.provision import provision
+
+    model_dir = provision("tiny.en", "transformers")
+    # The reference: the whole fp32 model, quantized in place by torch's quantize_dynamic.
+    reference = quantize._dynamic_int8_from_fp32_model(model_dir)
+
+    def no_fp32_model(*args, **kwargs):
+        raise AssertionError("built the fp32 model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WhisperForConditionalGeneration, "from_pretrained", no_fp32_model)
+        fresh = quantize.load_dynamic_int8(model_dir, cache_dir=tmp_path)  # layer by layer from the source
+        cached = quantized_model_dir(model_dir, "dynamic-int8", torch.float32, tmp_path)
+        assert (cached / quantize.DYNAMIC_INT8_FILE).is_file() and (cached / "generation_config.json").is_file()
+        assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no staging left behind
+        patch.setattr(quantize, "_dynamic_int8_from_source", no_fp32_model)
+        loaded = load_quantized_transformers(model_dir, "dynamic-int8", "cpu", torch.float32, cache_dir=tmp_path)
+
+    for model in (fresh, loaded):
+        _assert_same_tensors(_dynamic_int8_state(reference), _dynamic_int8_state(model))
+        assert quantize.weight_bytes(model) == quantize.weight_bytes(reference)
+        assert model.proj_out.vocabulary is model.model.decoder.embed_tokens.vocabulary
+        assert model.config._attn_implementation == "sdpa" and not model.training
+        assert model.generation_config.alignment_heads == reference.generation_config.alignment_heads
+
+    engine = _engine("dynamic-int8")
+    windows = [w for w in speech_windows if w.window.file_id in ("clean_gb", "noisy")]
+
+    def transcript(model) -> list:
+        engine.model, engine.batch_size = model, 8
+        return [(r.window, r.segments) for r in engine.transcribe(windows)]
+
+    expected = transcript(reference)
+    assert sum(len(segments) for _, segments in expected) > 0
+    assert transcript(loaded) == expected
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from steadyscribe.records import FileOutcome
 from tasks.report import summarize, summary_markdown, summary_text
 
@@ -32,3 +34,17 @@ def test_summary_counts_files_and_audio_of_ok_files_only():
 def test_a_run_with_no_audio_has_no_real_time_factor():
     summary = summarize("run-2", "out", PLAN, [FileOutcome("x.wav", "failed", 0.0, "missing")], wall_s=3.0)
     assert summary.real_time_factor == 0.0 and summary.files_failed == 1
+
+
+def test_peak_memory_survives_the_engine_resetting_the_kernel_high_water_mark():
+    import numpy as np
+
+    from steadyscribe.memory import process_peak_rss_bytes, reset_peak_rss, vm_hwm_bytes
+
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    peak_with_block = vm_hwm_bytes()
+    del block
+    if not reset_peak_rss():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert vm_hwm_bytes() < peak_with_block - 200 * 2**20  # the kernel forgot the block
+    assert process_peak_rss_bytes() >= peak_with_block - 16 * 2**20  # the kernel counts RSS in per-CPU batches

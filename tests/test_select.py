@@ -45,7 +45,7 @@ def plan_for(profile: str, probe: Probe, engines=ALL_ENGINES, overrides=None):
          dict(device="cuda", engine="transformers", model="large-v3", dtype="float16", min_batch=2)),
         ("24 GB GPU", "auto", machine(gpu_gib=24), TODAY,
          dict(device="cuda", model="large-v3", dtype="float16", min_batch=4)),
-        ("no GPU, 24 GiB", "auto", machine(), ALL_ENGINES, dict(device="cpu", dtype="float32")),
+        ("no GPU, 24 GiB", "auto", machine(), ALL_ENGINES, dict(device="cpu", engine="ctranslate2", quantization="dynamic-int8")),
         ("no GPU, only whisper", "auto", machine(), {"whisper"}, dict(device="cpu", engine="whisper", batch_size=1)),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
@@ -74,10 +74,11 @@ def test_8gb_gpu_gets_a_smaller_or_quantized_plan():
     assert plan.estimated_peak_bytes <= 0.85 * 0.95 * 8 * GiB
 
 
-def test_4gb_gpu_without_bitsandbytes_never_plans_8_or_4_bit():
-    plan = plan_for("gpu-8gb", machine(gpu_gib=4, bitsandbytes=False), {"transformers", "whisper"})
+def test_small_gpu_without_bitsandbytes_never_plans_8_or_4_bit():
+    # 3.3 GB: the distilled and turbo large models need ~2.7-2.9 GiB in float16 at batch 1, over its 85% budget.
+    plan = plan_for("gpu-8gb", machine(gpu_gib=3.3, bitsandbytes=False), {"transformers", "whisper"})
     assert plan.quantization == "none"
-    assert plan.model in ("small", "base")  # the large models in the list cannot fit 4 GB unquantized
+    assert plan.model in ("small", "base")  # the large models in the list cannot fit unquantized
     assert "no int8: bitsandbytes does not work on this GPU" in plan.reason
 
 
@@ -185,8 +186,11 @@ def test_model_names_and_hub_ids_resolve():
 def test_estimates_grow_with_batch_and_shrink_with_precision():
     fp32 = [estimate_peak_bytes("small", engine="transformers", batch_size=b) for b in (1, 4, 24)]
     assert fp32[0] < fp32[1] < fp32[2]
-    # Measured on tiny.en: batch 8 -> 936 MiB, batch 24 -> 1286 MiB (docs/memory-calibration.md).
-    assert estimate_peak_bytes("tiny.en", engine="transformers", batch_size=24) / 2**20 == pytest.approx(1286, rel=0.05)
+    # Measured with the transformers engine itself on tiny.en (docs/memory-calibration.md): the estimate
+    # errs on the safe side only, and by little.
+    for batch, measured_mib in ((1, 978), (8, 1431), (24, 2265)):
+        estimate_mib = estimate_peak_bytes("tiny.en", engine="transformers", batch_size=batch) / 2**20
+        assert measured_mib <= estimate_mib <= 1.1 * measured_mib
     assert weight_bytes("large-v3", "float16") == weight_bytes("large-v3", "float32") // 2
     assert weight_bytes("large-v3", "float16", "int8") < weight_bytes("large-v3", "float16")
     assert weight_bytes("large-v3", "float16", "nf4") < weight_bytes("large-v3", "float16", "int8")

@@ -23,7 +23,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -42,6 +41,7 @@ from steadyscribe.engines.word_timing import (
     window_segments,
     word_timings,
 )
+from steadyscribe.memory import reset_peak_rss, vm_hwm_bytes
 from steadyscribe.records import Plan
 
 logger = logging.getLogger(__name__)
@@ -88,30 +88,18 @@ class PeakRssMeter:
     allowed, the RSS after the batch stands in (it misses activations freed before the end).
     """
 
-    _CLEAR_REFS = Path("/proc/self/clear_refs")
-    _STATUS = Path("/proc/self/status")
-
     def __init__(self) -> None:
         self._process = psutil.Process()
         self._peak_was_reset = False
 
     def start(self) -> int:
         """Reset the peak; return the RSS now."""
-        try:
-            self._CLEAR_REFS.write_text("5")
-            self._peak_was_reset = True
-        except OSError:
-            self._peak_was_reset = False
+        self._peak_was_reset = reset_peak_rss()
         return self._process.memory_info().rss
 
     def peak(self) -> int:
         rss = self._process.memory_info().rss
-        if not self._peak_was_reset:
-            return rss
-        for line in self._STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return max(rss, int(line.split()[1]) * 1024)
-        return rss
+        return max(rss, vm_hwm_bytes()) if self._peak_was_reset else rss
 
 
 class _ChosenTokenLogprobs(LogitsProcessor):

@@ -209,12 +209,8 @@ def estimate_peak_bytes(
     calibration = CALIBRATION[engine]
     arch = architecture(model)
     weights = weight_bytes(model, dtype, quantization)
-    # torch's dynamic-int8 quantizes a loaded fp32 model: the fp32 projections exist until it is done.
-    load_copy = (
-        arch.linear_parameter_count * DTYPE_BYTES["float32"]
-        if quantization == "dynamic-int8" and engine == "transformers"
-        else weights * calibration.load_copy_factor
-    )
+    # dynamic-int8 is built layer by layer (steadyscribe.models.quantize), never holding the fp32 model.
+    load_copy = weights * calibration.load_copy_factor
     window = arch.window_elements(engine) * DTYPE_BYTES[dtype] * calibration.activation_factor
     decoding = calibration.decode_fixed_bytes + calibration.weight_factor * weights + batch_size * window
     runtime = CUDA_CONTEXT_BYTES if device == "cuda" else calibration.runtime_bytes

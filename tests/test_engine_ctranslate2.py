@@ -74,6 +74,14 @@ def test_transcribes_the_speech_fixtures(float32_results, speech_windows, max_we
             assert 0.0 < segment.compression_ratio < 2.4
 
 
+def test_segments_are_the_sentences_of_each_window(float32_results):
+    segments = [segment for result in float32_results for segment in result.segments]
+    assert len(segments) > len(float32_results)  # windows of several sentences are split
+    for segment in segments:
+        assert segment.words and (segment.start, segment.end) == (segment.words[0].start, segment.words[-1].end)
+        assert segment.text.count(". ") + segment.text.count("? ") + segment.text.count("! ") == 0
+
+
 def test_word_times_are_monotonic_and_inside_the_window(float32_results, speech_windows):
     audio_end = {w.window: w.window.start + len(w.samples) / SAMPLE_RATE for w in speech_windows}
     for result in float32_results:

@@ -60,6 +60,23 @@ def timestamped_spans(tokens: list[int], tokenizer: Tokenizer, span: float) -> l
     return spans
 
 
+def sentence_spans(words: list[WordTiming]) -> list[TokenSpan]:
+    """Segments for a decoding without timestamp tokens: one per sentence, timed by its words.
+
+    Takes every word's tokens in order, so window_segments gives each segment its own words.
+    """
+    sentences: list[list[WordTiming]] = [[]]
+    for timing in words:
+        sentences[-1].append(timing)
+        if timing.word.rstrip().endswith((".", "?", "!")):
+            sentences.append([])
+    return [
+        TokenSpan(sentence[0].start, sentence[-1].end, [t for timing in sentence for t in timing.tokens])
+        for sentence in sentences
+        if sentence
+    ]
+
+
 def alignment_path(attention: torch.Tensor, medfilt_width: int = MEDIAN_FILTER_WIDTH) -> tuple[np.ndarray, np.ndarray]:
     """(text indices, time indices) of the DTW path through alignment-head attention.
 

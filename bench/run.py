@@ -48,8 +48,8 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "commit": _git("rev-parse", "HEAD"),
-        # Uncommitted changes make the commit an approximation of what ran.
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # Uncommitted changes make the commit an approximation of what ran (results of earlier runs aside).
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
         "load_average_start": os.getloadavg(),
     }
 

@@ -2,7 +2,7 @@
 
 Per batch of `batch_size` windows (from any files): log-mel features -> one encoder pass (SDPA
 attention) -> no-speech probability, and the language for a multilingual model without one, from
-the start-of-transcript logits -> greedy decoding with timestamp tokens through `generate` ->
+the start-of-transcript logits -> greedy decoding (no timestamp tokens) through `generate` ->
 temperature fallback for windows whose text looks like a hallucination -> one teacher-forced
 decoder pass that captures the alignment heads' cross-attention -> DTW word times
 (steadyscribe.engines.word_timing). The encoder output is reused by every step.
@@ -37,6 +37,7 @@ from steadyscribe.engines.decoding import Decoding, decode_with_fallback
 from steadyscribe.engines.word_timing import (
     alignment_path,
     compression_ratio,
+    sentence_spans,
     timestamped_spans,
     window_segments,
     word_timings,
@@ -141,8 +142,13 @@ class TransformersEngine:
         *,
         batch_hook: Callable[[list[WindowAudio]], None] | None = None,
         memory: PeakRssMeter | None = None,
+        with_timestamps: bool = False,
     ) -> None:
+        """with_timestamps=True decodes timestamp tokens and keeps Whisper's own segments; by
+        default segments are the sentences of each window's words (as in CTranslate2Engine, whose
+        __init__ says why)."""
         torch.set_num_threads(max(1, plan.threads))
+        self.with_timestamps = with_timestamps
         self.plan = plan
         self.batch_size = plan.batch_size
         self.batch_hook = batch_hook
@@ -212,6 +218,8 @@ class TransformersEngine:
             spans = {i: timestamped_spans(decodings[i].tokens, tokenizers[i], _span(batch[i])) for i in speech}
             text_tokens = {i: [t for span in spans[i] for t in span.tokens] for i in speech}
             words = self._align(encoded, batch, tokenizers, text_tokens)
+        if not self.with_timestamps:
+            spans = {i: sentence_spans(words[i]) for i in speech}
         results = []
         for i, (item, language, tokenizer, decoding) in enumerate(zip(batch, languages, tokenizers, decodings)):
             segments = []
@@ -287,7 +295,7 @@ class TransformersEngine:
         sampling_args = {"temperature": temperature, "top_k": 0} if temperature > 0 else {}
         output = self.model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded if len(rows) == len(encoded) else encoded[rows]),
-            return_timestamps=True,
+            return_timestamps=self.with_timestamps,
             # One call per window: with encoder outputs given, generate cannot seek on its own.
             force_unique_generate_call=True,
             return_dict_in_generate=True,

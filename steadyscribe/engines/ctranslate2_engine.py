@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ctranslate2
 import numpy as np
+import torch
 from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
@@ -76,6 +77,9 @@ class CTranslate2Engine:
         self.with_timestamps = with_timestamps
         self.temperatures = temperatures
         self.compute_type = compute_type_for(plan)
+        # torch only computes log-mel features here: on one thread that is 6x faster than on two,
+        # and its idle pool no longer spins against CTranslate2's threads (encoder ~10% faster).
+        torch.set_num_threads(1)
         device, _, index = plan.device.partition(":")  # "cuda:1" -> CT2's device and device_index
         self.model = ctranslate2.models.Whisper(
             str(model_dir),

@@ -82,6 +82,12 @@ def test_segments_are_the_sentences_of_each_window(float32_results):
         assert segment.text.count(". ") + segment.text.count("? ") + segment.text.count("! ") == 0
 
 
+def test_decoding_with_timestamp_tokens_still_transcribes(speech_windows, max_wer):
+    plan = Plan(engine="ctranslate2", model="tiny.en", threads=1, batch_size=4)
+    results = list(CTranslate2Engine(plan, with_timestamps=True).transcribe(speech_windows))
+    assert speech_wer(results) <= max_wer + 0.05  # it may lose a sentence at a window's end
+
+
 def test_word_times_are_monotonic_and_inside_the_window(float32_results, speech_windows):
     audio_end = {w.window: w.window.start + len(w.samples) / SAMPLE_RATE for w in speech_windows}
     for result in float32_results:

@@ -56,7 +56,7 @@ def run_system(name: str, model: str, data_dir: Path) -> dict:
         "load_s": load_s,
         "stabilize_s": getattr(runner, "stabilize_s", None),
         "rss_after_load_bytes": rss_after_load,
-        # The high-water mark of this whole process (ru_maxrss), kept across the transformers engine's
+        # The high-water mark of this whole process, kept across the transformers engine's
         # per-batch resets of it (steadyscribe.memory.process_peak_rss_bytes).
         "peak_rss_bytes": process_peak_rss_bytes(),
         # What selection estimated for the plan (steadyscribe systems only): compare with peak_rss_bytes.

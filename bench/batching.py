@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -35,7 +34,8 @@ import psutil
 
 from bench import systems
 from bench.dataset import SAMPLE_RATE, BenchFile, _Piece, _write, build_dataset, load_manifest
-from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, ROOT, available_models, machine_info
+from bench.report import mib, pct
+from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, available_models, machine_info, run_module
 from bench.score import accuracy
 from bench.worker import _versions
 from steadyscribe.memory import process_peak_rss_bytes
@@ -141,30 +141,6 @@ def run_config(key: str, model: str, data_dir: Path) -> dict:
 
 # ---- parent ----
 
-def spawn(key: str, model: str, data_dir: Path, out_dir: Path) -> tuple[dict | None, str]:
-    path = out_dir / f"{model}-{key}.json"
-    path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.batching", "--worker", key, "--models", model, "--data", str(data_dir),
-               "--result", str(path)]
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {TIMEOUT_S} s"
-    if done.returncode != 0 or not path.is_file():
-        return None, f"failed (exit {done.returncode}) after {time.perf_counter() - started:.0f} s: " \
-                     f"...{done.stderr[-1500:]}"
-    return json.loads(path.read_text()), ""
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.0f}"
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
 def _segmentation(by_key: dict) -> str:
     """How faster-whisper's batched pipeline cut the audio in this run (Silero VAD needs onnxruntime)."""
     ran = by_key.get("faster-whisper-batched-b8")
@@ -198,11 +174,11 @@ def write_markdown(run: dict, out: Path) -> None:
         cells = []
         for p in parts:
             q = r["parts"].get(p)
-            cells += [f"{q['throughput']:.1f}", _pct(q["wer"]), _pct(q["within_200ms"])] if q else ["–"] * 3
+            cells += [f"{q['throughput']:.1f}", pct(q["wer"]), pct(q["within_200ms"])] if q else ["–"] * 3
         batch = r["settings"].get("batch_size")
         estimated = r["settings"].get("predicted_peak_bytes")  # the plan's estimate: steadyscribe rows only
-        return (f"| {label} | " + " | ".join(cells) + f" | {_mib(r['peak_rss_bytes'])} | "
-                f"{'–' if estimated is None else _mib(estimated)} | {r['load_s']:.1f} | "
+        return (f"| {label} | " + " | ".join(cells) + f" | {mib(r['peak_rss_bytes'])} | "
+                f"{mib(estimated)} | {r['load_s']:.1f} | "
                 f"batch {batch}{'' if r['settings'].get('batch_size_final') in (None, batch) else ' -> ' + str(r['settings']['batch_size_final'])} |")
 
     def table(title: str, keys: list[str], parts: tuple[str, ...], names: dict[str, str]) -> None:
@@ -276,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             entry.update(status="skipped", note=f"not installed: {', '.join(missing)}")
         else:
             print(f"[batching] {key} ...", file=sys.stderr, flush=True)
-            worker, why = spawn(key, model, data_dir, data_dir / "outputs")
+            worker, why = run_module("bench.batching", ["--worker", key, "--models", model, "--data", str(data_dir)],
+                                     data_dir / "outputs" / f"{model}-{key}.json", TIMEOUT_S)
             entry.update(status="failed", note=why) if worker is None else entry.update(status="ok", **worker)
         print(f"[batching] {key}: {entry['status']} {entry.get('note', '')[:300]} "
               + " ".join(f"{p}={q['throughput']:.1f}x" for p, q in entry.get("parts", {}).items()),

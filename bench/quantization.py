@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,8 @@ from pathlib import Path
 
 from bench import systems
 from bench.dataset import build_dataset, load_manifest
-from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, ROOT, available_models, machine_info
+from bench.report import mib, pct
+from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, available_models, machine_info, run_module
 from bench.score import accuracy
 from bench.worker import _versions
 from steadyscribe.memory import process_peak_rss_bytes
@@ -158,32 +158,10 @@ def first_load(key: str, model: str) -> dict:
 
 # ---- parent ----
 
-def spawn(args: list[str], result: Path, timeout_s: float) -> tuple[dict | None, str]:
-    result.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.quantization", *args, "--result", str(result)]
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout_s:.0f} s"
-    if done.returncode != 0 or not result.is_file():
-        return None, (f"failed (exit {done.returncode}) after {time.perf_counter() - started:.0f} s: "
-                      f"...{done.stderr[-1500:]}")
-    return json.loads(result.read_text()), ""
-
-
-def _mib(n: float | None) -> str:
-    return "–" if n is None else f"{n / 2**20:.0f}"
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
 def _note(result: dict) -> str:
     settings = result["settings"]
     batch = settings.get("batch_size")
-    return f"{settings.get('quantization')}, batch {batch}, plan's predicted peak {_mib(settings.get('predicted_peak_bytes'))} MiB"
+    return f"{settings.get('quantization')}, batch {batch}, plan's predicted peak {mib(settings.get('predicted_peak_bytes'))} MiB"
 
 
 def write_markdown(run: dict, out: Path) -> None:
@@ -222,9 +200,9 @@ def write_markdown(run: dict, out: Path) -> None:
             first_s = f"{first['first_load_s']:.1f}" if "first_load_s" in first else "–"
             o = r["overall"]
             lines.append(
-                f"| {label} | {_mib(r['weight_bytes'])} | {_pct(share)} | {_mib(r['peak_rss_bytes'])} | {r['load_s']:.1f} "
-                f"| {first_s} | {_mib(first.get('first_load_peak_rss_bytes'))} | {o['throughput']:.1f} "
-                f"| {_pct(o['wer'])} | {_pct(o['within_200ms'])} | {r['load_average_start'][0]:.1f} | {_note(r)} |"
+                f"| {label} | {mib(r['weight_bytes'])} | {pct(share)} | {mib(r['peak_rss_bytes'])} | {r['load_s']:.1f} "
+                f"| {first_s} | {mib(first.get('first_load_peak_rss_bytes'))} | {o['throughput']:.1f} "
+                f"| {pct(o['wer'])} | {pct(o['within_200ms'])} | {r['load_average_start'][0]:.1f} | {_note(r)} |"
             )
         lines.append("")
     lines += [
@@ -285,23 +263,23 @@ def main(argv: list[str] | None = None) -> int:
                 first = None
                 if engine == "transformers" and quantization != "none":
                     print(f"[quantization] {model} {key} first load ...", file=sys.stderr, flush=True)
-                    first, why = spawn(["--worker", key, "--models", model, "--first-load"],
-                                       raw_dir / f"quantization-{model}-{key}-first.json", TIMEOUT_S[mode])
+                    first, why = run_module("bench.quantization", ["--worker", key, "--models", model, "--first-load"],
+                                            raw_dir / f"quantization-{model}-{key}-first.json", TIMEOUT_S[mode])
                     if first is None:
                         first = {"status": "failed", "note": why}
                 if first is not None and first["status"] != "ok":
                     entry.update(status=first["status"], note=first["note"])
                 else:
                     print(f"[quantization] {model} {key} ...", file=sys.stderr, flush=True)
-                    worker, why = spawn(["--worker", key, "--models", model, "--data", str(data_dir)],
-                                        raw_dir / f"quantization-{model}-{key}.json", TIMEOUT_S[mode])
+                    worker, why = run_module("bench.quantization", ["--worker", key, "--models", model, "--data", str(data_dir)],
+                                             raw_dir / f"quantization-{model}-{key}.json", TIMEOUT_S[mode])
                     if worker is None:
                         entry.update(status="failed", note=why)
                     else:
                         entry.update(worker, first_load=first)
             o = entry.get("overall", {})
             print(f"[quantization] {model} {key}: {entry['status']} {entry.get('note', '')[:300]}"
-                  + (f" {o['throughput']:.1f}x WER {_pct(o['wer'])}" if o else ""), file=sys.stderr, flush=True)
+                  + (f" {o['throughput']:.1f}x WER {pct(o['wer'])}" if o else ""), file=sys.stderr, flush=True)
             results.append(entry)
     machine["load_average_end"] = os.getloadavg()
     run = {

@@ -30,8 +30,12 @@ def _name(result: dict, run: dict) -> str:
     return result["label"] if len(models) == 1 else f"{result['label']} ({result['model']})"
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def mib(value: float | None) -> str:
+    return "–" if value is None else f"{value / MIB:.0f}"
 
 
 def _ms(value: float | None) -> str:
@@ -53,11 +57,6 @@ def estimated_peak_bytes(result: dict) -> int | None:
     Results from before bench.worker recorded it carry it in their settings.
     """
     return result.get("estimated_peak_bytes") or result.get("settings", {}).get("predicted_peak_bytes")
-
-
-def _estimated_mib(result: dict) -> str:
-    estimated = estimated_peak_bytes(result)
-    return "–" if estimated is None else f"{estimated / MIB:.0f}"
 
 
 def machine_line(run: dict) -> str:
@@ -82,14 +81,14 @@ def markdown(run: dict, throughput_png: str, boundary_png: str) -> str:
     for r in ok:
         o, final = r["overall"], r["overall"]["final"]
         lines.append(
-            f"| {_name(r, run)} | {_settings(r)} | {_pct(final['wer'])} | {_pct(final['within_200ms'])} "
+            f"| {_name(r, run)} | {_settings(r)} | {pct(final['wer'])} | {pct(final['within_200ms'])} "
             f"| {_ms(final['mean_abs_error_ms'])} | {final['no_speech_words']} | {o['throughput']:.1f} "
-            f"| {o['rtf']:.3f} | {r['load_s']:.1f} | {r['peak_rss_bytes'] / MIB:.0f} | {_estimated_mib(r)} |"
+            f"| {o['rtf']:.3f} | {r['load_s']:.1f} | {mib(r['peak_rss_bytes'])} | {mib(estimated_peak_bytes(r))} |"
         )
     parts = [p for p in run["dataset"] if p != "no_speech"]
     for title, cell in (
-        ("WER by part", lambda f: _pct(f["final"]["wer"])),
-        ("Words within 200 ms by part", lambda f: _pct(f["final"]["within_200ms"])),
+        ("WER by part", lambda f: pct(f["final"]["wer"])),
+        ("Words within 200 ms by part", lambda f: pct(f["final"]["within_200ms"])),
         ("Throughput (audio s / wall s) by part", lambda f: f"{f['throughput']:.1f}"),
     ):
         lines += ["", f"**{title}**", "", "| system | " + " | ".join(PART_TITLES.get(p, p) for p in parts) + " |",
@@ -106,9 +105,9 @@ def markdown(run: dict, throughput_png: str, boundary_png: str) -> str:
         for r in staged:
             raw, final = r["overall"]["raw"], r["overall"]["final"]
             lines.append(
-                f"| {_name(r, run)} | {_pct(raw['within_200ms'])} | {_pct(final['within_200ms'])} "
-                f"| {_ms(raw['mean_abs_error_ms'])} | {_ms(final['mean_abs_error_ms'])} | {_pct(raw['wer'])} "
-                f"| {_pct(final['wer'])} | {raw['no_speech_words']} | {final['no_speech_words']} |"
+                f"| {_name(r, run)} | {pct(raw['within_200ms'])} | {pct(final['within_200ms'])} "
+                f"| {_ms(raw['mean_abs_error_ms'])} | {_ms(final['mean_abs_error_ms'])} | {pct(raw['wer'])} "
+                f"| {pct(final['wer'])} | {raw['no_speech_words']} | {final['no_speech_words']} |"
             )
     not_run = [r for r in run["results"] if r["status"] != "ok"]
     if not_run or run["notes"]:

@@ -83,12 +83,12 @@ def available_models(wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return models, notes
 
 
-def run_worker(system: str, model: str, data_dir: Path, out_dir: Path, timeout_s: float) -> tuple[dict | None, str]:
-    """The worker's result, or None and why it has none."""
-    result_path = out_dir / f"{model}-{system}.json"
+def run_module(module: str, args: list[str], result_path: Path, timeout_s: float) -> tuple[dict | None, str]:
+    """Run `python -m module *args --result result_path` in its own process: its JSON result, or
+    None and why there is none (the end of its error output)."""
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.worker", system, "--model", model, "--data", str(data_dir),
-               "--out", str(result_path)]
+    command = [sys.executable, "-m", module, *args, "--result", str(result_path)]
+    started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -96,7 +96,8 @@ def run_worker(system: str, model: str, data_dir: Path, out_dir: Path, timeout_s
     if done.returncode < 0:
         return None, f"killed by signal {-done.returncode}"
     if done.returncode != 0 or not result_path.is_file():
-        return None, f"failed (exit {done.returncode}): ...{done.stderr[-ERROR_TAIL_CHARS:]}"
+        return None, (f"failed (exit {done.returncode}) after {time.perf_counter() - started:.0f} s: "
+                      f"...{done.stderr[-ERROR_TAIL_CHARS:]}")
     return json.loads(result_path.read_text()), ""
 
 
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry.update(status="skipped", note=f"not installed: {', '.join(missing)}")
             else:
                 print(f"[bench] {model} {system.name} ...", file=sys.stderr, flush=True)
-                worker, why = run_worker(system.name, model, data_dir, raw_dir, TIMEOUT_S[mode])
+                worker, why = run_module("bench.worker", [system.name, "--model", model, "--data", str(data_dir)],
+                                         raw_dir / f"{model}-{system.name}.json", TIMEOUT_S[mode])
                 if worker is None:
                     entry.update(status="failed", note=why)
                 else:

@@ -1,6 +1,6 @@
 """One system in its own process: load the model, transcribe each part of the set, report.
 
-    python -m bench.worker SYSTEM --model tiny.en --data DIR --out RESULT.json
+    python -m bench.worker SYSTEM --model tiny.en --data DIR --result RESULT.json
 
 A fresh process per system keeps one system's memory and threads from touching another's, and
 makes the process's peak RSS that system's peak. Model load and each part are timed apart.
@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("system", choices=sorted(systems.SYSTEMS_BY_NAME))
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
     result = run_system(args.system, args.model, args.data)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result))
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(result))
     return 0
 
 

@@ -50,7 +50,7 @@ def synthesize(minutes: float, flac_path: Path, transcript_path: Path) -> None:
 
     from steadyscribe import SAMPLE_RATE
     from steadyscribe.records import InputFile, Segment, Transcript, Word
-    from tasks.decode import decode_input, load_pcm
+    from steadyscribe.tasks.decode import decode_input, load_pcm
 
     pieces = []
     with tempfile.TemporaryDirectory() as work:
@@ -116,15 +116,15 @@ def _reset_peak() -> bool:
 def run_stage(stage: str, work: Path, infer_windows: int) -> dict:
     """Run one stage on the files in `work`; return its timings and memory peaks (bytes)."""
     from steadyscribe.records import DecodedAudio, InputFile, Plan, Transcript, Window
-    from tasks.chunk import plan_windows
-    from tasks.decode import decode_input, load_pcm
-    from tasks.stabilize import stabilize
+    from steadyscribe.tasks.chunk import plan_windows
+    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.tasks.stabilize import stabilize
 
     decoded_path, windows_path = work / "decoded.json", work / "windows.json"
     engine = None
     if stage == "infer":
         from steadyscribe.engines import load_engine
-        from tasks.infer import transcribe_files
+        from steadyscribe.tasks.infer import transcribe_files
 
         engine = load_engine(Plan(engine="whisper", model="tiny.en", threads=1))
     before_stage = _status_kib("VmRSS") * 1024

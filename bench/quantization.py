@@ -62,8 +62,8 @@ class QuantizationRunner(systems.SteadyscribeRunner):
         from steadyscribe.engines import ENGINES
         from steadyscribe.models.provision import model_cache_dir
         from steadyscribe.profiles import load_profile, validate_profile_data
-        from tasks.probe import probe_resources
-        from tasks.select import select_plan
+        from steadyscribe.tasks.probe import probe_resources
+        from steadyscribe.tasks.select import select_plan
 
         engine, quantization = self.options["engine"], self.options["quantization"]
         data = {**load_profile("cpu-batched").model_dump(), "name": "bench-quantization", "model": [self.model_spec],

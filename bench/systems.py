@@ -65,7 +65,7 @@ def usable_threads() -> int:
 def read_audio(path: Path, work_dir: str) -> np.ndarray:
     """16 kHz mono float32 samples, through steadyscribe's decode stage (the same for every system)."""
     from steadyscribe.records import InputFile
-    from tasks.decode import decode_input, load_pcm
+    from steadyscribe.tasks.decode import decode_input, load_pcm
 
     decoded = decode_input(InputFile(str(path)), work_dir)
     if decoded.status != "ok":
@@ -93,7 +93,7 @@ class Runner:
 
     def prepare(self) -> None:
         # Every system decodes with steadyscribe's decode stage (and so imports Prefect) in its timed span.
-        for module in ("tasks.decode", *self.imports):
+        for module in ("steadyscribe.tasks.decode", *self.imports):
             importlib.import_module(module)
 
     def load(self) -> None:
@@ -109,15 +109,15 @@ class SteadyscribeRunner(Runner):
     The plan comes from the profile's own selection, with the engine and model fixed.
     """
 
-    imports = ("tasks.chunk", "tasks.infer", "tasks.stabilize")
+    imports = ("steadyscribe.tasks.chunk", "steadyscribe.tasks.infer", "steadyscribe.tasks.stabilize")
 
     def prepare(self) -> None:
         super().prepare()
         from steadyscribe.engines import ENGINES
         from steadyscribe.models.provision import model_cache_dir
         from steadyscribe.profiles import load_profile, validate_profile_data
-        from tasks.probe import probe_resources
-        from tasks.select import select_plan
+        from steadyscribe.tasks.probe import probe_resources
+        from steadyscribe.tasks.select import select_plan
 
         profile = load_profile(self.options["profile"])
         self.profile = validate_profile_data({**profile.model_dump(), "model": [self.model_spec]}, source="bench")
@@ -145,10 +145,10 @@ class SteadyscribeRunner(Runner):
 
     def transcribe(self, paths: dict[str, Path]) -> dict[str, dict[str, Words]]:
         from steadyscribe.records import InputFile, Transcript
-        from tasks.chunk import plan_windows
-        from tasks.decode import decode_input, load_pcm
-        from tasks.infer import transcribe_files
-        from tasks.stabilize import options_from_profile, stabilize
+        from steadyscribe.tasks.chunk import plan_windows
+        from steadyscribe.tasks.decode import decode_input, load_pcm
+        from steadyscribe.tasks.infer import transcribe_files
+        from steadyscribe.tasks.stabilize import options_from_profile, stabilize
 
         decoded = {}
         name_of = {}

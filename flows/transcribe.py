@@ -5,7 +5,7 @@ Files go through the middle stages in groups: each group's windows share the eng
 batches (cross-file batching), and each group is committed before the next starts, so a
 killed run keeps what it finished and its decoded audio never piles up on disk.
 
-Run it with `steadyscribe run` or `python -m flows.transcribe INPUT... --output OUT`.
+Run it with `steadyscribe run` or `python -m steadyscribe.flows.transcribe INPUT... --output OUT`.
 """
 
 from __future__ import annotations
@@ -22,28 +22,20 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
 from steadyscribe.engines import available_engines
+from steadyscribe.errors import FilesFailed
 from steadyscribe.models.provision import model_cache_dir
 from steadyscribe.profiles import Profile, load_profile
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
-from tasks.chunk import chunk_task
-from tasks.decode import decode_task
-from tasks.discover import discover_task
-from tasks.infer import infer_task
-from tasks.probe import probe_task
-from tasks.report import RunSummary, summarize, summary_markdown
-from tasks.select import plan_markdown, select_task
-from tasks.stabilize import stabilize_task
-from tasks.write import RunInfo, completed_file_keys, settings_key, write_task
-
-
-class FilesFailed(Exception):
-    """Some inputs failed (their `files` rows say why); carries the run's summary."""
-
-    def __init__(self, summary: RunSummary):
-        total = summary.files_ok + summary.files_failed + summary.files_skipped
-        super().__init__(f"{summary.files_failed} of {total} files failed")
-        self.summary = summary
+from steadyscribe.tasks.chunk import chunk_task
+from steadyscribe.tasks.decode import decode_task
+from steadyscribe.tasks.discover import discover_task
+from steadyscribe.tasks.infer import infer_task
+from steadyscribe.tasks.probe import probe_task
+from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
+from steadyscribe.tasks.select import plan_markdown, select_task
+from steadyscribe.tasks.stabilize import stabilize_task
+from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key, write_task
 
 
 def new_run_id() -> str:
@@ -163,8 +155,6 @@ def _transcribe_group(
 
 
 if __name__ == "__main__":
-    import sys
+    from steadyscribe.flows.job import main
 
-    from steadyscribe.cli import main
-
-    raise SystemExit(main(["run", *sys.argv[1:]]))
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ its parent (mappings merge key by key; lists and scalars replace).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from steadyscribe.memory import ARCHITECTURES, ALIASES, architecture, is_english_only
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "profiles"
+# The repository's profiles/ folder, installed as the data package steadyscribe.profile_files.
+SHIPPED_DIR = Path(importlib.util.find_spec("steadyscribe.profile_files").submodule_search_locations[0])
 USER_DIR_ENV = "STEADYSCRIBE_PROFILES_DIR"
 DEFAULT_PROFILE = "cpu-small"
 

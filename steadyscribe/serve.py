@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steadyscribe.cli import add_job_arguments
+from steadyscribe.flows.job import add_job_arguments
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -35,7 +35,7 @@ def serve(
     from prefect import serve as serve_deployments
     from prefect.schedules import Cron
 
-    from steadyscribe.runners import transcribe_flow
+    from steadyscribe.flows.runners import transcribe_flow
 
     flow = transcribe_flow(profile)
     parameters = {"inputs": inputs, "output": output, "profile": profile}

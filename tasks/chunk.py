@@ -14,7 +14,7 @@ from prefect import task
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import DecodedAudio, Window
 from steadyscribe.speech import frame_loudness_db, mask_from_loudness, true_runs
-from tasks.decode import load_pcm
+from steadyscribe.tasks.decode import load_pcm
 
 HOP_S = 0.02
 # Quieter than any recording's noise floor: a window that never rises above it holds nothing.

@@ -24,7 +24,7 @@ from prefect import task
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import DecodedAudio, InputFile
 from steadyscribe.storage import is_transient_io_error, protocol_of, with_retries
-from tasks.discover import content_sha256
+from steadyscribe.tasks.discover import content_sha256
 
 MIN_DURATION_S = 0.1
 

@@ -19,7 +19,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import Engine, WindowAudio, WindowResult, load_engine
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
-from tasks.decode import load_pcm
+from steadyscribe.tasks.decode import load_pcm
 
 ProgressCallback = Callable[[int, int], None]  # (windows done, windows total)
 

@@ -16,20 +16,17 @@ from typing import Any
 from prefect import task
 
 from steadyscribe.engines import provisioning_error
+from steadyscribe.errors import PlanError
 from steadyscribe.memory import CALIBRATION, estimate_peak_bytes, is_english_only
 from steadyscribe.models.distil import recommended_window_s
 from steadyscribe.profiles import Profile, apply_overrides, format_bytes, load_profile, parse_size
 from steadyscribe.records import Plan
-from tasks.probe import Probe
+from steadyscribe.tasks.probe import Probe
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` takes the largest that fits; 24 is transformers' default
 BATCH_ONE_ENGINES = {"whisper"}  # openai-whisper decodes one window at a time
-
-
-class PlanError(RuntimeError):
-    """No plan fits: raised before any work, with what was tried and the budget."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from prefect import task
 
 from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
 from steadyscribe.speech import frame_loudness_db, mask_from_loudness
-from tasks.decode import load_pcm
+from steadyscribe.tasks.decode import load_pcm
 
 
 @dataclass(frozen=True)

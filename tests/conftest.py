@@ -55,7 +55,7 @@ WER_MARGIN = 0.02
 def decode_fixture(name: str, work_dir: Path):
     """A fixture decoded as the pipeline decodes it (tasks.decode): 16 kHz mono float32 samples."""
     from steadyscribe.records import InputFile
-    from tasks.decode import decode_input, load_pcm
+    from steadyscribe.tasks.decode import decode_input, load_pcm
 
     return load_pcm(decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir).pcm_path)
 
@@ -69,7 +69,7 @@ def window_audio(window, samples):
 
 def speech_fixture_windows(work_dir: Path, names: list[str] = SPEECH) -> list:
     """The pipeline's windows (tasks.chunk) of each named fixture, in order."""
-    from tasks.chunk import plan_windows
+    from steadyscribe.tasks.chunk import plan_windows
 
     windows = []
     for name in names:

@@ -10,9 +10,9 @@ import pytest
 from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import InputFile
-from tasks import chunk
-from tasks.chunk import HOP_S, plan_windows
-from tasks.decode import decode_input, load_pcm
+from steadyscribe.tasks import chunk
+from steadyscribe.tasks.chunk import HOP_S, plan_windows
+from steadyscribe.tasks.decode import decode_input, load_pcm
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from steadyscribe import storage
 from steadyscribe.records import InputFile
-from tasks.discover import DEFAULT_AUDIO_EXTENSIONS, content_sha256, discover_inputs
+from steadyscribe.tasks.discover import DEFAULT_AUDIO_EXTENSIONS, content_sha256, discover_inputs
 
 TREE = {
     "a.wav": b"a" * 10,

@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from conftest import FIXTURES
-from flows.transcribe import transcribe
+from steadyscribe.flows.transcribe import transcribe
 from steadyscribe.metrics import boundary_errors, corpus_wer
 
 pytestmark = pytest.mark.slow

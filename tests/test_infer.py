@@ -7,7 +7,7 @@ import numpy as np
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import WindowResult
 from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
-from tasks.infer import transcribe_files
+from steadyscribe.tasks.infer import transcribe_files
 
 
 class ReversingEngine:

@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import FIXTURES
 from steadyscribe.profiles import load_profile
-from steadyscribe.runners import task_runner_for
+from steadyscribe.flows.runners import task_runner_for
 
 pytestmark = pytest.mark.slow
 
@@ -277,7 +277,7 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
     output = tmp_path / "dask-out"
     script = (
         "import sys\n"
-        "from steadyscribe.runners import transcribe_flow\n"
+        "from steadyscribe.flows.runners import transcribe_flow\n"
         "transcribe_flow(sys.argv[1])(inputs=sys.argv[3:], output=sys.argv[2], profile=sys.argv[1])\n"
     )
     env = {**api_env, "PREFECT_LOGGING_LEVEL": "INFO"}  # to see which cluster the runner starts

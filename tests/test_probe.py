@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.probe import Probe, disk_free_bytes, probe_resources
+from steadyscribe.tasks.probe import Probe, disk_free_bytes, probe_resources
 
 GiB = 2**30
 

@@ -21,8 +21,8 @@ from steadyscribe.models.quantize import (  # noqa: E402
     quantized_model_dir,
 )
 from steadyscribe.records import InputFile, Plan  # noqa: E402
-from tasks.chunk import plan_windows  # noqa: E402
-from tasks.decode import decode_input, load_pcm  # noqa: E402
+from steadyscribe.tasks.chunk import plan_windows  # noqa: E402
+from steadyscribe.tasks.decode import decode_input, load_pcm  # noqa: E402
 
 SAMPLE_RATE = 16000
 SPEECH = ["straddle_40s", "clean_gb", "clean_us_slow", "fast_speaker", "long_pauses", "noisy"]

@@ -29,14 +29,14 @@ import pytest
 from fsspec.implementations.local import LocalFileOpener
 from fsspec.implementations.memory import MemoryFileSystem
 
-import tasks.decode
-import tasks.write
+import steadyscribe.tasks.decode
+import steadyscribe.tasks.write
 from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.cli import main
 from steadyscribe.records import InputFile
-from tasks.decode import load_pcm
-from tasks.write import open_table
+from steadyscribe.tasks.decode import load_pcm
+from steadyscribe.tasks.write import open_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_S = 3.0  # speech clips are cut short: inference on CPU is the slow part
@@ -99,7 +99,7 @@ def with_unknown_codec(wav: Path, target: Path) -> Path:
 
 
 def speech(name: str, work_dir: Path, seconds: float = SPEECH_S) -> np.ndarray:
-    decoded = tasks.decode.decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir)
+    decoded = steadyscribe.tasks.decode.decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir)
     return np.asarray(load_pcm(decoded.pcm_path))[: int(seconds * SAMPLE_RATE)]
 
 
@@ -202,7 +202,7 @@ def odd_run(prefect_server, tmp_path_factory):
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     FlakyFileSystem().pipe_file("/remote/flaky.flac", (FIXTURES / "fast_speaker.flac").read_bytes())
-    flaky_writes = FlakyWrites(tasks.write.write_bytes_atomic)
+    flaky_writes = FlakyWrites(steadyscribe.tasks.write.write_bytes_atomic)
     locked = str(inputs / "locked.flac")
     real_open = LocalFileOpener._open
 
@@ -214,7 +214,7 @@ def odd_run(prefect_server, tmp_path_factory):
     summary_path = scratch / "summary.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LocalFileOpener, "_open", open_unless_locked)
-        patch.setattr(tasks.write, "write_bytes_atomic", flaky_writes)
+        patch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", flaky_writes)
         exit_code = main([
             "run", str(inputs), str(inputs / "missing.wav"), "flaky:///remote/flaky.flac",
             "--output", str(output), "--summary-json", str(summary_path),
@@ -365,7 +365,7 @@ def test_unreachable_cloud_input_fails_alone(prefect_server, request, monkeypatc
 def no_decoding(monkeypatch):
     """Fails the test if any input is decoded."""
     calls = []
-    monkeypatch.setattr(tasks.decode, "decode_input", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(steadyscribe.tasks.decode, "decode_input", lambda *args, **kwargs: calls.append(args))
     yield
     assert not calls, "a configuration error must stop the run before any audio is decoded"
 

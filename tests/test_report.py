@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from steadyscribe.records import FileOutcome
-from tasks.report import summarize, summary_markdown, summary_text
+from steadyscribe.tasks.report import summarize, summary_markdown, summary_text
 
 PLAN = {"engine": "whisper", "model": "tiny.en", "batch_size": 1, "quantization": "none"}
 

@@ -6,8 +6,8 @@ import pytest
 
 from steadyscribe.memory import ARCHITECTURES, architecture, estimate_peak_bytes, weight_bytes
 from steadyscribe.profiles import ProfileError, load_profile
-from tasks.probe import GpuInfo, Probe
-from tasks.select import PlanError, select_plan
+from steadyscribe.tasks.probe import GpuInfo, Probe
+from steadyscribe.tasks.select import PlanError, select_plan
 
 GiB = 2**30
 ALL_ENGINES = {"whisper", "transformers", "ctranslate2"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from steadyscribe.records import Segment, Transcript, Window, Word
-from tasks.stabilize import StabilizeOptions, stabilize
+from steadyscribe.tasks.stabilize import StabilizeOptions, stabilize
 
 SR = 16000
 
@@ -169,9 +169,9 @@ def fixture_runs(fixtures_dir, tmp_path_factory):
     """Per fixture: (truth, raw transcript, stabilized transcript), with tiny.en through the batch-1 engine."""
     from steadyscribe.engines import load_engine
     from steadyscribe.records import InputFile, Plan
-    from tasks.chunk import plan_windows
-    from tasks.decode import decode_input, load_pcm
-    from tasks.infer import transcribe_files
+    from steadyscribe.tasks.chunk import plan_windows
+    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.tasks.infer import transcribe_files
 
     work_dir = tmp_path_factory.mktemp("stabilize")
     decoded = {}

@@ -20,8 +20,8 @@ from steadyscribe import storage
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Word
 from steadyscribe.schema import SCHEMA_VERSION, SCHEMAS
 from steadyscribe.storage import filesystem_for
-from tasks.discover import content_sha256, discover_inputs
-from tasks.write import (
+from steadyscribe.tasks.discover import content_sha256, discover_inputs
+from steadyscribe.tasks.write import (
     FileResult,
     RunInfo,
     completed_file_keys,

@@ -12,8 +12,9 @@ from __future__ import annotations
 from prefect import Flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from steadyscribe.flows.transcribe import transcribe
 from steadyscribe.profiles import Profile, ProfileError, load_profile
-from tasks.probe import probe_resources
+from steadyscribe.tasks.probe import probe_resources
 
 
 def usable_cpus() -> int:
@@ -43,6 +44,5 @@ def task_runner_for(profile: Profile) -> TaskRunner:
 
 def transcribe_flow(profile: str) -> Flow:
     """The transcribe flow set up with the task runner that `profile` (a name or YAML path) asks for."""
-    from flows.transcribe import transcribe  # the flow module imports the stages; keep this module light
 
     return transcribe.with_options(task_runner=task_runner_for(load_profile(profile)))

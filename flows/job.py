@@ -1,0 +1,70 @@
+"""Running the transcribe flow as a command: its arguments, errors and exit status.
+
+Shared by `steadyscribe run`, `steadyscribe serve` and `python -m steadyscribe.flows.transcribe`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from steadyscribe.errors import FilesFailed, PlanError
+from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Inputs, output and profile: what `run` and `serve` both take."""
+    parser.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs (s3://, gs://, memory://)")
+    parser.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
+    parser.add_argument(
+        "--profile", "-p", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})"
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Everything `run` takes: the job plus this run's overrides."""
+    add_job_arguments(parser)
+    parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
+    parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
+    parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
+    parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration."""
+    # Imported here so that building the CLI's parser does not load Prefect and the stages.
+    from steadyscribe.flows.runners import transcribe_flow
+    from steadyscribe.storage import StorageError, check_writable
+    from steadyscribe.tasks.report import summary_text
+
+    try:
+        # Bad configuration is reported before a Prefect server is even started.
+        apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
+        check_writable(args.output)
+        # The profile picks the task runner (threads or Dask): it must be set before the flow starts.
+        summary = transcribe_flow(args.profile)(
+            inputs=args.inputs,
+            output=args.output,
+            profile=args.profile,
+            memory_budget=args.memory_budget,
+            batch_size=args.batch_size,
+            force=args.force,
+        )
+    except FilesFailed as failed:
+        summary = failed.summary
+    except (ProfileError, PlanError, StorageError) as error:
+        print(f"steadyscribe: {error}", file=sys.stderr)
+        return 2
+    print(summary_text(summary))
+    if args.summary_json:
+        with open(args.summary_json, "w") as out:
+            json.dump(summary.to_dict(), out, indent=2, default=str)
+    return 1 if summary.files_failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m steadyscribe.flows.transcribe`: the same as `steadyscribe run`."""
+    parser = argparse.ArgumentParser(prog="python -m steadyscribe.flows.transcribe")
+    add_run_arguments(parser)
+    return run_job(parser.parse_args(argv))

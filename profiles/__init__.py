@@ -1,0 +1,1 @@
+"""The shipped profiles (YAML), installed as the data package steadyscribe.profile_files."""

@@ -33,6 +33,7 @@ class DecodedAudio:
     duration_s: float = 0.0
     decode_s: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. the input was truncated
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Transcript:
     segments: list[Segment]
     batch_size: int | None = None  # batch size the engine finally ran with
     stabilization: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. words the filter would drop were kept
 
     def save(self, path: str | Path) -> str:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -120,3 +122,4 @@ class FileOutcome:
     duration_s: float = 0.0
     error: str | None = None
     stabilization: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)

@@ -39,6 +39,8 @@ FILES_SCHEMA = _schema(
         pa.field("duration_s", pa.float64()),
         pa.field("status", pa.string(), nullable=False),  # ok | failed | skipped
         pa.field("error", pa.string()),
+        # Whatever a reader of an `ok` row should know: truncated input, words kept against the filter.
+        pa.field("warnings", pa.list_(pa.string())),
         pa.field("engine", pa.string()),
         pa.field("model", pa.string()),
         pa.field("profile", pa.string()),

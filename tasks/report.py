@@ -20,6 +20,7 @@ class RunSummary:
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
     failures: list[FileOutcome] = field(default_factory=list)
+    warned: list[FileOutcome] = field(default_factory=list)  # ok files whose row carries warnings
     stabilization: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -50,6 +51,7 @@ def summarize(
         wall_s=wall_s,
         peak_rss_bytes=process_peak_rss_bytes(),
         failures=by_status["failed"],
+        warned=[o for o in by_status["ok"] if o.warnings],
         stabilization=_add_counts(o.stabilization for o in by_status["ok"]),
     )
 
@@ -73,6 +75,7 @@ def summary_text(summary: RunSummary) -> str:
         f" / {summary.plan.get('quantization')}",
     ]
     lines += [f"FAILED {f.source}: {(f.error or '').removeprefix(f'{f.source}: ')}" for f in summary.failures]
+    lines += [f"ok with warnings {f.source}: {'; '.join(f.warnings)}" for f in summary.warned]
     return "\n".join(lines)
 
 
@@ -92,4 +95,7 @@ def summary_markdown(summary: RunSummary) -> str:
     if summary.failures:
         text += "\n\n### Failures\n\n| file | error |\n|---|---|\n"
         text += "\n".join(f"| {f.source} | {(f.error or '').replace('|', '/')} |" for f in summary.failures)
+    if summary.warned:
+        text += "\n\n### Files with warnings\n\n| file | warnings |\n|---|---|\n"
+        text += "\n".join(f"| {f.source} | {'; '.join(f.warnings).replace('|', '/')} |" for f in summary.warned)
     return text

@@ -15,7 +15,7 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Literal
 
@@ -91,6 +91,7 @@ class FileResult:
     finished_at: datetime | None = None
     error: str | None = None
     transcript: Transcript | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_decoded(
@@ -118,6 +119,7 @@ class FileResult:
             finished_at=finished_at,
             error=reason,
             transcript=transcript if status == "ok" else None,
+            warnings=[*decoded.warnings, *(transcript.warnings if transcript and status == "ok" else [])],
         )
 
 
@@ -138,6 +140,7 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "duration_s": result.duration_s,
         "status": result.status,
         "error": result.error,
+        "warnings": result.warnings,
         "engine": run.plan.engine,
         "model": run.plan.model,
         "profile": run.plan.profile,
@@ -388,6 +391,8 @@ def write_task(
     ]
     write_file_results(output, run, results, sidecar_formats=options.sidecars, row_group_size=options.row_group_size)
     return [
-        FileOutcome(r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {})
+        FileOutcome(
+            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings
+        )
         for r in results
     ]

@@ -48,3 +48,14 @@ def test_peak_memory_survives_the_engine_resetting_the_kernel_high_water_mark():
         pytest.skip("this kernel does not let a process reset its peak RSS")
     assert vm_hwm_bytes() < peak_with_block - 200 * 2**20  # the kernel forgot the block
     assert process_peak_rss_bytes() >= peak_with_block - 16 * 2**20  # the kernel counts RSS in per-CPU batches
+
+
+def test_summary_lists_ok_files_with_warnings():
+    outcomes = [
+        FileOutcome("a.flac", "ok", 3.1, warnings=["truncated: 3.1 s of a declared 6.1 s decoded"]),
+        FileOutcome("b.flac", "ok", 2.0),
+    ]
+    summary = summarize("r", "out", {}, outcomes, 1.0)
+    assert [f.source for f in summary.warned] == ["a.flac"]
+    assert "ok with warnings a.flac: truncated: 3.1 s of a declared 6.1 s decoded" in summary_text(summary)
+    assert "| a.flac | truncated" in summary_markdown(summary)

@@ -37,9 +37,12 @@ def run_job(args: argparse.Namespace) -> int:
     from steadyscribe.flows.runners import transcribe_flow
     from steadyscribe.storage import StorageError, check_writable
     from steadyscribe.tasks.report import summary_text
+    from steadyscribe.url_credentials import refuse_credentials_in_urls
 
     try:
-        # Bad configuration is reported before a Prefect server is even started.
+        # Bad configuration is reported before a Prefect server is even started, and a credential
+        # in a URL before it could become a flow-run parameter on the server.
+        refuse_credentials_in_urls([*args.inputs, args.output])
         apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
         check_writable(args.output)
         # The profile picks the task runner (threads or Dask): it must be set before the flow starts.

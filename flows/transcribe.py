@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from steadyscribe.engines import available_engines
@@ -36,6 +37,7 @@ from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
 from steadyscribe.tasks.select import plan_markdown, select_task
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key, write_task
+from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
 
 
 def new_run_id() -> str:
@@ -53,7 +55,13 @@ def output_settings(profile: Profile) -> dict:
     return {"chunking": profile.chunking.model_dump(), "stabilization": profile.stabilization.model_dump()}
 
 
-@flow(name="steadyscribe-transcribe", flow_run_name="transcribe {profile} → {output}")
+def flow_run_name() -> str:
+    """"transcribe PROFILE → OUTPUT", with any credential in the output URL redacted."""
+    parameters = flow_run.parameters
+    return f"transcribe {parameters.get('profile', 'cpu-small')} → {redact_url(str(parameters['output']))}"
+
+
+@flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
 def transcribe(
     inputs: list[str],
     output: str,
@@ -71,7 +79,9 @@ def transcribe(
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    # Configuration errors stop the run here, before any audio is touched.
+    # Configuration errors stop the run here, before any audio is touched. The CLI refuses
+    # credentials in URLs before the flow run exists; this catches deployments and direct callers.
+    refuse_credentials_in_urls([*inputs, output])
     chosen = load_profile(profile)
     check_writable(output)
 

@@ -24,7 +24,7 @@ from prefect.states import Failed, State
 
 from steadyscribe.engines import available_engines
 from steadyscribe.errors import FilesFailed
-from steadyscribe.models.provision import model_cache_dir
+from steadyscribe.models.cache import model_cache_dir
 from steadyscribe.profiles import Profile, load_profile
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable

@@ -25,6 +25,7 @@ from prefect.states import Failed, State
 from steadyscribe.engines import available_engines
 from steadyscribe.errors import FilesFailed
 from steadyscribe.models.cache import model_cache_dir
+from steadyscribe.models.quantize import BITSANDBYTES_MODES
 from steadyscribe.profiles import Profile, load_profile
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
@@ -48,6 +49,12 @@ def new_run_id() -> str:
 def files_per_group(plan: Plan) -> int:
     """Enough files to keep a batch full of windows from many short clips."""
     return max(16, 4 * plan.batch_size)
+
+
+def may_use_bitsandbytes(profile: Profile) -> bool:
+    """Whether the plan may pick a bitsandbytes mode; only then does the probe import and try it."""
+    profiles = [profile, *(load_profile(name) for name in profile.candidates)]
+    return any(mode in BITSANDBYTES_MODES for each in profiles for mode in each.quantization)
 
 
 def output_settings(profile: Profile) -> dict:
@@ -85,7 +92,7 @@ def transcribe(
     chosen = load_profile(profile)
     check_writable(output)
 
-    probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output])
+    probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output], may_use_bitsandbytes(chosen))
     plan = select_task(chosen, probe, available_engines(), {"memory_budget": memory_budget, "batch_size": batch_size})
     logger.info("plan: %s", plan.reason)
     create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")

@@ -267,7 +267,9 @@ def _write_frame(frame: av.AudioFrame, out: BinaryIO) -> int:
 
 
 # decode_input never raises for a bad or unreachable input (it retries transient storage
-# errors itself), so a task-level retry would only repeat a bug.
-@task(name="decode", task_run_name="decode {item.source}", timeout_seconds=60 * 60)
+# errors itself), so a task-level retry would only repeat a bug. No timeout: decode runs in the
+# task runner's threads, which Prefect cannot interrupt (it only warned), and a stalled read is
+# bounded by the storage backend's own timeouts.
+@task(name="decode", task_run_name="decode {item.source}")
 def decode_task(item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset()) -> DecodedAudio:
     return decode_input(item, work_dir, skip_file_ids)

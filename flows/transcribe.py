@@ -27,6 +27,7 @@ from steadyscribe.errors import FilesFailed
 from steadyscribe.models.cache import model_cache_dir
 from steadyscribe.models.quantize import BITSANDBYTES_MODES
 from steadyscribe.profiles import Profile, load_profile
+from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
 from steadyscribe.tasks.chunk import chunk_task
@@ -101,6 +102,7 @@ def transcribe(
     files = discover_task(inputs)
     done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
     logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
+    reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
 
     outcomes: list[FileOutcome] = []
     group_size = files_per_group(plan)
@@ -142,6 +144,7 @@ def _transcribe_group(
             list(todo.values()), unmapped(run.plan.chunk_s), unmapped(profile.chunking.min_pause_s)
         ).result()
         windows = [w for file_windows in chunked for w in file_windows]
+        reporter().group_started(label, len(group), len(windows))
         try:
             infer = infer_task.with_options(task_run_name=f"infer {run.plan.model} batch {run.plan.batch_size}, {label}")
             inference = infer(run.plan, todo, windows, work_dir) if todo else {}

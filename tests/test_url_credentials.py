@@ -2,8 +2,9 @@
 
 The end-to-end test serves a fixture from a local HTTP server that requires basic auth or a
 signed query parameter, runs the real CLI against the test session's Prefect server, and looks
-for the secret in everything a run leaves: the terminal, the tables, and the flow runs, logs and
-artifacts read back from the Prefect API.
+for the secret in everything a run leaves: the terminal, the run's log file, the tables, and the
+flow runs, logs and artifacts read back from the Prefect API. The same run checks what a
+non-terminal run prints (plain lines, no per-task log lines).
 """
 
 from __future__ import annotations
@@ -116,11 +117,14 @@ def audio_server() -> Iterator[str]:
         server.shutdown()
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.CompletedProcess:
     """The real `steadyscribe run` in its own process, logging at INFO to the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
-    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO", **env}
+    environment = {
+        **os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO",
+        "STEADYSCRIBE_LOG_DIR": str(log_dir), **env,
+    }
     return subprocess.run(
         [sys.executable, "-m", "steadyscribe.cli", "run", *args],
         capture_output=True, text=True, env=environment, timeout=600,
@@ -159,7 +163,7 @@ def test_no_secret_reaches_the_terminal_the_tables_or_the_prefect_server(prefect
 
     # In the URL: refused before any flow run exists, with the URL redacted and the way to pass the secret.
     for url in (with_password, signed):
-        refused = run_cli([url, "--output", str(output)], env={})
+        refused = run_cli([url, "--output", str(output)], env={}, log_dir=tmp_path / "logs")
         assert refused.returncode == 2, refused.stderr
         assert redact_url(url) in refused.stderr and "netrc" in refused.stderr
         assert PASSWORD not in refused.stdout + refused.stderr and SIGNATURE not in refused.stdout + refused.stderr
@@ -172,13 +176,20 @@ def test_no_secret_reaches_the_terminal_the_tables_or_the_prefect_server(prefect
     done = run_cli(
         [url, "--output", str(output)],
         env={"NETRC": str(netrc), "FSSPEC_HTTP_CLIENT_KWARGS": '{"trust_env": true}', "NO_PROXY": "127.0.0.1"},
+        log_dir=tmp_path / "logs",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     files = ds.dataset(output / "files", partitioning="hive").to_table().to_pylist()
     assert [(f["source"], f["status"]) for f in files] == [(url, "ok")]
     assert files[0]["words_n"] > 0
 
-    left_behind = done.stdout + done.stderr + table_cells(output) + everything_on_the_server(output)
+    # Not a terminal: plain lines on stdout; Prefect's per-task lines only in the log file the summary names.
+    assert done.stdout.startswith("transcribing 1 file: ") and "files 1–1 of 1: 1 ok, 0 failed, 0 skipped" in done.stdout
+    assert "Task run" not in done.stdout + done.stderr
+    log_file = Path(done.stdout.rpartition("log: ")[2].strip())
+    assert "Task run 'decode " in log_file.read_text()
+
+    left_behind = done.stdout + done.stderr + log_file.read_text() + table_cells(output) + everything_on_the_server(output)
     assert "call.flac" in left_behind and PASSWORD not in left_behind and SIGNATURE not in left_behind
 
 

@@ -145,17 +145,22 @@ class RichProgress(RunProgress):
 
     def __init__(self, console=None) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
         super().__init__()
+        counts = self
+
+        class Stats(ProgressColumn):
+            # Drawn at every refresh, so the rate and the ETA move between two finished windows.
+            def render(self, task) -> Text:
+                return Text(counts.stats_text() if counts.files_total else "")
+
         self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), Stats(), TimeElapsedColumn(),
             console=console or Console(stderr=True),
         )
-        self.task = self.bar.add_task("starting", total=1.0, stats="")
+        self.task = self.bar.add_task("starting", total=1.0)
         self.bar.start()
 
     def _show_run_started(self, plan: str) -> None:
@@ -163,7 +168,7 @@ class RichProgress(RunProgress):
         self._show_progress()
 
     def _show_progress(self) -> None:
-        self.bar.update(self.task, completed=self.fraction_done(), stats=self.stats_text())
+        self.bar.update(self.task, completed=self.fraction_done())
 
     def _show_files_done(self, ok: int, failed: int, skipped: int) -> None:
         self._show_progress()

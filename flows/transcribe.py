@@ -26,7 +26,7 @@ from steadyscribe.engines import available_engines
 from steadyscribe.errors import FilesFailed
 from steadyscribe.models.cache import model_cache_dir
 from steadyscribe.models.quantize import BITSANDBYTES_MODES
-from steadyscribe.profiles import Profile, load_profile
+from steadyscribe.profiles import DEFAULT_PROFILE, Profile, load_profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
@@ -66,7 +66,7 @@ def output_settings(profile: Profile) -> dict:
 def flow_run_name() -> str:
     """"transcribe PROFILE → OUTPUT", with any credential in the output URL redacted."""
     parameters = flow_run.parameters
-    return f"transcribe {parameters.get('profile', 'cpu-small')} → {redact_url(str(parameters['output']))}"
+    return f"transcribe {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)

@@ -60,7 +60,7 @@ class QuantizationRunner(systems.SteadyscribeRunner):
     def prepare(self) -> None:
         systems.Runner.prepare(self)
         from steadyscribe.engines import ENGINES
-        from steadyscribe.models.provision import model_cache_dir
+        from steadyscribe.models.cache import model_cache_dir
         from steadyscribe.profiles import load_profile, validate_profile_data
         from steadyscribe.tasks.probe import probe_resources
         from steadyscribe.tasks.select import select_plan
@@ -130,8 +130,9 @@ def first_load(key: str, model: str) -> dict:
     the model cache holds the quantized model, so that run_config loads it from there."""
     import torch
 
-    from steadyscribe.models.provision import model_cache_dir, provision
-    from steadyscribe.models.quantize import load_quantized_transformers, quantized_model_dir
+    from steadyscribe.models.cache import model_cache_dir, quantized_model_dir
+    from steadyscribe.models.provision import provision
+    from steadyscribe.models.quantize import load_quantized_transformers
 
     _, engine, quantization = CONFIGS[key]
     if (reason := _unsupported(engine, quantization)) is not None:

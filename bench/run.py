@@ -69,7 +69,10 @@ def _git(*args: str) -> str:
 def available_models(wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Models available offline, provisioned in every format now (conversions stay out of the
     timed loads), and a note for each one that is not."""
-    from steadyscribe.models.provision import BUNDLED_MODELS, FORMATS, ModelUnavailableError, provision
+    from steadyscribe.models import ModelUnavailableError
+    from steadyscribe.models.bundled import BUNDLED_MODELS
+    from steadyscribe.models.cache import FORMATS
+    from steadyscribe.models.provision import provision
 
     models, notes = [], []
     for model in wanted:

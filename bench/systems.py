@@ -114,7 +114,7 @@ class SteadyscribeRunner(Runner):
     def prepare(self) -> None:
         super().prepare()
         from steadyscribe.engines import ENGINES
-        from steadyscribe.models.provision import model_cache_dir
+        from steadyscribe.models.cache import model_cache_dir
         from steadyscribe.profiles import load_profile, validate_profile_data
         from steadyscribe.tasks.probe import probe_resources
         from steadyscribe.tasks.select import select_plan

@@ -6,11 +6,14 @@ Shared by `steadyscribe run`, `steadyscribe serve` and `python -m steadyscribe.f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile
+from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, reporting
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,38 +32,62 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true",
+        help="print Prefect's log lines (every task run) on the terminal instead of only to the log file",
+    )
+    parser.add_argument(
+        "--log-file", help="write the run's log lines here (default: $STEADYSCRIBE_LOG_DIR or ~/.local/state/steadyscribe/logs/)"
+    )
 
 
 def run_job(args: argparse.Namespace) -> int:
     """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration."""
     # Imported here so that building the CLI's parser does not load Prefect and the stages.
     from steadyscribe.flows.runners import transcribe_flow
+    from steadyscribe.run_log import default_log_path, logs_to_file
     from steadyscribe.storage import StorageError, check_writable
     from steadyscribe.tasks.report import summary_text
+    from steadyscribe.url_credentials import refuse_credentials_in_urls
 
+    log_path = None if args.verbose else Path(args.log_file) if args.log_file else default_log_path()
     try:
-        # Bad configuration is reported before a Prefect server is even started.
+        # Bad configuration is reported before a Prefect server is even started, and a credential
+        # in a URL before it could become a flow-run parameter on the server.
+        refuse_credentials_in_urls([*args.inputs, args.output])
         apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
         check_writable(args.output)
         # The profile picks the task runner (threads or Dask): it must be set before the flow starts.
-        summary = transcribe_flow(args.profile)(
-            inputs=args.inputs,
-            output=args.output,
-            profile=args.profile,
-            memory_budget=args.memory_budget,
-            batch_size=args.batch_size,
-            force=args.force,
-        )
+        flow = transcribe_flow(args.profile)
+        with contextlib.ExitStack() as terminal:
+            if log_path is not None:
+                terminal.enter_context(logs_to_file(log_path))
+            terminal.enter_context(reporting(terminal_progress(args.verbose)))
+            summary = flow(
+                inputs=args.inputs,
+                output=args.output,
+                profile=args.profile,
+                memory_budget=args.memory_budget,
+                batch_size=args.batch_size,
+                force=args.force,
+            )
     except FilesFailed as failed:
         summary = failed.summary
     except (ProfileError, PlanError, StorageError) as error:
         print(f"steadyscribe: {error}", file=sys.stderr)
         return 2
     print(summary_text(summary))
+    if log_path is not None:
+        print(f"log: {log_path}")
     if args.summary_json:
         with open(args.summary_json, "w") as out:
             json.dump(summary.to_dict(), out, indent=2, default=str)
     return 1 if summary.files_failed else 0
+
+
+def terminal_progress(verbose: bool) -> RunProgress:
+    """A live bar on an interactive terminal; plain lines when piped, in CI or cron, or among --verbose log lines."""
+    return RichProgress() if sys.stderr.isatty() and not verbose else PlainProgress()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,15 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from steadyscribe.engines import available_engines
 from steadyscribe.errors import FilesFailed
-from steadyscribe.models.provision import model_cache_dir
-from steadyscribe.profiles import Profile, load_profile
+from steadyscribe.models.cache import model_cache_dir
+from steadyscribe.models.quantize import BITSANDBYTES_MODES
+from steadyscribe.profiles import DEFAULT_PROFILE, Profile, load_profile
+from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
 from steadyscribe.tasks.chunk import chunk_task
@@ -36,6 +39,7 @@ from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
 from steadyscribe.tasks.select import plan_markdown, select_task
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key, write_task
+from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
 
 
 def new_run_id() -> str:
@@ -48,12 +52,24 @@ def files_per_group(plan: Plan) -> int:
     return max(16, 4 * plan.batch_size)
 
 
+def may_use_bitsandbytes(profile: Profile) -> bool:
+    """Whether the plan may pick a bitsandbytes mode; only then does the probe import and try it."""
+    profiles = [profile, *(load_profile(name) for name in profile.candidates)]
+    return any(mode in BITSANDBYTES_MODES for each in profiles for mode in each.quantization)
+
+
 def output_settings(profile: Profile) -> dict:
     """Profile settings that change the tables' content (a change re-transcribes files)."""
     return {"chunking": profile.chunking.model_dump(), "stabilization": profile.stabilization.model_dump()}
 
 
-@flow(name="steadyscribe-transcribe", flow_run_name="transcribe {profile} → {output}")
+def flow_run_name() -> str:
+    """"transcribe PROFILE → OUTPUT", with any credential in the output URL redacted."""
+    parameters = flow_run.parameters
+    return f"transcribe {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
+
+
+@flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
 def transcribe(
     inputs: list[str],
     output: str,
@@ -71,11 +87,13 @@ def transcribe(
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    # Configuration errors stop the run here, before any audio is touched.
+    # Configuration errors stop the run here, before any audio is touched. The CLI refuses
+    # credentials in URLs before the flow run exists; this catches deployments and direct callers.
+    refuse_credentials_in_urls([*inputs, output])
     chosen = load_profile(profile)
     check_writable(output)
 
-    probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output])
+    probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output], may_use_bitsandbytes(chosen))
     plan = select_task(chosen, probe, available_engines(), {"memory_budget": memory_budget, "batch_size": batch_size})
     logger.info("plan: %s", plan.reason)
     create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
@@ -84,6 +102,7 @@ def transcribe(
     files = discover_task(inputs)
     done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
     logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
+    reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
 
     outcomes: list[FileOutcome] = []
     group_size = files_per_group(plan)
@@ -125,6 +144,7 @@ def _transcribe_group(
             list(todo.values()), unmapped(run.plan.chunk_s), unmapped(profile.chunking.min_pause_s)
         ).result()
         windows = [w for file_windows in chunked for w in file_windows]
+        reporter().group_started(label, len(group), len(windows))
         try:
             infer = infer_task.with_options(task_run_name=f"infer {run.plan.model} batch {run.plan.batch_size}, {label}")
             inference = infer(run.plan, todo, windows, work_dir) if todo else {}

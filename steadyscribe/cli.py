@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A local run has no network: don't let Prefect's server try to send telemetry.
+    # A local run has no network: don't let Prefect's server or client try to send telemetry
+    # (the client also prints a notice about it on a terminal's first run).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     args = build_parser().parse_args(argv)
     return args.func(args)
 

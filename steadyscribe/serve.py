@@ -17,6 +17,8 @@ import sys
 
 from steadyscribe.flows.job import add_job_arguments
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError
+from steadyscribe.storage import StorageError
+from steadyscribe.url_credentials import refuse_credentials_in_urls
 
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_DEPLOYMENT = "served-nightly"
@@ -37,6 +39,8 @@ def serve(
 
     from steadyscribe.flows.runners import transcribe_flow
 
+    # The parameters are stored with the deployments on the server.
+    refuse_credentials_in_urls([*inputs, output])
     flow = transcribe_flow(profile)
     parameters = {"inputs": inputs, "output": output, "profile": profile}
     nightly = flow.to_deployment(
@@ -71,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve_command(args: argparse.Namespace) -> int:
     try:
         serve(args.cron, args.inputs, args.output, args.profile, args.timezone)
-    except ProfileError as error:
+    except (ProfileError, StorageError) as error:
         print(f"steadyscribe: {error}", file=sys.stderr)
         return 2
     return 0

@@ -4,8 +4,9 @@ Decoding streams frame by frame into a raw file, and later stages read that file
 slices (PcmSamples), so memory does not grow with the input's length.
 
 Every input gets a record: a bad input (missing, unreadable, empty, not audio, corrupt,
-truncated, an unsupported codec, too short) yields a `failed` record whose error says
-what is wrong, with which file, and what to do; decode_input never raises.
+an unsupported codec, too short) yields a `failed` record whose error says what is wrong,
+with which file, and what to do; decode_input never raises. A truncated input is decoded as
+far as it goes and its record carries a "truncated: ..." warning.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ from steadyscribe.tasks.discover import content_sha256
 
 MIN_DURATION_S = 0.1
 
-# Containers whose header states the exact length, so audio that ends well before it was cut
-# short (an upload or copy that did not finish). MP3 and Ogg are left out: their durations are
-# estimates from the bitrate or read from the file's end, and would raise false alarms.
-EXACT_DURATION_FORMATS = frozenset({"flac", "mov,mp4,m4a,3gp,3g2,mj2"})
-TRUNCATION_TOLERANCE_S = 0.5
+# A file cut short (an upload or copy that did not finish) is transcribed as far as it goes and
+# flagged: its decoded length is compared with the length its container declares, and a decoder
+# error after some audio is taken as the end of the file. Containers in EXACT_DURATION_FORMATS
+# state the exact length in their header (WAV's is read from the header itself, as FFmpeg
+# measures a cut WAV by its size); elsewhere the length is an estimate (MP3 without a Xing
+# header: from the bitrate; Ogg: from the last page), so only a larger shortfall counts.
+EXACT_DURATION_FORMATS = frozenset({"flac", "wav", "w64", "aiff", "caf", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+EXACT_TOLERANCE_S = 0.5
+ESTIMATE_TOLERANCE_S = 1.0
+ESTIMATE_TOLERANCE_FRACTION = 0.2
 
 CONVERT_HINT = "convert it to FLAC, WAV or MP3 (e.g. `ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.flac`)"
 
@@ -116,7 +122,7 @@ def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collectio
         if file_id in skip_file_ids:
             return DecodedAudio(source, "skipped", file_id=file_id, decode_s=time.perf_counter() - started)
         pcm_path = Path(work_dir) / f"{file_id}.f32"
-        samples_n = with_retries(lambda: _decode_to_raw(source, pcm_path))
+        samples_n, warnings = with_retries(lambda: _decode_to_raw(source, pcm_path))
     except DecodeError as error:
         return failed(str(error))
     except FileNotFoundError:
@@ -140,12 +146,12 @@ def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collectio
         )
     return DecodedAudio(
         source, "ok", file_id=file_id, pcm_path=str(pcm_path),
-        duration_s=duration_s, decode_s=time.perf_counter() - started,
+        duration_s=duration_s, decode_s=time.perf_counter() - started, warnings=warnings,
     )
 
 
-def _decode_to_raw(source: str, pcm_path: Path) -> int:
-    """Stream-decode `source` into `pcm_path`; return the number of samples written."""
+def _decode_to_raw(source: str, pcm_path: Path) -> tuple[int, list[str]]:
+    """Stream-decode `source` into `pcm_path`; return the number of samples written and any warnings."""
     with fsspec.open(source, "rb") as raw:
         head = raw.read(_SNIFF_BYTES)
         if not head:
@@ -175,38 +181,66 @@ def _decode_stream(source: str, container: av.container.InputContainer, head: by
     codec = stream.codec_context.name
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     samples_n = 0
+    stopped_by = None  # the decoder's error, when it failed after some audio
     try:
         for frame in container.decode(stream):
             for resampled in resampler.resample(frame):
                 samples_n += _write_frame(resampled, out)
-        for resampled in resampler.resample(None):
-            samples_n += _write_frame(resampled, out)
     except av.error.DecoderNotFoundError as error:
         raise DecodeError(f"{source}: the {codec} audio codec is not supported ({_reason(error)}); {CONVERT_HINT}") from error
     except av.FFmpegError as error:
-        raise DecodeError(
-            f"{source}: the {codec} audio is corrupt or truncated: decoding failed after "
-            f"{samples_n / SAMPLE_RATE:.1f} s ({_reason(error)}); re-export or re-upload the file"
-        ) from error
+        if samples_n == 0:
+            raise DecodeError(
+                f"{source}: the {codec} audio is corrupt: decoding failed at its start ({_reason(error)}); "
+                "re-export or re-upload the file"
+            ) from error
+        stopped_by = _reason(error)
+    for resampled in resampler.resample(None):
+        samples_n += _write_frame(resampled, out)
     if samples_n == 0:
         raise DecodeError(f"{source}: no audio could be decoded from the {codec} stream; the file is probably corrupt")
-    declared_s = _declared_duration_s(container, stream)
     decoded_s = samples_n / SAMPLE_RATE
-    if declared_s is not None and declared_s - decoded_s > TRUNCATION_TOLERANCE_S:
-        raise DecodeError(
-            f"{source}: truncated: the header says {declared_s:.1f} s but the audio ends at {decoded_s:.1f} s; "
-            "the copy or upload probably did not finish, re-upload the file"
-        )
-    return samples_n
+    declared_s = _declared_duration_s(container, stream, head)
+    short = declared_s is not None and declared_s - decoded_s > _truncation_tolerance_s(container.format.name, declared_s)
+    if not (short or stopped_by):
+        return samples_n, []
+    of_declared = f" of a declared {declared_s:.1f} s" if declared_s is not None else ""
+    cause = f" (the decoder stopped: {stopped_by})" if stopped_by else ""
+    return samples_n, [
+        f"truncated: {decoded_s:.1f} s{of_declared} decoded{cause}; the copy or upload probably did not finish, "
+        "re-upload the file to transcribe the rest"
+    ]
 
 
-def _declared_duration_s(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
-    """The length the header states, where that is exact (EXACT_DURATION_FORMATS)."""
-    if container.format.name not in EXACT_DURATION_FORMATS:
-        return None
+def _truncation_tolerance_s(container_format: str, declared_s: float) -> float:
+    if container_format in EXACT_DURATION_FORMATS:
+        return EXACT_TOLERANCE_S
+    return max(ESTIMATE_TOLERANCE_S, ESTIMATE_TOLERANCE_FRACTION * declared_s)
+
+
+def _declared_duration_s(container: av.container.InputContainer, stream: av.AudioStream, head: bytes) -> float | None:
+    """The length the container declares, or None where it declares none."""
+    if container.format.name == "wav":
+        return _wav_declared_duration_s(head)
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     return container.duration / av.time_base if container.duration is not None else None
+
+
+def _wav_declared_duration_s(head: bytes) -> float | None:
+    """The length a RIFF/WAVE header's data chunk states, when that chunk starts within `head`."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    byte_rate, at = None, 12
+    while at + 8 <= len(head):
+        chunk, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
+        if chunk == b"fmt " and at + 20 <= len(head):
+            byte_rate = int.from_bytes(head[at + 16 : at + 20], "little")
+        if chunk == b"data":
+            # Writers that stream to a pipe leave the size at 0 or 0xFFFFFFFF: no length declared.
+            return size / byte_rate if byte_rate and 0 < size < 0xFFFFFFFF else None
+        at += 8 + size + (size & 1)
+    return None
 
 
 def _reason(error: av.FFmpegError) -> str:
@@ -233,7 +267,9 @@ def _write_frame(frame: av.AudioFrame, out: BinaryIO) -> int:
 
 
 # decode_input never raises for a bad or unreachable input (it retries transient storage
-# errors itself), so a task-level retry would only repeat a bug.
-@task(name="decode", task_run_name="decode {item.source}", timeout_seconds=60 * 60)
+# errors itself), so a task-level retry would only repeat a bug. No timeout: decode runs in the
+# task runner's threads, which Prefect cannot interrupt (it only warned), and a stalled read is
+# bounded by the storage backend's own timeouts.
+@task(name="decode", task_run_name="decode {item.source}")
 def decode_task(item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset()) -> DecodedAudio:
     return decode_input(item, work_dir, skip_file_ids)

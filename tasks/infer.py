@@ -18,6 +18,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import Engine, WindowAudio, WindowResult, load_engine
+from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
 
@@ -52,6 +53,7 @@ def transcribe_files(
     results: dict[str, list[WindowResult]] = defaultdict(list)
     for done, result in enumerate(engine.transcribe(window_stream(decoded, windows)), start=1):
         results[result.window.file_id].append(result)
+        reporter().windows_done(1, result.window.end - result.window.start)
         if on_progress:
             on_progress(done, len(windows))
     total_s = time.perf_counter() - started

@@ -78,11 +78,14 @@ def probe_resources(
     cgroup_root: Path = CGROUP_ROOT,
     proc_self_cgroup: Path = PROC_SELF_CGROUP,
     check_accelerators: bool = True,
+    check_bitsandbytes: bool = True,
 ) -> Probe:
     """Probe CPUs, memory (host and cgroup), GPUs, bitsandbytes and free disk at `paths`.
 
     `paths` are the model cache and output locations; URLs get None for free disk.
-    `check_accelerators=False` skips importing torch and bitsandbytes (tests of the cgroup logic).
+    `check_accelerators=False` skips importing torch and bitsandbytes (tests of the cgroup logic);
+    `check_bitsandbytes=False` skips only bitsandbytes, for plans that cannot pick it (its import
+    warns about optional packages, and trying its layers costs seconds).
     """
     cgroup = CgroupLimits.read(cgroup_root, proc_self_cgroup)
     cpu_count = os.cpu_count() or 1
@@ -110,6 +113,7 @@ def probe_resources(
     if check_accelerators:
         probe.gpus = cuda_devices()
         probe.cuda_available = bool(probe.gpus)
+    if check_accelerators and check_bitsandbytes:
         (
             probe.bitsandbytes_version,
             probe.bitsandbytes_int8_cpu,
@@ -259,7 +263,7 @@ def bitsandbytes_support(cuda: bool) -> tuple[str | None, bool, bool, bool]:
 
 
 @task(name="probe")
-def probe_task(paths: list[str]) -> Probe:
-    probe = probe_resources(paths)
+def probe_task(paths: list[str], check_bitsandbytes: bool = True) -> Probe:
+    probe = probe_resources(paths, check_bitsandbytes=check_bitsandbytes)
     get_run_logger().info("probe: %s", json.dumps(probe.to_dict(), default=str))
     return probe

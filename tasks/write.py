@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from steadyscribe.profiles import Output as OutputOptions
+from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, Transcript
 from steadyscribe.schema import PARTITION_COLUMN, PARTITIONING, SCHEMAS, TableName
 from steadyscribe.storage import (
@@ -390,6 +391,8 @@ def write_task(
         for d in decoded
     ]
     write_file_results(output, run, results, sidecar_formats=options.sidecars, row_group_size=options.row_group_size)
+    statuses = [r.status for r in results]
+    reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped"))
     return [
         FileOutcome(
             r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings

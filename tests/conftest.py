@@ -17,6 +17,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One model cache per test session: conversions of the bundled tiny.en happen once, never in the user's cache.
 os.environ["STEADYSCRIBE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="steadyscribe-models-")
+# Runs through the CLI write their log files here, not under the user's ~/.local/state.
+os.environ["STEADYSCRIBE_LOG_DIR"] = tempfile.mkdtemp(prefix="steadyscribe-logs-")
 
 # The S3-compatible server on loopback (moto) and its fixtures, for every test module.
 pytest_plugins = ["s3_server"]

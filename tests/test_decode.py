@@ -78,6 +78,48 @@ def test_real_files_decode(real_files, scratch):
         decoded = decode_input(InputFile(str(path)), scratch)
         assert decoded.status == "ok", decoded.error
         assert decoded.duration_s == pytest.approx(0.5, abs=0.05)
+        assert decoded.warnings == []
+
+
+# (format, fraction of the bytes kept, what the warning must say): a cut at a frame boundary (WAV,
+# MP3) ends cleanly short of the declared length; FLAC cut mid-frame also stops the decoder.
+TRUNCATIONS = [
+    ("sine.flac", 0.5, "of a declared 6.0 s decoded (the decoder stopped"),
+    ("sine.wav", 0.5, "truncated: 3.0 s of a declared 6.0 s decoded;"),
+    ("sine.mp3", 0.5, "truncated: 3.0 s of a declared 6.0 s decoded;"),
+]
+
+
+@pytest.fixture(scope="module")
+def six_second_files(tmp_path_factory) -> dict[str, bytes]:
+    directory = tmp_path_factory.mktemp("six-seconds")
+    for name, container_format, codec, rate in FORMATS:
+        write_sine(directory / name, container_format, codec, rate, seconds=6.0)
+    return {name: (directory / name).read_bytes() for name, *_ in FORMATS}
+
+
+@pytest.mark.parametrize(("name", "kept", "warning"), TRUNCATIONS)
+def test_truncated_files_decode_as_far_as_they_go_with_a_warning(six_second_files, scratch, name, kept, warning):
+    content = six_second_files[name]
+    path = scratch / f"cut-{name}"
+    path.write_bytes(content[: int(len(content) * kept)])
+    decoded = decode_input(InputFile(str(path)), scratch)
+    assert decoded.status == "ok", decoded.error
+    assert 1.0 < decoded.duration_s < 4.5
+    [message] = decoded.warnings
+    assert message.startswith("truncated: ") and warning in message and "re-upload" in message
+
+
+def test_whole_long_files_and_a_cut_ogg_have_no_warning(six_second_files, scratch):
+    """Ogg declares the length of its last page, so a cut Ogg is indistinguishable from a short one."""
+    for name, content in six_second_files.items():
+        whole = scratch / f"whole-{name}"
+        whole.write_bytes(content)
+        assert decode_input(InputFile(str(whole)), scratch).warnings == []
+    cut = scratch / "cut-sine.ogg"
+    cut.write_bytes(six_second_files["sine.ogg"][: len(six_second_files["sine.ogg"]) // 2])
+    decoded = decode_input(InputFile(str(cut)), scratch)
+    assert decoded.status == "ok" and decoded.duration_s == pytest.approx(3.0, abs=0.1) and decoded.warnings == []
 
 
 @settings(max_examples=100, deadline=None)

@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 
+import steadyscribe.models.bundled as bundled
 import steadyscribe.models.provision as provisioning
+from steadyscribe.models import ModelUnavailableError
+from steadyscribe.models.alignment import decode_openai_heads
+from steadyscribe.models.cache import model_cache_dir
 from steadyscribe.models.cli import cmd_models_import, cmd_models_list, cmd_models_path
 from steadyscribe.models.ct2 import read_model_bin
-from steadyscribe.models.provision import (
-    BundledModel,
-    ModelUnavailableError,
-    alignment_heads,
-    load_openai_whisper,
-    provision,
-)
+from steadyscribe.models.bundled import BundledModel
+from steadyscribe.models.provision import alignment_heads, load_openai_whisper, provision
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_EN_HEADS = [(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]
@@ -46,12 +45,12 @@ def _decode_16k_mono(path: Path) -> np.ndarray:
 
 
 def test_cache_dir_honours_argument_env_and_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert provisioning.model_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert model_cache_dir(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.setenv("STEADYSCRIBE_MODEL_CACHE", str(tmp_path / "env"))
-    assert provisioning.model_cache_dir() == tmp_path / "env"
+    assert model_cache_dir() == tmp_path / "env"
     monkeypatch.delenv("STEADYSCRIBE_MODEL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert provisioning.model_cache_dir() == tmp_path / "xdg" / "steadyscribe" / "models"
+    assert model_cache_dir() == tmp_path / "xdg" / "steadyscribe" / "models"
 
 
 def test_tiny_en_comes_from_the_installed_package() -> None:
@@ -72,7 +71,7 @@ def test_tiny_en_comes_from_the_installed_package() -> None:
 
 def test_alignment_heads_of_tiny_en_match_openai_whisper() -> None:
     assert alignment_heads("tiny.en") == TINY_EN_HEADS
-    assert provisioning._decode_openai_heads("tiny.en") == TINY_EN_HEADS
+    assert decode_openai_heads("tiny.en") == TINY_EN_HEADS
     model = load_openai_whisper("tiny.en")
     assert [tuple(h) for h in model.alignment_heads.to_dense().nonzero().tolist()] == TINY_EN_HEADS
 
@@ -119,8 +118,8 @@ def _split_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keep_bytes: i
         (("fake_part1", "data/model.bin.part1"), ("fake_part2", "data/model.bin.part2")),
         ("fake_part1", "data"),
     )
-    monkeypatch.setitem(provisioning.BUNDLED_MODELS, "base", (bundle,))
-    monkeypatch.setattr(provisioning, "_module_dir", lambda module: modules.get(module))
+    monkeypatch.setitem(bundled.BUNDLED_MODELS, "base", (bundle,))
+    monkeypatch.setattr(bundled, "module_dir", lambda module: modules.get(module))
 
 
 def test_model_split_across_packages_is_joined(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

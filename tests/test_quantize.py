@@ -12,14 +12,16 @@ from conftest import FIXTURES, fixture_truth  # noqa: E402
 
 from steadyscribe.engines.base import WindowAudio, WindowResult  # noqa: E402
 from steadyscribe.metrics import corpus_wer  # noqa: E402
-from steadyscribe.models import quantize  # noqa: E402
+from steadyscribe.models import quantize_bnb, quantize_dynamic  # noqa: E402
+from steadyscribe.models.cache import quantized_model_dir  # noqa: E402
 from steadyscribe.models.quantize import (  # noqa: E402
-    Int8TiedVocabulary,
     QuantizationUnavailableError,
     load_quantized_transformers,
     quantization_support,
-    quantized_model_dir,
+    weight_bytes,
 )
+from steadyscribe.models.quantize_dynamic import Int8TiedVocabulary  # noqa: E402
+from steadyscribe.models.safetensors_io import SafetensorsReader, write_safetensors  # noqa: E402
 from steadyscribe.records import InputFile, Plan  # noqa: E402
 from steadyscribe.tasks.chunk import plan_windows  # noqa: E402
 from steadyscribe.tasks.decode import decode_input, load_pcm  # noqa: E402
@@ -62,8 +64,8 @@ def test_cache_key_separates_sources_and_compute_dtypes(tmp_path):
 def test_int8_tied_vocabulary_is_close_to_the_fp32_matrix():
     weight = torch.randn(300, 64)
     vocabulary = Int8TiedVocabulary(weight)
-    embedding = quantize.Int8Embedding(vocabulary)
-    projection = quantize.Int8OutputProjection(vocabulary)
+    embedding = quantize_dynamic.Int8Embedding(vocabulary)
+    projection = quantize_dynamic.Int8OutputProjection(vocabulary)
     ids = torch.tensor([[0, 5, 299]])
     torch.testing.assert_close(embedding(ids), weight[ids], atol=0.02, rtol=0.02)
     hidden = torch.randn(2, 3, 64)
@@ -82,8 +84,8 @@ def test_safetensors_written_piecewise_read_back_whole_and_by_rows(tmp_path):
         "d": torch.randn(4, 3).to(torch.bfloat16),
     }
     path = tmp_path / "x.safetensors"
-    quantize._write_safetensors(path, {k: (lambda t=t: t) for k, t in tensors.items()}, {"format": "test"})
-    reader = quantize._SafetensorsReader([path])
+    write_safetensors(path, {k: (lambda t=t: t) for k, t in tensors.items()}, {"format": "test"})
+    reader = SafetensorsReader([path])
     assert reader.metadata == {"format": "test"} and reader.keys() == set(tensors)
     with safe_open(str(path), framework="pt") as file:  # a valid safetensors file
         for name, tensor in tensors.items():
@@ -179,23 +181,23 @@ def test_dynamic_int8_is_built_without_fp32_weights_cached_and_transcribes_as_qu
 
     model_dir = provision("tiny.en", "transformers")
     # The reference: the whole fp32 model, quantized in place by torch's quantize_dynamic.
-    reference = quantize._dynamic_int8_from_fp32_model(model_dir)
+    reference = quantize_dynamic._dynamic_int8_from_fp32_model(model_dir)
 
     def no_fp32_model(*args, **kwargs):
         raise AssertionError("built the fp32 model")
 
     with monkeypatch.context() as patch:
         patch.setattr(WhisperForConditionalGeneration, "from_pretrained", no_fp32_model)
-        fresh = quantize.load_dynamic_int8(model_dir, cache_dir=tmp_path)  # layer by layer from the source
+        fresh = quantize_dynamic.load_dynamic_int8(model_dir, cache_dir=tmp_path)  # layer by layer from the source
         cached = quantized_model_dir(model_dir, "dynamic-int8", torch.float32, tmp_path)
-        assert (cached / quantize.DYNAMIC_INT8_FILE).is_file() and (cached / "generation_config.json").is_file()
+        assert (cached / quantize_dynamic.DYNAMIC_INT8_FILE).is_file() and (cached / "generation_config.json").is_file()
         assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no staging left behind
-        patch.setattr(quantize, "_dynamic_int8_from_source", no_fp32_model)
+        patch.setattr(quantize_dynamic, "_dynamic_int8_from_source", no_fp32_model)
         loaded = load_quantized_transformers(model_dir, "dynamic-int8", "cpu", torch.float32, cache_dir=tmp_path)
 
     for model in (fresh, loaded):
         _assert_same_tensors(_dynamic_int8_state(reference), _dynamic_int8_state(model))
-        assert quantize.weight_bytes(model) == quantize.weight_bytes(reference)
+        assert weight_bytes(model) == weight_bytes(reference)
         assert model.proj_out.vocabulary is model.model.decoder.embed_tokens.vocabulary
         assert model.config._attn_implementation == "sdpa" and not model.training
         assert model.generation_config.alignment_heads == reference.generation_config.alignment_heads
@@ -228,7 +230,7 @@ def test_bitsandbytes_model_is_quantized_once_and_loaded_from_the_cache(monkeypa
     def quantize_again(*args):
         raise AssertionError("quantized again despite the cache")
 
-    monkeypatch.setattr(quantize, "_save_bitsandbytes_model", quantize_again)
+    monkeypatch.setattr(quantize_bnb, "save_bitsandbytes_model", quantize_again)
     model = load_quantized_transformers(model_dir, "int8", "cpu", torch.float32, cache_dir=tmp_path)
     assert model.model.encoder.layers[0].fc1.weight.dtype == torch.int8
 

@@ -155,12 +155,12 @@ class FlakyWrites:
 
 # ---- one flow run over every odd input ---------------------------------------------------------
 
-# name → (status, fragments the error must contain)
+# name → (status, fragments the error must contain, or for an ok file its warnings; an ok file
+# without fragments has no warnings)
 CASES = {
     "missing.wav": ("failed", ["not found", "check the path"]),
     "locked.flac": ("failed", ["permission denied", "grant read access"]),
     "empty.wav": ("failed", ["empty (0 bytes)"]),
-    "truncated.flac": ("failed", ["truncated", "re-upload"]),
     "corrupt.flac": ("failed", ["corrupt"]),
     "text.mp3": ("failed", ["not a readable audio", "looks like a text file"]),
     "image.wav": ("failed", ["no audio stream", "PNG image"]),
@@ -173,6 +173,9 @@ CASES = {
     "u8.wav": ("ok", []),
     "speech.flac": ("ok", []),
     "flaky.flac": ("ok", []),
+    # Transcribed as far as they go, and flagged.
+    "truncated.flac": ("ok", ["truncated: ", "of a declared 16.7 s decoded", "re-upload"]),
+    "truncated.wav": ("ok", ["truncated: 1.5 s of a declared 3.0 s decoded", "re-upload"]),
 }
 
 
@@ -196,6 +199,8 @@ def odd_run(prefect_server, tmp_path_factory):
     write_video_only(inputs / "video_only.mkv")
     with_unknown_codec(encode(scratch / "tone.wav", clip, codec="pcm_s16le"), inputs / "unknown_codec.wav")
     cut_at_packet_boundary(FIXTURES / "clean_gb.flac", inputs / "truncated.flac")
+    whole_wav = encode(scratch / "whole.wav", clip, codec="pcm_s16le").read_bytes()
+    (inputs / "truncated.wav").write_bytes(whole_wav[: len(whole_wav) // 2])
     corrupt = bytearray((FIXTURES / "noisy.flac").read_bytes())
     corrupt[200:-200] = np.random.default_rng(0).integers(0, 256, len(corrupt) - 400, dtype=np.uint8).tobytes()
     (inputs / "corrupt.flac").write_bytes(bytes(corrupt))
@@ -249,6 +254,8 @@ def test_input_case(odd_run, name):
             assert fragment in row["error"]
     else:
         assert row["error"] is None
+        assert all(fragment in "; ".join(row["warnings"]) for fragment in fragments)
+        assert bool(row["warnings"]) == bool(fragments), row["warnings"]
 
 
 @pytest.mark.slow

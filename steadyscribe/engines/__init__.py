@@ -37,7 +37,8 @@ def load_engine(plan: Plan) -> Engine:
 
 def provisioning_error(model: str, engine: str, cache_dir: str | None = None) -> str | None:
     """Provision `model` in the format `engine` loads (a no-op once cached); None on success, else why not."""
-    from steadyscribe.models.provision import ModelUnavailableError, provision
+    from steadyscribe.models import ModelUnavailableError
+    from steadyscribe.models.provision import provision
 
     try:
         provision(model, ENGINES[engine][3], cache_dir)

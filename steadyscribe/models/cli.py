@@ -6,15 +6,11 @@ import argparse
 import re
 import sys
 
-from steadyscribe.models.provision import (
-    FORMATS,
-    ModelUnavailableError,
-    import_model,
-    installed_bundles,
-    known_names,
-    model_cache_dir,
-    provision,
-)
+from steadyscribe.models import ModelUnavailableError
+from steadyscribe.models.bundled import installed_bundles
+from steadyscribe.models.cache import FORMATS, model_cache_dir
+from steadyscribe.models.download import known_names
+from steadyscribe.models.provision import import_model, provision
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+# What a CTranslate2 Whisper directory needs besides model.bin.
+CT2_AUX_FILES = ("config.json", "tokenizer.json")
+
 BINARY_VERSION = 6
 WHISPER_SPEC = "WhisperSpec"
 WHISPER_SPEC_REVISION = 3

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from steadyscribe.models.provision import _atomic_path, model_cache_dir, provision
+from steadyscribe.models.cache import atomic_path, model_cache_dir
+from steadyscribe.models.provision import provision
 
 STUDENT_NAMESPACE = "steadyscribe"
 # Files of a transformers directory that build_student writes itself; the rest (tokenizer,
@@ -100,7 +101,7 @@ def build_student(teacher: str = "tiny.en", decoder_layers: int = 2, cache_dir: 
         teacher_model.generation_config.alignment_heads, kept_layers, teacher_model.config.decoder_attention_heads
     )
 
-    with _atomic_path(target) as staging:
+    with atomic_path(target) as staging:
         staging.mkdir()
         for item in teacher_dir.iterdir():
             if item.is_file() and item.name not in _MODEL_FILES:

@@ -28,13 +28,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
+    parser.add_argument("--scheduler", help="run the groups of files on this Dask scheduler (tcp://host:8786), whatever the profile says")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
 
 
 def run_job(args: argparse.Namespace) -> int:
     """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration."""
     # Imported here so that building the CLI's parser does not load Prefect and the stages.
-    from steadyscribe.flows.runners import transcribe_flow
+    from steadyscribe.flows.transcribe import transcribe
     from steadyscribe.storage import StorageError, check_writable
     from steadyscribe.tasks.report import summary_text
 
@@ -42,14 +43,14 @@ def run_job(args: argparse.Namespace) -> int:
         # Bad configuration is reported before a Prefect server is even started.
         apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
         check_writable(args.output)
-        # The profile picks the task runner (threads or Dask): it must be set before the flow starts.
-        summary = transcribe_flow(args.profile)(
+        summary = transcribe(
             inputs=args.inputs,
             output=args.output,
             profile=args.profile,
             memory_budget=args.memory_budget,
             batch_size=args.batch_size,
             force=args.force,
+            scheduler=args.scheduler,
         )
     except FilesFailed as failed:
         summary = failed.summary

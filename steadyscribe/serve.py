@@ -7,7 +7,7 @@ API and runs their flow runs itself, one at a time:
   (files already transcribed with the same settings are skipped);
 - `served-backfill` has no schedule; start it on demand, e.g. with `--param force=true`.
 
-The profile's task runner (threads or Dask) is fixed when serving starts.
+Each run uses the task runner its profile names (threads or Dask).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from steadyscribe.flows.job import add_job_arguments
-from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError
+from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_DEPLOYMENT = "served-nightly"
@@ -35,9 +35,9 @@ def serve(
     from prefect import serve as serve_deployments
     from prefect.schedules import Cron
 
-    from steadyscribe.flows.runners import transcribe_flow
+    from steadyscribe.flows.transcribe import transcribe as flow
 
-    flow = transcribe_flow(profile)
+    load_profile(profile)  # a bad profile stops serving before it starts, not at the first run
     parameters = {"inputs": inputs, "output": output, "profile": profile}
     nightly = flow.to_deployment(
         name=NIGHTLY_DEPLOYMENT,

@@ -277,8 +277,9 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
     output = tmp_path / "dask-out"
     script = (
         "import sys\n"
-        "from steadyscribe.flows.runners import transcribe_flow\n"
-        "transcribe_flow(sys.argv[1])(inputs=sys.argv[3:], output=sys.argv[2], profile=sys.argv[1])\n"
+        "from steadyscribe.flows.transcribe import transcribe\n"
+        "if __name__ == '__main__':\n"
+        "    transcribe(inputs=sys.argv[3:], output=sys.argv[2], profile=sys.argv[1])\n"
     )
     env = {**api_env, "PREFECT_LOGGING_LEVEL": "INFO"}  # to see which cluster the runner starts
     result = run([sys.executable, "-c", script, str(profile), str(output), *SHORT_FIXTURES], env)

@@ -10,12 +10,15 @@ small outcome per file; everything else stays on the worker's local disk.
 from __future__ import annotations
 
 import os
+import re
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.profiles import Profile, ProfileError
 from steadyscribe.tasks.group import THREADS_ENV
 from steadyscribe.tasks.probe import probe_resources
+
+SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://[\w.\-\[\]:]+(/\S*)?|[\w.\-]+:\d+")
 
 # Groups per worker thread in flight: one in inference while the next decodes and chunks.
 GROUPS_PER_SLOT = 2
@@ -41,6 +44,11 @@ def task_runner_for(profile: Profile, scheduler: str | None = None) -> TaskRunne
     `scheduler` (a Dask scheduler address) overrides the profile and implies Dask.
     """
     runner = profile.runner
+    if scheduler is not None and not SCHEDULER_ADDRESS.fullmatch(scheduler):
+        raise ProfileError(
+            f"scheduler {scheduler!r} is not a Dask scheduler address such as tcp://host:8786 "
+            "(a deployment needs STEADYSCRIBE_SCHEDULER set when deploying, or --param scheduler=...)"
+        )
     if runner.kind == "threads" and not scheduler:
         # Two groups at a time: one in inference while the other decodes, chunks, stabilizes or writes.
         return ThreadPoolTaskRunner(max_workers=GROUPS_PER_SLOT)

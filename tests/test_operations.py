@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import FIXTURES
+from dask_cluster import DaskCluster
 from steadyscribe.profiles import load_profile
 from steadyscribe.flows.runners import task_runner_for
 
@@ -177,14 +178,14 @@ def test_deploy_all_registers_nightly_and_backfill(deployed):
     assert nightly.parameters == {"inputs": [str(inputs)], "output": str(output), "profile": "cpu-small"}
     assert backfill.parameters["force"] is False
     for deployment in deployments.values():
-        assert deployment.work_pool_name == POOL and deployment.entrypoint == "flows/transcribe.py:transcribe"
+        assert deployment.work_pool_name == POOL and deployment.entrypoint == "steadyscribe.flows.transcribe:transcribe"
         assert deployment.enforce_parameter_schema
         # No code is pulled from git: the worker runs this checkout.
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]
         assert set(deployment.parameter_openapi_schema["properties"]) == {
-            "inputs", "output", "profile", "memory_budget", "batch_size", "force"
+            "inputs", "output", "profile", "memory_budget", "batch_size", "force", "scheduler"
         }
 
 
@@ -295,3 +296,33 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
             assert {r.pop("profile") for r in dask_rows} == {"dask-local"}
             assert {r.pop("profile") for r in threads_rows} == {"cpu-small"}
         assert dask_rows == threads_rows, table
+
+
+@pytest.fixture
+def dask_cluster(api_url, tmp_path):
+    """Two `dask worker` processes reporting to this module's Prefect server, each with private temp dirs."""
+    cluster = DaskCluster(tmp_path / "cluster", workers=2, prefect_api_url=api_url)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_dask_deployment_transcribes_on_the_cluster(api_url, api_env, deployed, dask_cluster, threads_run, tmp_path):
+    """The `dask` deployment of prefect.yaml, run by a process worker: every group runs on the Dask workers."""
+    profile = tmp_path / "one-file-groups.yaml"
+    profile.write_text(yaml.safe_dump({"extends": "cpu-small", "runner": {"files_per_group": 1}}))
+    output = tmp_path / "dask-deployment-out"
+    parameters = {"inputs": SHORT_FIXTURES, "output": str(output), "profile": str(profile), "scheduler": dask_cluster.address}
+    with client_for(api_url) as client:
+        deployment = client.read_deployment_by_name(f"{FLOW_NAME}/dask")
+        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    run([BIN / "prefect", "worker", "start", "--pool", POOL, "--run-once"], api_env, timeout_s=400, cwd=tmp_path)
+    with client_for(api_url) as client:
+        finished = client.read_flow_run(flow_run.id)
+    assert finished.state.is_completed(), f"{finished.state}\n{dask_cluster.logs()}"
+    rows = table_rows(output, "files")
+    assert [(r["source"], r["status"]) for r in rows] == [(source, "ok") for source in sorted(SHORT_FIXTURES)]
+    assert {r["worker"] for r in rows} == {w.name for w in dask_cluster.workers}
+    words = [{k: r[k] for k in ("source", "word", "start", "end")} for r in table_rows(output, "words")]
+    assert words == [{k: r[k] for k in ("source", "word", "start", "end")} for r in table_rows(threads_run, "words")]

@@ -117,3 +117,22 @@ def test_a_group_stops_when_its_flow_run_is_cancelled(prefect_server):
         client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
     with pytest.raises(GroupCancelled, match="cancelled"):
         CancelWatch(flow_run.id, interval_s=0)()
+
+
+def test_the_flow_and_a_cpu_probe_import_no_torch_or_bitsandbytes():
+    """The flow's process loads no model, and a probe for a plan that cannot use a GPU or bitsandbytes does not import them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from steadyscribe.flows.transcribe import transcribe\n"
+        "from steadyscribe.profiles import load_profile\n"
+        "from steadyscribe.tasks.probe import probe_resources\n"
+        "from steadyscribe.tasks.select import accelerators_needed\n"
+        "gpu, bnb = accelerators_needed(load_profile('cpu-fast'))\n"
+        "probe_resources([], check_accelerators=gpu, bitsandbytes_devices=bnb)\n"
+        "print(sorted(m for m in ('torch', 'bitsandbytes', 'numba', 'ctranslate2', 'whisper') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

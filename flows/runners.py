@@ -69,8 +69,9 @@ def task_runner_for(profile: Profile, scheduler: str | None = None) -> TaskRunne
     # group while its engine transcribes the current one.
     cpus = usable_cpus()
     workers = runner.n_workers or cpus
-    # The workers split the CPUs: each engine gets its share of threads, not all of them.
-    env = {THREADS_ENV: str(max(1, cpus // workers))}
+    # The workers split the CPUs: each engine gets its share of threads, not all of them. They
+    # report to the flow's Prefect API, also when that is a temporary server of this process.
+    env = {THREADS_ENV: str(max(1, cpus // workers)), **_prefect_api_env()}
     return DaskTaskRunner(
         cluster_kwargs={"n_workers": workers, "threads_per_worker": GROUPS_PER_SLOT, "processes": True, "env": env}
     )
@@ -99,3 +100,11 @@ def groups_in_flight(runner: TaskRunner) -> int:
         return GROUPS_PER_SLOT
     workers = from_dask.scheduler_info(n_workers=-1)["workers"].values()
     return max(GROUPS_PER_SLOT, sum(w["nthreads"] for w in workers) + len(workers))
+
+
+def _prefect_api_env() -> dict[str, str]:
+    """PREFECT_API_URL of the running flow's API (a temporary server has no setting of its own); {} outside a flow."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return {"PREFECT_API_URL": str(context.client.api_url).rstrip("/")} if context and context.client else {}

@@ -33,7 +33,7 @@ from prefect.client.orchestration import get_client
 from steadyscribe.errors import PlanError
 from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
-from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
+from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
 from steadyscribe.tasks.infer import infer_task
@@ -107,8 +107,12 @@ class CancelWatch:
         if self.flow_run_id is None or time.monotonic() - self.last_check < self.interval_s:
             return
         self.last_check = time.monotonic()
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(self.flow_run_id).state
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(self.flow_run_id).state
+        except Exception as error:  # an API hiccup must not cost the group its work: ask again later
+            get_run_logger().warning("could not read flow run %s to check for cancellation: %r", self.flow_run_id, error)
+            return
         if state is not None and (state.is_cancelling() or state.is_cancelled()):
             raise GroupCancelled(f"flow run {self.flow_run_id} was cancelled; the group was not committed")
 

@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
-from prefect.task_runners import TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.errors import FilesFailed
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
@@ -94,7 +94,7 @@ def transcribe(
         files = discover_task(inputs)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
-        jobs = _group_jobs(files, output, run, chosen, overrides, done)
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner))
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
@@ -108,7 +108,13 @@ def transcribe(
 
 
 def _group_jobs(
-    files: list[InputFile], output: str, run: RunInfo, profile: Profile, overrides: dict, done: frozenset[str]
+    files: list[InputFile],
+    output: str,
+    run: RunInfo,
+    profile: Profile,
+    overrides: dict,
+    done: frozenset[str],
+    refit: bool,
 ) -> list[GroupJob]:
     size = files_per_group(run.plan, profile)
     flow_run_id = get_run_context().flow_run.id
@@ -123,6 +129,7 @@ def _group_jobs(
             overrides=overrides,
             skip_file_ids=done,
             flow_run_id=flow_run_id,
+            refit=refit,
         )
         for first in range(0, len(files), size)
     ]

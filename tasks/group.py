@@ -63,6 +63,9 @@ class GroupJob:
     overrides: Mapping[str, Any]  # the run's command-line memory_budget and batch_size
     skip_file_ids: frozenset[str]
     flow_run_id: UUID | None = None  # to notice a cancelled run; None outside Prefect
+    # Choose batch size and threads again on the worker (other machines); False where the
+    # groups run in the process that made the plan.
+    refit: bool = True
 
     @property
     def part(self) -> str:
@@ -142,7 +145,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         infer_s: dict[str, float] = {}
         try:
             if todo:
-                plan = worker_plan(job)
+                plan = worker_plan(job) if job.refit else job.run.plan
                 infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
                 inference = infer(plan, todo, windows, work_dir, f"Windows transcribed, {job.label} (percent)", check_cancelled)
                 infer_s = {file_id: result.infer_s for file_id, result in inference.items()}

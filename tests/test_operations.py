@@ -36,8 +36,8 @@ BIN = Path(sys.executable).parent
 SHORT_FIXTURES = [str(FIXTURES / "clean_gb.flac"), str(FIXTURES / "fast_speaker.flac")]
 FLOW_NAME = "steadyscribe-transcribe"
 POOL = "steadyscribe"
-# Columns that differ between two runs of the same inputs: ids, wall-clock times and durations.
-RUN_COLUMNS = {"run_id", "started_at", "finished_at", "decode_s", "infer_s"}
+# Columns that differ between two runs of the same inputs: ids, wall-clock times, durations and the process.
+RUN_COLUMNS = {"run_id", "started_at", "finished_at", "decode_s", "infer_s", "worker"}
 
 
 def free_port() -> int:

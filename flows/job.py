@@ -31,6 +31,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
+    parser.add_argument("--scheduler", help="run the groups of files on this Dask scheduler (tcp://host:8786), whatever the profile says")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
     parser.add_argument(
         "--verbose", "-v", action="store_true",
@@ -44,7 +45,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_job(args: argparse.Namespace) -> int:
     """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration."""
     # Imported here so that building the CLI's parser does not load Prefect and the stages.
-    from steadyscribe.flows.runners import transcribe_flow
+    from steadyscribe.flows.transcribe import transcribe
     from steadyscribe.run_log import default_log_path, logs_to_file
     from steadyscribe.storage import StorageError, check_writable
     from steadyscribe.tasks.report import summary_text
@@ -57,19 +58,18 @@ def run_job(args: argparse.Namespace) -> int:
         refuse_credentials_in_urls([*args.inputs, args.output])
         apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
         check_writable(args.output)
-        # The profile picks the task runner (threads or Dask): it must be set before the flow starts.
-        flow = transcribe_flow(args.profile)
         with contextlib.ExitStack() as terminal:
             if log_path is not None:
                 terminal.enter_context(logs_to_file(log_path))
             terminal.enter_context(reporting(terminal_progress(args.verbose)))
-            summary = flow(
+            summary = transcribe(
                 inputs=args.inputs,
                 output=args.output,
                 profile=args.profile,
                 memory_budget=args.memory_budget,
                 batch_size=args.batch_size,
                 force=args.force,
+                scheduler=args.scheduler,
             )
     except FilesFailed as failed:
         summary = failed.summary

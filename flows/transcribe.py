@@ -1,44 +1,44 @@
-"""The transcription flow: discover → probe → select → (decode → chunk → infer → stabilize → write) → report.
+"""The transcription flow: discover → probe → select → groups of (decode → chunk → infer → stabilize → write) → report.
 
-It only composes the stages in tasks/; each stage's logic lives there as plain functions.
-Files go through the middle stages in groups: each group's windows share the engine's
-batches (cross-file batching), and each group is committed before the next starts, so a
-killed run keeps what it finished and its decoded audio never piles up on disk.
+It only composes the stages in tasks/. The flow itself discovers the inputs, has one worker
+probe its machine and plan the run (engine, model, precision, quantization: fixed for the whole
+run, since they are part of the settings key), hands the files out in groups and reports. Each
+group runs as one task where the profile's runner puts it (a thread of this process, or a Dask
+worker: tasks/group.py), which commits the group's rows itself; at most a few groups per worker
+are in flight, so memory and local disk stay bounded however many files there are. This
+process never loads a model.
 
 Run it with `steadyscribe run` or `python -m steadyscribe.flows.transcribe INPUT... --output OUT`.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from steadyscribe.engines import available_engines
 from steadyscribe.errors import FilesFailed
-from steadyscribe.models.cache import model_cache_dir
-from steadyscribe.models.quantize import BITSANDBYTES_MODES
+from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, load_profile
 from steadyscribe.progress import reporter
-from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
+from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
-from steadyscribe.tasks.chunk import chunk_task
-from steadyscribe.tasks.decode import decode_task
 from steadyscribe.tasks.discover import discover_task
-from steadyscribe.tasks.infer import infer_task
+from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
 from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
-from steadyscribe.tasks.select import plan_markdown, select_task
-from steadyscribe.tasks.stabilize import stabilize_task
-from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key, write_task
+from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
+from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key
 from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
 
 
@@ -47,15 +47,9 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def files_per_group(plan: Plan) -> int:
-    """Enough files to keep a batch full of windows from many short clips."""
-    return max(16, 4 * plan.batch_size)
-
-
-def may_use_bitsandbytes(profile: Profile) -> bool:
-    """Whether the plan may pick a bitsandbytes mode; only then does the probe import and try it."""
-    profiles = [profile, *(load_profile(name) for name in profile.candidates)]
-    return any(mode in BITSANDBYTES_MODES for each in profiles for mode in each.quantization)
+def files_per_group(plan: Plan, profile: Profile) -> int:
+    """The profile's group size, else enough files to keep a batch full of windows from many short clips."""
+    return profile.runner.files_per_group or max(16, 4 * plan.batch_size)
 
 
 def output_settings(profile: Profile) -> dict:
@@ -77,13 +71,16 @@ def transcribe(
     memory_budget: str | None = None,
     batch_size: int | None = None,
     force: bool = False,
+    scheduler: str | None = None,
 ) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
     Files already transcribed into `output` with the same content and settings are
     skipped unless `force`. Every input ends in one `files` row: ok, skipped or failed.
     When a file failed, the run still commits the others and then ends Failed; calling
-    the flow then raises FilesFailed, which carries the summary.
+    the flow then raises FilesFailed, which carries the summary. `scheduler` (a Dask
+    scheduler address, e.g. tcp://host:8786) runs the groups on that cluster whatever the
+    profile's runner says.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -92,25 +89,25 @@ def transcribe(
     refuse_credentials_in_urls([*inputs, output])
     chosen = load_profile(profile)
     check_writable(output)
+    overrides = {"memory_budget": memory_budget, "batch_size": batch_size}
 
-    probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output], may_use_bitsandbytes(chosen))
-    plan = select_task(chosen, probe, available_engines(), {"memory_budget": memory_budget, "batch_size": batch_size})
-    logger.info("plan: %s", plan.reason)
-    create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
+    with task_runner_for(chosen, scheduler) as runner:
+        # A worker probes and plans: the plan must fit the machines that run inference, and
+        # provisioning the model is their business, not this process's.
+        gpu, bitsandbytes = accelerators_needed(chosen)
+        probe_options = {"model_cache": chosen.model_cache_dir, "check_accelerators": gpu, "bitsandbytes_devices": bitsandbytes}
+        probe = runner.submit(probe_task, {"paths": [output], **probe_options}).result()
+        plan = runner.submit(select_task, {"profile": chosen, "probe": probe, "overrides": overrides}).result()
+        logger.info("plan: %s", plan.reason)
+        create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
 
-    run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, output_settings(chosen)))
-    files = discover_task(inputs)
-    done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
-    logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
-    reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
-
-    outcomes: list[FileOutcome] = []
-    group_size = files_per_group(plan)
-    for first in range(0, len(files), group_size):
-        group = files[first : first + group_size]
-        label = f"files {first + 1}–{first + len(group)} of {len(files)}"
-        logger.info(label)
-        outcomes += _transcribe_group(group, label, output, run, chosen, done)
+        run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, output_settings(chosen)))
+        files = discover_task(inputs)
+        done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
+        logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
+        reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner))
+        outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
@@ -122,56 +119,65 @@ def transcribe(
     return summary
 
 
-def _transcribe_group(
-    group: list[InputFile],
-    label: str,
+def _group_jobs(
+    files: list[InputFile],
     output: str,
     run: RunInfo,
     profile: Profile,
-    skip_file_ids: frozenset[str],
-) -> list[FileOutcome]:
-    """Decode, transcribe and commit one group of files; return one outcome per file.
-
-    `label` ("files 17–32 of 40") names the group's inference and write task runs.
-    """
-    group_started = datetime.now(timezone.utc)
-    work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{run.run_id}-")
-    try:
-        decoded: list[DecodedAudio] = decode_task.map(group, unmapped(work_dir), unmapped(skip_file_ids)).result()
-        # Identical content under two names is transcribed once and written under both.
-        todo = {d.file_id: d for d in decoded if d.status == "ok"}
-        chunked = chunk_task.map(
-            list(todo.values()), unmapped(run.plan.chunk_s), unmapped(profile.chunking.min_pause_s)
-        ).result()
-        windows = [w for file_windows in chunked for w in file_windows]
-        reporter().group_started(label, len(group), len(windows))
-        try:
-            infer = infer_task.with_options(task_run_name=f"infer {run.plan.model} batch {run.plan.batch_size}, {label}")
-            inference = infer(run.plan, todo, windows, work_dir) if todo else {}
-            stabilized = stabilize_task.map(
-                [inference[file_id].transcript_path for file_id in todo],
-                list(todo.values()),
-                chunked,
-                unmapped(profile.stabilization.model_dump()),
-            ).result()
-        except Exception as error:
-            # The engine failed for the whole group: record it on each file and let later groups go on.
-            get_run_logger().exception("transcription failed for files %s", [d.source for d in todo.values()])
-            for item in todo.values():
-                item.status = "failed"
-                item.error = f"{item.source}: transcription failed ({error!r}); rerun to retry, or report it with the log"
-            inference, stabilized = {}, []
-        return write_task.with_options(task_run_name=f"write {label}")(
-            output,
-            run,
-            decoded,
-            dict(zip(todo, stabilized)),
-            {file_id: result.infer_s for file_id, result in inference.items()},
-            group_started,
-            profile.output,
+    overrides: dict,
+    done: frozenset[str],
+    refit: bool,
+) -> list[GroupJob]:
+    size = files_per_group(run.plan, profile)
+    flow_run_id = get_run_context().flow_run.id
+    return [
+        GroupJob(
+            index=first // size,
+            files=files[first : first + size],
+            label=f"files {first + 1}–{first + len(files[first : first + size])} of {len(files)}",
+            output=output,
+            run=run,
+            profile=profile,
+            overrides=overrides,
+            skip_file_ids=done,
+            flow_run_id=flow_run_id,
+            refit=refit,
         )
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        for first in range(0, len(files), size)
+    ]
+
+
+def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[FileOutcome]:
+    """Submit the groups, at most `limit` in flight, and gather their outcomes in order.
+
+    A group whose task is lost (its workers kept dying, and Dask gave up retrying it elsewhere)
+    gets failed rows from here, so every input still ends in one row; the next run redoes it.
+    """
+    logger = get_run_logger()
+    outcomes: list[FileOutcome] = []
+    in_flight: deque[tuple[GroupJob, PrefectFuture]] = deque()
+
+    def collect() -> None:
+        job, future = in_flight.popleft()
+        try:
+            finished = future.result()
+        except GroupCancelled:
+            raise
+        except Exception as error:
+            logger.error("%s was lost (%r); its files are marked failed for the next run to redo", job.label, error)
+            finished = commit_lost_group(job, error)
+        outcomes.extend(finished)
+        # Reported here, not where the rows are written, so that groups on Dask workers count too.
+        statuses = [outcome.status for outcome in finished]
+        reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped"))
+
+    for job in jobs:
+        if len(in_flight) >= limit:
+            collect()
+        in_flight.append((job, runner.submit(group_task, {"job": job})))
+    while in_flight:
+        collect()
+    return outcomes
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ class Runner(_Strict):
     kind: Literal["threads", "dask"] = "threads"
     address: str | None = None  # an existing Dask scheduler; None starts a local cluster
     n_workers: int | None = Field(None, ge=1)
+    # Files per group, the unit a worker transcribes and commits; None: 16 or 4 batches, whichever is more.
+    files_per_group: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _dask_only_options(self) -> Runner:

@@ -54,6 +54,7 @@ FILES_SCHEMA = _schema(
         pa.field("started_at", UTC_TIMESTAMP),
         pa.field("finished_at", UTC_TIMESTAMP),
         pa.field("settings_key", pa.string(), nullable=False),
+        pa.field("worker", pa.string()),  # host:pid that transcribed the file (null: skipped, or never reached a worker)
     ],
 )
 

@@ -7,7 +7,7 @@ API and runs their flow runs itself, one at a time:
   (files already transcribed with the same settings are skipped);
 - `served-backfill` has no schedule; start it on demand, e.g. with `--param force=true`.
 
-The profile's task runner (threads or Dask) is fixed when serving starts.
+Each run uses the task runner its profile names (threads or Dask).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from steadyscribe.flows.job import add_job_arguments
-from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError
+from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 from steadyscribe.storage import StorageError
 from steadyscribe.url_credentials import refuse_credentials_in_urls
 
@@ -37,11 +37,11 @@ def serve(
     from prefect import serve as serve_deployments
     from prefect.schedules import Cron
 
-    from steadyscribe.flows.runners import transcribe_flow
+    from steadyscribe.flows.transcribe import transcribe as flow
 
     # The parameters are stored with the deployments on the server.
     refuse_credentials_in_urls([*inputs, output])
-    flow = transcribe_flow(profile)
+    load_profile(profile)  # a bad profile stops serving before it starts, not at the first run
     parameters = {"inputs": inputs, "output": output, "profile": profile}
     nightly = flow.to_deployment(
         name=NIGHTLY_DEPLOYMENT,

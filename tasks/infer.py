@@ -1,12 +1,14 @@
 """Inference stage: feed every file's windows to one engine, assemble a transcript per file.
 
-One engine serves all files of a run so that batched engines can fill a batch
-with windows from many files. Transcripts go to JSON files in the run's work
-directory; only their paths travel on.
+One engine serves all files of a group so that batched engines can fill a batch with windows
+from many files, and it stays loaded in the process (`cached_engine`) for every later group the
+process handles: a Dask worker or the local process loads the model once per run, not per group.
+Transcripts go to JSON files in the group's work directory; only their paths travel on.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from steadyscribe import SAMPLE_RATE
@@ -23,6 +26,36 @@ from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
 
 ProgressCallback = Callable[[int, int], None]  # (windows done, windows total)
+
+# Plan fields an engine is built from: a plan that differs only elsewhere reuses the engine.
+ENGINE_FIELDS = ("engine", "model", "device", "dtype", "quantization", "batch_size", "threads", "language", "model_cache_dir")
+
+_engines: dict[tuple, Engine] = {}
+# One inference at a time per process: one copy of the model in memory, and the engine's own
+# threads get the CPUs. Groups in flight meanwhile decode, chunk, stabilize and write.
+_inference_lock = threading.Lock()
+
+
+def engine_key(plan: Plan) -> tuple:
+    return tuple(getattr(plan, name) for name in ENGINE_FIELDS)
+
+
+def cached_engine(plan: Plan) -> Engine:
+    """The engine for `plan`, loaded on first use in this process and kept for every later group.
+
+    Call with `_inference_lock` held. An engine for another plan is dropped first, so a process
+    never holds two models.
+    """
+    key = engine_key(plan)
+    if key not in _engines:
+        _engines.clear()
+        _engines[key] = load_engine(plan)
+    return _engines[key]
+
+
+def loaded_engines() -> list[tuple]:
+    """Keys of the engines this process has loaded (empty in a process that never ran inference)."""
+    return list(_engines)
 
 
 @dataclass
@@ -76,13 +109,16 @@ def transcribe_files(
 class _ProgressReporter:
     """Logs and updates a Prefect progress artifact as windows finish, at most every few seconds."""
 
-    def __init__(self, logger, interval_s: float = 5.0):
+    def __init__(self, logger, description: str, check_cancelled: Callable[[], None] | None, interval_s: float = 5.0):
         self.logger = logger
         self.interval_s = interval_s
-        self.artifact_id = create_progress_artifact(0.0, description="Windows transcribed (percent)")
+        self.check_cancelled = check_cancelled
+        self.artifact_id = create_progress_artifact(0.0, description=description)
         self.last_report = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        if self.check_cancelled:
+            self.check_cancelled()
         now = time.monotonic()
         if done < total and now - self.last_report < self.interval_s:
             return
@@ -92,11 +128,30 @@ class _ProgressReporter:
 
 
 # Tagged so a Prefect concurrency limit on "inference" can keep one model per GPU.
-@task(name="infer", tags=["inference"])
+@task(name="infer", tags=["inference"], cache_policy=NO_CACHE)
 def infer_task(
-    plan: Plan, decoded: dict[str, DecodedAudio], windows: list[Window], work_dir: str
+    plan: Plan,
+    decoded: dict[str, DecodedAudio],
+    windows: list[Window],
+    work_dir: str,
+    progress_description: str = "Windows transcribed (percent)",
+    check_cancelled: Callable[[], None] | None = None,
 ) -> dict[str, InferenceResult]:
+    """Transcribe a group's windows with this process's engine (loaded on first use).
+
+    `check_cancelled` is called as windows finish and may raise to stop the group.
+    """
     logger = get_run_logger()
-    engine = load_engine(plan)
-    logger.info("loaded %s engine with %s; %d windows from %d files", engine.name, plan.model, len(windows), len(decoded))
-    return transcribe_files(engine, decoded, windows, work_dir, on_progress=_ProgressReporter(logger))
+    waited = time.perf_counter()
+    with _inference_lock:
+        reused = engine_key(plan) in _engines
+        started = time.perf_counter()
+        engine = cached_engine(plan)
+        how = "reused this process's" if reused else f"loaded in {time.perf_counter() - started:.1f} s a"
+        logger.info(
+            "%s %s engine with %s (batch %d, %d threads), after waiting %.1f s for the previous group; "
+            "%d windows from %d files",
+            how, engine.name, plan.model, plan.batch_size, plan.threads, started - waited, len(windows), len(decoded),
+        )
+        reporter = _ProgressReporter(logger, progress_description, check_cancelled)
+        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter)

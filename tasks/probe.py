@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,14 @@ def probe_resources(
     cgroup_root: Path = CGROUP_ROOT,
     proc_self_cgroup: Path = PROC_SELF_CGROUP,
     check_accelerators: bool = True,
-    check_bitsandbytes: bool = True,
+    bitsandbytes_devices: Collection[str] = ("cpu", "cuda"),
 ) -> Probe:
     """Probe CPUs, memory (host and cgroup), GPUs, bitsandbytes and free disk at `paths`.
 
     `paths` are the model cache and output locations; URLs get None for free disk.
-    `check_accelerators=False` skips importing torch and bitsandbytes (tests of the cgroup logic);
-    `check_bitsandbytes=False` skips only bitsandbytes, for plans that cannot pick it (its import
-    warns about optional packages, and trying its layers costs seconds).
+    `check_accelerators=False` skips importing torch and bitsandbytes (a CPU-only profile, tests
+    of the cgroup logic). bitsandbytes is tried only when a plan could use it on a device here:
+    "cpu" in `bitsandbytes_devices`, or "cuda" there and a GPU found.
     """
     cgroup = CgroupLimits.read(cgroup_root, proc_self_cgroup)
     cpu_count = os.cpu_count() or 1
@@ -113,7 +114,7 @@ def probe_resources(
     if check_accelerators:
         probe.gpus = cuda_devices()
         probe.cuda_available = bool(probe.gpus)
-    if check_accelerators and check_bitsandbytes:
+    if check_accelerators and ("cpu" in bitsandbytes_devices or ("cuda" in bitsandbytes_devices and probe.cuda_available)):
         (
             probe.bitsandbytes_version,
             probe.bitsandbytes_int8_cpu,
@@ -263,7 +264,23 @@ def bitsandbytes_support(cuda: bool) -> tuple[str | None, bool, bool, bool]:
 
 
 @task(name="probe")
-def probe_task(paths: list[str], check_bitsandbytes: bool = True) -> Probe:
-    probe = probe_resources(paths, check_bitsandbytes=check_bitsandbytes)
+def probe_task(
+    paths: list[str],
+    model_cache: str | None = None,
+    check_accelerators: bool = True,
+    bitsandbytes_devices: Collection[str] = ("cpu", "cuda"),
+) -> Probe:
+    """Probe the machine this task runs on; free disk at `paths` and at its own model cache (`model_cache` or the default).
+
+    The checks flags are those of probe_resources: a plan that cannot use a GPU or bitsandbytes
+    does not import torch or bitsandbytes to look for them.
+    """
+    from steadyscribe.models.provision import model_cache_dir  # loads the conversion code: only where a model may be provisioned
+
+    probe = probe_resources(
+        [str(model_cache_dir(model_cache)), *paths],
+        check_accelerators=check_accelerators,
+        bitsandbytes_devices=bitsandbytes_devices,
+    )
     get_run_logger().info("probe: %s", json.dumps(probe.to_dict(), default=str))
     return probe

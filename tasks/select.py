@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import task
 
-from steadyscribe.engines import provisioning_error
+from steadyscribe.engines import available_engines, provisioning_error
 from steadyscribe.errors import PlanError
 from steadyscribe.memory import CALIBRATION, estimate_peak_bytes, is_english_only
 from steadyscribe.models.distil import recommended_window_s
@@ -161,6 +161,42 @@ def _plan_for(
     )
 
 
+def accelerators_needed(profile: Profile) -> tuple[bool, frozenset[str]]:
+    """Whether `profile` (or any of its candidates) could use a GPU, and on which devices bitsandbytes.
+
+    The probe looks only for what selection could choose: importing torch to look for a GPU, or
+    bitsandbytes to test its kernels, costs seconds and memory on every run.
+    """
+    profiles = [load_profile(name) for name in profile.candidates] if profile.candidates else [profile]
+    gpu = any(p.device in ("cuda", "auto") for p in profiles)
+    bitsandbytes = frozenset(
+        "cpu" if p.device == "cpu" else "cuda"
+        for p in profiles
+        if "transformers" in p.engine and {"int8", "nf4"} & set(p.quantization)
+    )
+    return gpu, bitsandbytes
+
+
+def refit_plan(plan: Plan, profile: Profile, probe: Probe, overrides: Mapping[str, Any] | None = None) -> Plan:
+    """`plan` with the batch size and threads chosen again for another machine's `probe` (a worker's).
+
+    Engine, model, device, precision and quantization stay as planned: they are part of the
+    settings key, and one run's outputs must not mix them. Raises PlanError when the planned
+    model does not fit this machine's budget at any batch size.
+    """
+    if profile.candidates:  # `auto`: the candidate that was chosen holds the batch and budget settings
+        profile = load_profile(plan.profile)
+    fixed = apply_overrides(profile, overrides).model_copy(
+        update={
+            "engine": [plan.engine], "model": [plan.model], "quantization": [plan.quantization],
+            "dtype": plan.dtype, "device": plan.device, "language": plan.language,
+        }
+    )
+    refitted = _plan_for(fixed, probe, {plan.engine})
+    return replace(plan, batch_size=refitted.batch_size, threads=refitted.threads,
+                   memory_budget_bytes=refitted.memory_budget_bytes, estimated_peak_bytes=refitted.estimated_peak_bytes)
+
+
 def _engine_choice(profile: Profile, engine: str) -> str:
     """How the engine was chosen, when the profile offered several."""
     if len(profile.engine) == 1:
@@ -268,11 +304,9 @@ def plan_markdown(plan: Plan, probe: Probe) -> str:
 
 
 @task(name="select")
-def select_task(
-    profile: Profile, probe: Probe, available_engines: Collection[str], overrides: Mapping[str, Any] | None = None
-) -> Plan:
-    """Select a plan whose model can be provisioned here (cached, shipped in a package, or downloaded)."""
+def select_task(profile: Profile, probe: Probe, overrides: Mapping[str, Any] | None = None) -> Plan:
+    """Select a plan for the engines installed here and a model that can be provisioned here (cached, shipped in a package, or downloaded)."""
     def model_unavailable(model: str, engine: str) -> str | None:
         return provisioning_error(model, engine, profile.model_cache_dir)
 
-    return select_plan(profile, probe, available_engines, overrides, model_unavailable)
+    return select_plan(profile, probe, available_engines(), overrides, model_unavailable)

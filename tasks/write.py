@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from steadyscribe.profiles import Output as OutputOptions
-from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, Transcript
 from steadyscribe.schema import PARTITION_COLUMN, PARTITIONING, SCHEMAS, TableName
 from steadyscribe.storage import (
@@ -93,6 +92,7 @@ class FileResult:
     error: str | None = None
     transcript: Transcript | None = None
     warnings: list[str] = field(default_factory=list)
+    worker: str | None = None  # host:pid of the process that transcribed it
 
     @classmethod
     def from_decoded(
@@ -104,6 +104,7 @@ class FileResult:
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
         error: str | None = None,
+        worker: str | None = None,
     ) -> FileResult:
         """A decoded file's result; `error` (e.g. an inference failure) makes it failed."""
         status, reason = decoded.status, decoded.error
@@ -121,6 +122,7 @@ class FileResult:
             error=reason,
             transcript=transcript if status == "ok" else None,
             warnings=[*decoded.warnings, *(transcript.warnings if transcript and status == "ok" else [])],
+            worker=worker,
         )
 
 
@@ -155,6 +157,7 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "started_at": _utc(result.started_at),
         "finished_at": _utc(result.finished_at),
         "settings_key": run.settings_key,
+        "worker": result.worker,
     }
 
 
@@ -224,11 +227,13 @@ def write_file_results(
     sidecar_formats: Iterable[SidecarFormat] = (),
     row_group_size: int = ROW_GROUP_ROWS,
     storage_options: StorageOptions | None = None,
+    part: str | None = None,
 ) -> list[str]:
     """Commit a small group of files' results: words, segments, sidecars, then the files rows.
 
-    Each table gets one new Parquet file named <run_id>-<random part>, so concurrent runs
-    and repeated commits never overwrite one another. A failure part-way leaves no partial
+    Each table gets one new Parquet file named `part` (default <run_id>-<random>), so concurrent
+    runs and repeated commits never overwrite one another; a commit repeated under the same
+    `part` (a retried group) replaces the earlier one. A failure part-way leaves no partial
     file; at worst words/segments without their files rows, which readers ignore and which
     a rerun replaces (the file is transcribed again because it has no ok files row).
     Returns what was written, in commit order, as URLs (plain paths for local output).
@@ -238,7 +243,7 @@ def write_file_results(
         raise ValueError(f"unknown sidecar formats {sorted(unknown)}; choose from {SIDECAR_FORMATS}")
     fs, root = filesystem_for(output, storage_options)
     temp_dir = join(root, TEMP_DIR)
-    part = f"{run.run_id}-{uuid.uuid4().hex[:12]}"
+    part = part or f"{run.run_id}-{uuid.uuid4().hex[:12]}"
     written: list[str] = []
 
     def put(path: str, data: bytes) -> None:
@@ -379,20 +384,23 @@ def write_task(
     infer_s: dict[str, float],
     started_at: datetime,
     options: OutputOptions,
+    worker: str | None = None,
+    part: str | None = None,
 ) -> list[FileOutcome]:
-    """Commit one group of files (one Parquet file per table) and say how each ended."""
+    """Commit one group of files (one Parquet file per table, named `part`) and say how each ended."""
     finished_at = datetime.now(timezone.utc)
     transcripts = {file_id: Transcript.load(path) for file_id, path in transcript_paths.items()}
     results = [
         FileResult.from_decoded(
             d, transcripts.get(d.file_id) if d.status == "ok" else None,
             infer_s=infer_s.get(d.file_id), started_at=started_at, finished_at=finished_at,
+            worker=worker,
         )
         for d in decoded
     ]
-    write_file_results(output, run, results, sidecar_formats=options.sidecars, row_group_size=options.row_group_size)
-    statuses = [r.status for r in results]
-    reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped"))
+    write_file_results(
+        output, run, results, sidecar_formats=options.sidecars, row_group_size=options.row_group_size, part=part
+    )
     return [
         FileOutcome(
             r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings

@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import FIXTURES
+from dask_cluster import DaskCluster
 from steadyscribe.profiles import load_profile
 from steadyscribe.flows.runners import task_runner_for
 
@@ -35,8 +36,8 @@ BIN = Path(sys.executable).parent
 SHORT_FIXTURES = [str(FIXTURES / "clean_gb.flac"), str(FIXTURES / "fast_speaker.flac")]
 FLOW_NAME = "steadyscribe-transcribe"
 POOL = "steadyscribe"
-# Columns that differ between two runs of the same inputs: ids, wall-clock times and durations.
-RUN_COLUMNS = {"run_id", "started_at", "finished_at", "decode_s", "infer_s"}
+# Columns that differ between two runs of the same inputs: ids, wall-clock times, durations and the process.
+RUN_COLUMNS = {"run_id", "started_at", "finished_at", "decode_s", "infer_s", "worker"}
 
 
 def free_port() -> int:
@@ -177,14 +178,14 @@ def test_deploy_all_registers_nightly_and_backfill(deployed):
     assert nightly.parameters == {"inputs": [str(inputs)], "output": str(output), "profile": "cpu-small"}
     assert backfill.parameters["force"] is False
     for deployment in deployments.values():
-        assert deployment.work_pool_name == POOL and deployment.entrypoint == "flows/transcribe.py:transcribe"
+        assert deployment.work_pool_name == POOL and deployment.entrypoint == "steadyscribe.flows.transcribe:transcribe"
         assert deployment.enforce_parameter_schema
         # No code is pulled from git: the worker runs this checkout.
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]
         assert set(deployment.parameter_openapi_schema["properties"]) == {
-            "inputs", "output", "profile", "memory_budget", "batch_size", "force"
+            "inputs", "output", "profile", "memory_budget", "batch_size", "force", "scheduler"
         }
 
 
@@ -277,8 +278,9 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
     output = tmp_path / "dask-out"
     script = (
         "import sys\n"
-        "from steadyscribe.flows.runners import transcribe_flow\n"
-        "transcribe_flow(sys.argv[1])(inputs=sys.argv[3:], output=sys.argv[2], profile=sys.argv[1])\n"
+        "from steadyscribe.flows.transcribe import transcribe\n"
+        "if __name__ == '__main__':\n"
+        "    transcribe(inputs=sys.argv[3:], output=sys.argv[2], profile=sys.argv[1])\n"
     )
     env = {**api_env, "PREFECT_LOGGING_LEVEL": "INFO"}  # to see which cluster the runner starts
     result = run([sys.executable, "-c", script, str(profile), str(output), *SHORT_FIXTURES], env)
@@ -294,3 +296,34 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
             assert {r.pop("profile") for r in dask_rows} == {"dask-local"}
             assert {r.pop("profile") for r in threads_rows} == {"cpu-small"}
         assert dask_rows == threads_rows, table
+
+
+@pytest.fixture
+def dask_cluster(api_url, tmp_path):
+    """Two `dask worker` processes reporting to this module's Prefect server, each with private temp dirs."""
+    cluster = DaskCluster(tmp_path / "cluster", workers=2, prefect_api_url=api_url)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_dask_deployment_transcribes_on_the_cluster(api_url, api_env, deployed, dask_cluster, threads_run, tmp_path):
+    """The `dask` deployment of prefect.yaml, run by a process worker: every group runs on the Dask workers."""
+    profile = tmp_path / "one-file-groups.yaml"
+    profile.write_text(yaml.safe_dump({"extends": "cpu-small", "runner": {"files_per_group": 1}}))
+    output = tmp_path / "dask-deployment-out"
+    parameters = {"inputs": SHORT_FIXTURES, "output": str(output), "profile": str(profile), "scheduler": dask_cluster.address}
+    with client_for(api_url) as client:
+        deployment = client.read_deployment_by_name(f"{FLOW_NAME}/dask")
+        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    run([BIN / "prefect", "worker", "start", "--pool", POOL, "--run-once"], api_env, timeout_s=400, cwd=tmp_path)
+    with client_for(api_url) as client:
+        finished = client.read_flow_run(flow_run.id)
+    assert finished.state.is_completed(), f"{finished.state}\n{dask_cluster.logs()}"
+    rows = table_rows(output, "files")
+    assert [(r["source"], r["status"]) for r in rows] == [(source, "ok") for source in sorted(SHORT_FIXTURES)]
+    workers = ds.dataset(output / "files", format="parquet").to_table(columns=["worker"])["worker"].to_pylist()
+    assert set(workers) == {w.name for w in dask_cluster.workers}  # both workers transcribed
+    words = [{k: r[k] for k in ("source", "word", "start", "end")} for r in table_rows(output, "words")]
+    assert words == [{k: r[k] for k in ("source", "word", "start", "end")} for r in table_rows(threads_run, "words")]

@@ -410,7 +410,10 @@ def visible_parquet(output: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp_path):
-    """Two groups of files; SIGKILL once the first group's rows are committed; rerun finishes the rest."""
+    """Two groups of files; SIGKILL once one group's rows are committed; rerun finishes the rest.
+
+    Two groups are in flight at once (one decodes while the other is in inference), so either may commit first.
+    """
     inputs, output = tmp_path / "inputs", tmp_path / "out"
     inputs.mkdir()
     # Group 1 (16 files, the group size at batch 1): distinct silent clips, quick to transcribe.
@@ -437,12 +440,13 @@ def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp
     for path in visible_parquet(output):
         pq.read_metadata(path)
     first = files_rows(output)
-    assert sorted(r["source"].rsplit("/", 1)[-1] for r in first) == [f"a{i:02d}.flac" for i in range(16)]
+    groups = ([f"a{i:02d}.flac" for i in range(16)], ["b0.flac", "b1.flac"])
+    assert sorted(r["source"].rsplit("/", 1)[-1] for r in first) in groups  # one whole group, nothing of the other
     assert {r["status"] for r in first} == {"ok"}
 
     rerun = subprocess.run(command, env=api_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "2 ok, 0 failed, 16 skipped" in rerun.stdout
+    assert f"{18 - len(first)} ok, 0 failed, {len(first)} skipped" in rerun.stdout
     rows = files_rows(output)
     ok = sorted(r["source"].rsplit("/", 1)[-1] for r in rows if r["status"] == "ok")
     assert ok == sorted(p.name for p in inputs.iterdir())  # each file ok exactly once across both runs

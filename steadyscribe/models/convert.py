@@ -14,19 +14,18 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from steadyscribe.models.ct2 import CT2Checkpoint, read_config, read_model_bin
+
+if TYPE_CHECKING:  # torch is imported by the conversions only: finding a model's cache must not load it
+    import torch
 
 ExportDtype = Literal["float32", "float16"]
 
 # Whisper is trained on 30 s windows: timestamps <|0.00|> ... <|30.00|> in 0.02 s steps.
 TIMESTAMP_TOKEN_COUNT = 1501
 MAX_TARGET_LENGTH = 448
-
-_TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 
 # openai-whisper module path inside a residual block -> transformers module path.
 _BLOCK_TO_HF = {
@@ -62,7 +61,9 @@ def ct2_to_openai_state_dict(
     checkpoint: CT2Checkpoint, dtype: ExportDtype = "float32"
 ) -> dict[str, torch.Tensor]:
     """openai-whisper `Whisper` state dict (parameters and persistent buffers) of a CT2 checkpoint."""
-    torch_dtype = _TORCH_DTYPES[dtype]
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
 
     def tensor(name: str) -> torch.Tensor:
         return torch.from_numpy(checkpoint.float_weight(name)).to(torch_dtype).contiguous()
@@ -144,6 +145,8 @@ def hf_to_openai_name(name: str) -> str:
 
 def export_openai_whisper(ct2_dir: str | Path, out_path: str | Path, dtype: ExportDtype = "float32") -> Path:
     """Write an openai-whisper checkpoint (loadable by whisper.load_model) with the alignment heads."""
+    import torch
+
     checkpoint = read_model_bin(Path(ct2_dir) / "model.bin")
     config = read_config(ct2_dir)
     torch.save(
@@ -281,6 +284,7 @@ def export_openai_whisper_from_transformers(
     hf_dir: str | Path, out_path: str | Path, dtype: ExportDtype = "float32"
 ) -> Path:
     """Write an openai-whisper checkpoint from a transformers Whisper directory (safetensors weights)."""
+    import torch
     from safetensors.torch import load_file
 
     hf_dir = Path(hf_dir)
@@ -312,7 +316,7 @@ def export_openai_whisper_from_transformers(
         for head in range(dims["n_text_head"])
     ]
     state = {
-        hf_to_openai_name(name): value.to(_TORCH_DTYPES[dtype])
+        hf_to_openai_name(name): value.to({"float32": torch.float32, "float16": torch.float16}[dtype])
         for name, value in weights.items()
         if name != "proj_out.weight"  # tied to the token embedding
     }

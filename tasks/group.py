@@ -1,0 +1,204 @@
+"""One group of files, start to finish, where the task runs: decode → chunk → infer → stabilize → commit.
+
+A group is the unit of distribution. Its task runs on one worker (a Dask worker, or a thread of
+the flow's own process) and keeps everything between the stages on that worker's local disk
+(a temporary directory of its own); only the group's description goes in and one outcome per
+file comes out. The stages are the plain functions of their modules, each run as a nested task
+run (so they show in the Prefect UI under the group), and the worker's engine is loaded once per
+process and reused by all its groups (tasks/infer.py).
+
+The group's rows are committed under a part name fixed by the run and the group's index, so a
+group that is run again (its worker died after committing, and Dask retried it elsewhere)
+replaces its own commit instead of adding a second row per file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from functools import cache
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+
+from steadyscribe.errors import PlanError
+from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
+from steadyscribe.profiles import Profile
+from steadyscribe.progress import reporter
+from steadyscribe.records import FileOutcome, InputFile, Plan
+from steadyscribe.tasks.chunk import chunk_task
+from steadyscribe.tasks.decode import decode_task
+from steadyscribe.tasks.infer import infer_task
+from steadyscribe.tasks.probe import Probe, probe_resources
+from steadyscribe.tasks.select import refit_plan
+from steadyscribe.tasks.stabilize import stabilize_task
+from steadyscribe.tasks.write import FileResult, RunInfo, write_file_results, write_task
+
+# Threads for this worker's engine when the profile says `auto`: set where several worker
+# processes share a machine (the local Dask cluster sets it to CPUs / workers).
+THREADS_ENV = "STEADYSCRIBE_WORKER_THREADS"
+
+# How often a group asks the API whether its flow run was cancelled (at most).
+CANCEL_CHECK_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """Everything a worker needs to transcribe one group of files and commit it."""
+
+    index: int  # position in the run: names the group's commit
+    files: list[InputFile]
+    label: str  # "files 17–32 of 40"
+    output: str
+    run: RunInfo
+    profile: Profile  # the profile the run was planned from (batch size and budget are re-fitted per worker)
+    overrides: Mapping[str, Any]  # the run's command-line memory_budget and batch_size
+    skip_file_ids: frozenset[str]
+    flow_run_id: UUID | None = None  # to notice a cancelled run; None outside Prefect
+    # Choose batch size and threads again on the worker (other machines); False where the
+    # groups run in the process that made the plan.
+    refit: bool = True
+
+    @property
+    def part(self) -> str:
+        return f"{self.run.run_id}-g{self.index:05d}"
+
+
+class GroupCancelled(RuntimeError):
+    """The flow run was cancelled: the group stops before committing anything."""
+
+
+def worker_name() -> str:
+    """Who did the work, for the `files.worker` column: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@cache
+def worker_probe(model_cache: str, device: str, bitsandbytes: bool) -> Probe:
+    """This process's machine, probed once; GPUs and bitsandbytes only when the plan uses them."""
+    return probe_resources([model_cache], check_accelerators=device == "cuda", bitsandbytes_devices=(device,) if bitsandbytes else ())
+
+
+def worker_plan(job: GroupJob) -> Plan:
+    """The run's plan with this worker's own batch size and threads (PlanError when it cannot fit)."""
+    plan = job.run.plan
+    bitsandbytes = plan.engine == "transformers" and plan.quantization in ("int8", "nf4")
+    probe = worker_probe(str(model_cache_dir(plan.model_cache_dir)), plan.device, bitsandbytes)
+    refitted = refit_plan(plan, job.profile, probe, job.overrides)
+    if job.profile.threads == "auto" and (threads := os.environ.get(THREADS_ENV)):
+        refitted = replace(refitted, threads=int(threads))
+    return refitted
+
+
+class CancelWatch:
+    """Raises GroupCancelled once the flow run is cancelling or cancelled; asks the API at most every few seconds."""
+
+    def __init__(self, flow_run_id: UUID | None, interval_s: float = CANCEL_CHECK_INTERVAL_S):
+        self.flow_run_id = flow_run_id
+        self.interval_s = interval_s
+        self.last_check = float("-inf")
+
+    def __call__(self) -> None:
+        if self.flow_run_id is None or time.monotonic() - self.last_check < self.interval_s:
+            return
+        self.last_check = time.monotonic()
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(self.flow_run_id).state
+        except Exception as error:  # an API hiccup must not cost the group its work: ask again later
+            get_run_logger().warning("could not read flow run %s to check for cancellation: %r", self.flow_run_id, error)
+            return
+        if state is not None and (state.is_cancelling() or state.is_cancelled()):
+            raise GroupCancelled(f"flow run {self.flow_run_id} was cancelled; the group was not committed")
+
+
+def transcribe_group(job: GroupJob) -> list[FileOutcome]:
+    """Decode, chunk, transcribe, stabilize and commit one group here; one outcome per file.
+
+    A file that cannot be decoded fails alone. When the engine cannot run here (the planned
+    model cannot be provisioned, does not fit this worker, or inference fails) every file of the
+    group that needed it gets a failed row saying so. Cancellation commits nothing.
+    """
+    logger = get_run_logger()
+    worker = worker_name()
+    check_cancelled = CancelWatch(job.flow_run_id)
+    started_at = datetime.now(timezone.utc)
+    work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{job.part}-")
+    try:
+        logger.info("%s on worker %s, work directory %s", job.label, worker, work_dir)
+        decoded = [decode_task(item, work_dir, job.skip_file_ids) for item in job.files]
+        check_cancelled()
+        # Identical content under two names is transcribed once and written under both.
+        todo = {d.file_id: d for d in decoded if d.status == "ok"}
+        chunked = {file_id: chunk_task(d, job.run.plan.chunk_s, job.profile.chunking.min_pause_s) for file_id, d in todo.items()}
+        windows = [w for file_windows in chunked.values() for w in file_windows]
+        reporter().group_started(job.label, len(job.files), len(windows))
+        check_cancelled()
+        stable_paths: dict[str, str] = {}
+        infer_s: dict[str, float] = {}
+        try:
+            if todo:
+                plan = worker_plan(job) if job.refit else job.run.plan
+                infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
+                inference = infer(plan, todo, windows, work_dir, f"Windows transcribed, {job.label} (percent)", check_cancelled)
+                infer_s = {file_id: result.infer_s for file_id, result in inference.items()}
+                settings = job.profile.stabilization.model_dump()
+                stable_paths = {
+                    file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings)
+                    for file_id, d in todo.items()
+                }
+        except GroupCancelled:
+            raise
+        except Exception as error:
+            # The engine failed for the whole group: record it on each file; other groups go on.
+            logger.exception("transcription failed on worker %s for %s", worker, [d.source for d in todo.values()])
+            reason = _engine_failure(error, job.run.plan, worker)
+            for item in todo.values():
+                item.status, item.error = "failed", f"{item.source}: {reason}"
+            stable_paths, infer_s = {}, {}
+        check_cancelled()
+        write = write_task.with_options(task_run_name=f"write {job.label}")
+        return write(
+            job.output, job.run, decoded, stable_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _engine_failure(error: Exception, plan: Plan, worker: str) -> str:
+    """Why a group's files could not be transcribed, and what to do."""
+    if isinstance(error, ModelUnavailableError):
+        return (
+            f"the planned model {plan.model} ({plan.engine}) cannot be provisioned on worker {worker} "
+            f"({str(error).partition('. ')[0]}); install or cache it there, then rerun"
+        )
+    if isinstance(error, PlanError):
+        return f"the planned {plan.engine} {plan.model} does not fit worker {worker} ({error}); rerun on a larger worker"
+    return f"transcription failed on worker {worker} ({error!r}); rerun to retry, or report it with the log"
+
+
+def commit_lost_group(job: GroupJob, error: BaseException) -> list[FileOutcome]:
+    """Failed rows for a group whose task never finished (its workers kept dying); a rerun redoes it.
+
+    Written under the group's own part name, so they replace whatever the group committed before it was lost.
+    """
+    reason = f"its group ({job.label}) was lost: {error!r}; rerun to transcribe it"
+    results = [FileResult(item.source, "failed", error=f"{item.source}: {reason}") for item in job.files]
+    write_file_results(
+        job.output, job.run, results, sidecar_formats=(), row_group_size=job.profile.output.row_group_size, part=job.part
+    )
+    return [FileOutcome(r.source, r.status, 0.0, r.error) for r in results]
+
+
+@task(name="transcribe-group", task_run_name="transcribe {job.label}", cache_policy=NO_CACHE)
+def group_task(job: GroupJob) -> list[FileOutcome]:
+    return transcribe_group(job)

@@ -375,7 +375,8 @@ def render_sidecar(fmt: SidecarFormat, run: RunInfo, result: FileResult, transcr
     return to_json(run, result, transcript)
 
 
-@task(name="write", retries=2, retry_delay_seconds=[2, 10], timeout_seconds=15 * 60)
+# No timeout: the group task runs this in a worker thread, where Prefect cannot interrupt it (it only warns).
+@task(name="write", retries=2, retry_delay_seconds=[2, 10])
 def write_task(
     output: str,
     run: RunInfo,

@@ -50,7 +50,11 @@ def files_per_group(plan: Plan) -> int:
 
 def output_settings(profile: Profile) -> dict:
     """Profile settings that change the tables' content (a change re-transcribes files)."""
-    return {"chunking": profile.chunking.model_dump(), "stabilization": profile.stabilization.model_dump()}
+    return {
+        "chunking": profile.chunking.model_dump(),
+        "vad": profile.vad.model_dump(),
+        "stabilization": profile.stabilization.model_dump(),
+    }
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name="transcribe {profile} → {output}")
@@ -122,7 +126,10 @@ def _transcribe_group(
         # Identical content under two names is transcribed once and written under both.
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         chunked = chunk_task.map(
-            list(todo.values()), unmapped(run.plan.chunk_s), unmapped(profile.chunking.min_pause_s)
+            list(todo.values()),
+            unmapped(run.plan.chunk_s),
+            unmapped(profile.chunking.min_pause_s),
+            unmapped(profile.vad.model_dump()),
         ).result()
         windows = [w for file_windows in chunked for w in file_windows]
         try:
@@ -133,6 +140,7 @@ def _transcribe_group(
                 list(todo.values()),
                 chunked,
                 unmapped(profile.stabilization.model_dump()),
+                unmapped(profile.vad.model_dump()),
             ).result()
         except Exception as error:
             # The engine failed for the whole group: record it on each file and let later groups go on.

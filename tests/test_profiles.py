@@ -128,8 +128,19 @@ def test_bad_value_names_file_key_value_and_allowed(tmp_path, text, key, value, 
 def test_unknown_key_lists_allowed_keys(tmp_path):
     path = write(tmp_path, "bad", "stabilization:\n  min_word: 0.1\n")
     with pytest.raises(ProfileError, match=r"bad\.yaml: stabilization\.min_word: unknown key; allowed keys here: "
-                                           r"enabled, min_word_s, max_shift_s, drop_hallucinations, no_speech_threshold, split_pause_s"):
+                                           r"enabled, min_word_s, max_shift_s, drop_hallucinations, no_speech_threshold, "
+                                           r"min_word_probability, logprob_threshold, max_drop_share, split_pause_s"):
         load_profile(str(path))
+
+
+def test_vad_thresholds_are_validated_in_order(tmp_path):
+    path = write(tmp_path, "bad", "extends: cpu-small\nvad:\n  threshold: 0.3\n  neg_threshold: 0.4\n")
+    with pytest.raises(ProfileError, match=r"silence_threshold <= neg_threshold <= threshold"):
+        load_profile(str(path))
+    path = write(tmp_path, "odd", "extends: cpu-small\nvad:\n  silence_threshold: 1.5\n")
+    with pytest.raises(ProfileError, match=r"vad\.silence_threshold: 1\.5 is not allowed"):
+        load_profile(str(path))
+    assert load_profile("cpu-small").vad.silence_threshold == 0.1
 
 
 def test_error_names_the_file_that_set_the_bad_key(user_dir):

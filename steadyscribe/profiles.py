@@ -181,7 +181,7 @@ class Stabilization(_Strict):
 
     enabled: bool = True
     min_word_s: float | None = Field(None, ge=0)
-    max_shift_s: float | None = Field(None, ge=0)
+    dtw_lag_s: float | None = Field(None, ge=-0.5, le=0.5)
     drop_hallucinations: bool = True
     no_speech_threshold: float | None = Field(None, ge=0, le=1)
     min_word_probability: float | None = Field(None, ge=0, le=1)

@@ -11,6 +11,9 @@ Noises (all seeded, so reruns write identical files):
 
     .venv/bin/python scripts/make_real_fixtures.py                     # the committed fixtures
     .venv/bin/python scripts/make_real_fixtures.py --all --out DIR      # every file x noise x SNR (bench)
+
+With --all it also writes generated non-speech (`ns_KIND.flac`, empty reference): white, pink
+and brown noise, steady tones, clicks and a synthesized melody, 8 s each.
 """
 
 from __future__ import annotations
@@ -98,6 +101,30 @@ def make_noise(kind: str, name: str, n: int, recordings: dict[str, np.ndarray]) 
     return babble(n, chosen, rng)
 
 
+def non_speech(seconds: float = 8.0) -> dict[str, np.ndarray]:
+    """Seeded noise colours, steady tones, clicks and a melody of harmonic notes, at 0.3 peak."""
+    rng = np.random.default_rng(7)
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    clicks = np.zeros(n)
+    clicks[rng.integers(0, n, 40)] = 1.0
+    note = SAMPLE_RATE // 4
+    melody = np.concatenate([
+        sum(np.sin(2 * np.pi * 220 * 2 ** (rng.integers(0, 24) / 12) * h * t[:note]) / h for h in range(1, 6))
+        * np.exp(-3 * t[:note])
+        for _ in range(n // note)
+    ])
+    sounds = {
+        "white": rng.standard_normal(n),
+        "pink": coloured_noise(n, 1.0, rng),
+        "brown": coloured_noise(n, 2.0, rng),
+        "tones": sum(np.sin(2 * np.pi * f * t) for f in (440, 660, 1000)),
+        "clicks": clicks,
+        "music": melody,
+    }
+    return {kind: (0.3 * x / np.max(np.abs(x))).astype(np.float32) for kind, x in sounds.items()}
+
+
 def write_variant(out_dir: Path, source_dir: Path, name: str, kind: str, snr_db: int,
                   recordings: dict[str, np.ndarray]) -> None:
     speech = recordings[name]
@@ -129,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         mixes = list(COMMITTED_MIXES)
     for name, kind, snr_db in mixes:
         write_variant(args.out, args.source, name, kind, snr_db, recordings)
-    print(f"wrote {len(names)} recordings and {len(mixes)} noisy variants to {args.out}")
+    sounds = non_speech() if args.all else {}
+    for kind, sound in sounds.items():
+        write_flac(args.out / f"ns_{kind}.flac", sound)
+        (args.out / f"ns_{kind}.json").write_text(json.dumps({"text": "", "words": [], "kind": f"generated {kind}"}) + "\n")
+    print(f"wrote {len(names)} recordings, {len(mixes)} noisy variants and {len(sounds)} non-speech files to {args.out}")
     return 0
 
 

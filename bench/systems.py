@@ -306,9 +306,12 @@ class StableTsRunner(Runner):
 
     imports = ("torch", "stable_whisper")
 
-    def load(self) -> None:
+    def prepare(self) -> None:
         if importlib.util.find_spec("torchaudio") is None:
             sys.path.insert(0, str(Path(__file__).parent / "standins"))
+        super().prepare()
+
+    def load(self) -> None:
         import stable_whisper
         import torch
 

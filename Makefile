@@ -25,4 +25,7 @@ test: setup
 # The benchmark's peers (faster-whisper with its VAD) and plotting come from the [bench] extra.
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
+	# stable-ts declares torchaudio, which does not load beside torch 2.13: installed without it,
+	# it runs on the benchmark's stand-in (bench/standins/torchaudio).
+	$(BIN)/pip install --quiet --no-deps stable-ts==2.19.1
 	$(BIN)/python -m bench.run --quick

@@ -11,6 +11,12 @@ word truth of tests/fixtures (exact to the sample) stays exact. Parts:
 - `no_speech`: ten seconds of pink noise and nothing else.
 
 Files are 16 kHz mono 16-bit WAV under the data directory, rebuilt only when the recipe changes.
+
+The `real` mode is a different set: recordings of real people (../shared/realspeech, README
+there), as `real` (11 files, three with aligned word times), `real_noisy` (the word-timed ones
+mixed with pink, brown and babble noise at 0, 5 and 10 dB SNR) and `no_speech` (generated noise
+colours, tones, clicks and music), all made by scripts/make_real_fixtures.py --all. Its WER
+counts every file; its timing counts the files with word times.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
+import sys
 import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +48,8 @@ LONG_PAUSE_S = (0.2, 1.5)  # digital silence between sentences in the long file
 LONG_NOISE_S = 6.0  # noise-only audio added once per round of sentences
 SEED = 20240611
 RECIPE_VERSION = 1  # bump when the construction below changes
+REAL_SOURCE_DIR = ROOT.parent / "shared" / "realspeech"
+REAL_SCRIPT = ROOT / "scripts" / "make_real_fixtures.py"
 
 
 @dataclass
@@ -69,7 +79,9 @@ def load_manifest(data_dir: Path) -> list[BenchFile]:
 
 
 def build_dataset(data_dir: Path, mode: str) -> list[BenchFile]:
-    """The set for `mode` ("quick" or "full") under data_dir, built unless already there."""
+    """The set for `mode` ("quick", "full" or "real") under data_dir, built unless already there."""
+    if mode == "real":
+        return build_real_dataset(data_dir)
     recipe = _recipe(mode)
     manifest_path = data_dir / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("recipe") == recipe:
@@ -184,3 +196,27 @@ def _write(data_dir: Path, relative: str, part: str, piece: _Piece) -> BenchFile
         text=" ".join(w["word"] for w in piece.words),
         words=piece.words,
     )
+
+
+def build_real_dataset(data_dir: Path) -> list[BenchFile]:
+    """The real-speech set (see the module docstring), built unless already there."""
+    digest = hashlib.sha256(REAL_SCRIPT.read_bytes())
+    for path in sorted(REAL_SOURCE_DIR.glob("*")):
+        digest.update(path.read_bytes())
+    recipe = digest.hexdigest()[:16]
+    manifest_path = data_dir / "manifest.json"
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("recipe") == recipe:
+        return load_manifest(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(REAL_SCRIPT), "--all", "--source", str(REAL_SOURCE_DIR), "--out", str(data_dir)],
+                   check=True)
+    files = []
+    for flac in sorted(data_dir.glob("*.flac")):
+        truth = json.loads(flac.with_suffix(".json").read_text())
+        part = "no_speech" if flac.stem.startswith("ns_") else "real_noisy" if "__" in flac.stem else "real"
+        with av.open(str(flac)) as container:
+            duration = sum(frame.samples for frame in container.decode(audio=0)) / SAMPLE_RATE
+        words = [{"word": w["word"], "start": w["start"], "end": w["end"]} for w in truth.get("words") or []]
+        files.append(BenchFile(flac.stem, part, flac.name, duration, truth["text"], words))
+    manifest_path.write_text(json.dumps({"recipe": recipe, "files": [asdict(f) for f in files]}, indent=1))
+    return files

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 MIB = 2**20
 BOUNDARY_AXIS_MS = 600
-PART_TITLES = {"varied": "varied", "clips": "short clips", "long": "long file", "no_speech": "no speech"}
+PART_TITLES = {"varied": "varied", "clips": "short clips", "long": "long file", "no_speech": "no speech",
+               "real": "real speech", "real_noisy": "real speech + noise"}
 
 
 def write_report(run: dict, out_dir: Path) -> None:
@@ -109,6 +110,10 @@ def markdown(run: dict, throughput_png: str, boundary_png: str) -> str:
                 f"| {_ms(raw['mean_abs_error_ms'])} | {_ms(final['mean_abs_error_ms'])} | {pct(raw['wer'])} "
                 f"| {pct(final['wer'])} | {raw['no_speech_words']} | {final['no_speech_words']} |"
             )
+    if run.get("vad_cpu_s_per_audio_hour") is not None:
+        per_hour = run["vad_cpu_s_per_audio_hour"]
+        lines += ["", f"Speech detection (Silero VAD, one thread): {per_hour:.1f} CPU s per audio hour "
+                      f"({100 * per_hour / 3600:.2f}% of the audio's duration)."]
     not_run = [r for r in run["results"] if r["status"] != "ok"]
     if not_run or run["notes"]:
         lines += ["", "**Not measured**", ""]

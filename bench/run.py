@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,10 @@ DEFAULT_DATA = ROOT / "bench" / "data"
 # base (multilingual) only where its bundled checkpoint is installed: nothing is downloaded.
 FULL_MODELS = ("tiny.en", "base")
 QUICK_MODELS = ("tiny.en",)
-TIMEOUT_S = {"quick": 900, "full": 3600}
+TIMEOUT_S = {"quick": 900, "full": 3600, "real": 1800}
+# The real-speech set: the pipeline's engines and the peers that report word times.
+REAL_SYSTEMS = ("steadyscribe-whisper", "steadyscribe-ctranslate2", "steadyscribe-transformers", "openai-whisper",
+                "faster-whisper", "faster-whisper-batched", "stable-ts")
 # Offline for every process: systems read the provisioned local weights and nothing may reach a hub.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "STEADYSCRIBE_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                "TQDM_DISABLE": "1"}
@@ -104,23 +108,43 @@ def run_module(module: str, args: list[str], result_path: Path, timeout_s: float
     return json.loads(result_path.read_text()), ""
 
 
+def vad_cpu_s_per_audio_hour(files: list, data_dir: Path) -> float:
+    """CPU seconds (this process, one thread) the VAD takes per hour of the set's audio."""
+    from bench.systems import read_audio
+    from steadyscribe.vad import load_vad
+
+    vad = load_vad()
+    cpu_s = audio_s = 0.0
+    with tempfile.TemporaryDirectory() as work_dir:
+        for f in files:
+            samples = read_audio(f.absolute_path(data_dir), work_dir)
+            started = time.process_time()
+            vad.probabilities(samples)
+            cpu_s += time.process_time() - started
+            audio_s += len(samples) / 16000
+    return cpu_s * 3600 / audio_s
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark steadyscribe against the tools users would otherwise use.")
     parser.add_argument("--quick", action="store_true", help="a subset of files, tiny.en, fewer systems")
+    parser.add_argument("--real", action="store_true",
+                        help="the real-speech set (recordings of real people, noisy mixes, generated non-speech), tiny.en")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"where the evaluation set is built and cached (default {DEFAULT_DATA})")
     parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS_BY_NAME)}")
     parser.add_argument("--models", help="comma-separated model specs (default: tiny.en, plus base in full mode)")
     args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "full"
+    mode = "real" if args.real else "quick" if args.quick else "full"
     if args.systems:
         unknown = set(args.systems.split(",")) - set(SYSTEMS_BY_NAME)
         if unknown:
             parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS_BY_NAME)}")
         systems = [SYSTEMS_BY_NAME[name] for name in args.systems.split(",")]
     else:
-        systems = [s for s in SYSTEMS if s.quick or mode == "full"]
+        systems = [s for s in SYSTEMS if s.name in REAL_SYSTEMS] if mode == "real" else [
+            s for s in SYSTEMS if s.quick or mode == "full"]
 
     started = time.perf_counter()
     os.environ.update(OFFLINE_ENV)  # inherited by the workers
@@ -128,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data / mode
     files = build_dataset(data_dir, mode)
     models, notes = available_models(tuple(args.models.split(",")) if args.models else
-                                     QUICK_MODELS if args.quick else FULL_MODELS)
+                                     QUICK_MODELS if mode != "full" else FULL_MODELS)
     raw_dir = data_dir / "outputs"  # full worker outputs (every word), kept out of the results
     results = []
     for model in models:
@@ -162,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             for part in dict.fromkeys(f.part for f in files)
         },
         "notes": notes,
+        "vad_cpu_s_per_audio_hour": vad_cpu_s_per_audio_hour(files, data_dir),
         "results": results,
         "bench_wall_s": time.perf_counter() - started,
     }

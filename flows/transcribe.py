@@ -54,7 +54,11 @@ def files_per_group(plan: Plan, profile: Profile) -> int:
 
 def output_settings(profile: Profile) -> dict:
     """Profile settings that change the tables' content (a change re-transcribes files)."""
-    return {"chunking": profile.chunking.model_dump(), "stabilization": profile.stabilization.model_dump()}
+    return {
+        "chunking": profile.chunking.model_dump(),
+        "vad": profile.vad.model_dump(),
+        "stabilization": profile.stabilization.model_dump(),
+    }
 
 
 def flow_run_name() -> str:

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from steadyscribe.memory import ARCHITECTURES, ALIASES, architecture, is_english_only
+from steadyscribe.vad import VadThresholds
 
 # The repository's profiles/ folder, installed as the data package steadyscribe.profile_files.
 SHIPPED_DIR = Path(importlib.util.find_spec("steadyscribe.profile_files").submodule_search_locations[0])
@@ -149,14 +150,43 @@ class Chunking(_Strict):
     min_pause_s: float = Field(0.3, ge=0)
 
 
+_VAD = VadThresholds()
+
+
+class Vad(_Strict):
+    """Speech detection (steadyscribe/vad.py, Silero VAD): how frame probabilities become decisions.
+
+    Chunking cuts in the pauses and skips windows that are silent with confidence; stabilization
+    drops a word only over confident silence.
+    """
+
+    threshold: float = Field(_VAD.threshold, gt=0, lt=1)
+    neg_threshold: float = Field(_VAD.neg_threshold, gt=0, lt=1)
+    silence_threshold: float = Field(_VAD.silence_threshold, gt=0, lt=1)
+    min_silence_s: float = Field(_VAD.min_silence_s, ge=0)
+    min_speech_s: float = Field(_VAD.min_speech_s, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Vad:
+        if not self.silence_threshold <= self.neg_threshold <= self.threshold:
+            raise ValueError(
+                "expected silence_threshold <= neg_threshold <= threshold "
+                f"(got {self.silence_threshold}, {self.neg_threshold}, {self.threshold})"
+            )
+        return self
+
+
 class Stabilization(_Strict):
     """Word-timestamp stabilization (tasks/stabilize.py); unset values keep the stage's tuned defaults."""
 
     enabled: bool = True
     min_word_s: float | None = Field(None, ge=0)
-    max_shift_s: float | None = Field(None, ge=0)
+    dtw_lag_s: float | None = Field(None, ge=-0.5, le=0.5)
     drop_hallucinations: bool = True
     no_speech_threshold: float | None = Field(None, ge=0, le=1)
+    min_word_probability: float | None = Field(None, ge=0, le=1)
+    logprob_threshold: float | None = Field(None, le=0)
+    max_drop_share: float | None = Field(None, ge=0, le=1)
     split_pause_s: float | None = Field(None, gt=0)
 
 
@@ -192,6 +222,7 @@ class Profile(_Strict):
     memory_budget: BudgetText = "80%"
     language: str | None = None  # None: detect (English-only models imply "en")
     chunking: Chunking = Field(default_factory=Chunking)
+    vad: Vad = Field(default_factory=Vad)
     stabilization: Stabilization = Field(default_factory=Stabilization)
     output: Output = Field(default_factory=Output)
     model_cache_dir: str | None = None

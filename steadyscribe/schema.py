@@ -49,6 +49,10 @@ FILES_SCHEMA = _schema(
         pa.field("language", pa.string()),
         pa.field("segments_n", pa.int32()),
         pa.field("words_n", pa.int32()),
+        # Words the stabilization stage removed as hallucinations (VAD silence and weak model evidence).
+        pa.field("words_dropped", pa.int32()),
+        # Seconds left out of inference: windows the VAD judged, with confidence, to hold no speech.
+        pa.field("skipped_s", pa.float64()),
         pa.field("decode_s", pa.float64()),
         pa.field("infer_s", pa.float64()),
         pa.field("started_at", UTC_TIMESTAMP),

@@ -139,7 +139,10 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         check_cancelled()
         # Identical content under two names is transcribed once and written under both.
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
-        chunked = {file_id: chunk_task(d, job.run.plan.chunk_s, job.profile.chunking.min_pause_s) for file_id, d in todo.items()}
+        vad = job.profile.vad.model_dump()
+        chunked = {
+            file_id: chunk_task(d, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) for file_id, d in todo.items()
+        }
         windows = [w for file_windows in chunked.values() for w in file_windows]
         reporter().group_started(job.label, len(job.files), len(windows))
         check_cancelled()
@@ -153,7 +156,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
                 infer_s = {file_id: result.infer_s for file_id, result in inference.items()}
                 settings = job.profile.stabilization.model_dump()
                 stable_paths = {
-                    file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings)
+                    file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings, vad)
                     for file_id, d in todo.items()
                 }
         except GroupCancelled:

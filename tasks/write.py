@@ -152,6 +152,8 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "language": transcript.language if transcript else None,
         "segments_n": len(transcript.segments) if transcript else None,
         "words_n": len(transcript.words) if transcript else None,
+        "words_dropped": transcript.stabilization.get("words_dropped", 0) if transcript else None,
+        "skipped_s": transcript.stabilization.get("skipped_ms", 0) / 1000 if transcript else None,
         "decode_s": result.decode_s,
         "infer_s": result.infer_s,
         "started_at": _utc(result.started_at),

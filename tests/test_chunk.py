@@ -1,4 +1,4 @@
-"""Windows: at most 30 s, tiling the file, cut in pauses, none over pure silence."""
+"""Windows: at most 30 s, tiling the file, cut in the VAD's pauses, none dropped unless confidently silent."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import InputFile
 from steadyscribe.tasks import chunk
-from steadyscribe.tasks.chunk import HOP_S, plan_windows
+from steadyscribe.tasks.chunk import plan_windows, skipped_seconds
 from steadyscribe.tasks.decode import decode_input, load_pcm
+from steadyscribe.vad import FRAME_S
 
 
 @pytest.fixture
 def speech_at(monkeypatch):
-    """Make the speech detector report exactly the given spans, to test the cutting alone."""
+    """Make the VAD report speech (probability 0.9) exactly over the given spans, to test the cutting alone."""
 
     def install(spans: list[tuple[float, float]]):
-        def mask(loudness, hop_s):
-            times = np.arange(len(loudness)) * HOP_S
-            return np.any([(times >= s) & (times < e) for s, e in spans], axis=0)
+        def probabilities(samples):
+            times = (np.arange(-(-len(samples) // 512)) + 0.5) * FRAME_S
+            return np.where(np.any([(times >= s) & (times < e) for s, e in spans], axis=0), 0.9, 0.0)
 
-        monkeypatch.setattr(chunk, "mask_from_loudness", mask)
+        monkeypatch.setattr(chunk, "speech_probabilities", probabilities)
 
     return install
 
@@ -33,7 +34,8 @@ def audible(duration: float) -> np.ndarray:
     return np.random.default_rng(0).normal(0.0, 0.1, int(duration * SAMPLE_RATE)).astype(np.float32)
 
 
-def test_a_short_file_is_one_window():
+def test_a_short_file_is_one_window(speech_at):
+    speech_at([(1.0, 5.0)])
     assert [(w.start, w.end) for w in plan_windows(audible(6.0), "f")] == [(0.0, 6.0)]
 
 
@@ -54,13 +56,13 @@ def test_the_latest_real_pause_wins_over_a_longer_earlier_one(speech_at):
     # Every window is a full encoder pass: ending late in the 30 s keeps windows few.
     speech_at([(0.0, 12.0), (14.0, 27.0), (27.5, 29.8), (30.0, 50.0)])
     windows = plan_windows(audible(50.0), "f")
-    assert windows[0].end == pytest.approx(27.25, abs=HOP_S)  # the 0.5 s pause, not the 2 s one at 12 s
+    assert windows[0].end == pytest.approx(27.25, abs=FRAME_S)  # the 0.5 s pause, not the 2 s one at 12 s
 
 
 def test_without_real_pauses_the_longest_short_gap_is_used(speech_at):
     speech_at([(0.0, 15.0), (15.2, 25.0), (25.1, 40.0)])
     windows = plan_windows(audible(40.0), "f")
-    assert windows[0].end == pytest.approx(15.1, abs=HOP_S)
+    assert windows[0].end == pytest.approx(15.1, abs=FRAME_S)
 
 
 def test_continuous_speech_is_cut_at_its_quietest_stretch_near_the_end(speech_at):
@@ -69,21 +71,32 @@ def test_continuous_speech_is_cut_at_its_quietest_stretch_near_the_end(speech_at
     for dip_s in (24.0, 50.0):  # a breath between words, quieter than the speech around it
         samples[int(dip_s * SAMPLE_RATE) : int((dip_s + 0.1) * SAMPLE_RATE)] *= 0.05
     windows = plan_windows(samples, "f")
-    assert [w.end for w in windows[:-1]] == pytest.approx([24.05, 50.05], abs=2 * HOP_S)
+    assert [w.end for w in windows[:-1]] == pytest.approx([24.05, 50.05], abs=2 * FRAME_S)
     assert windows[-1].end == 65.0 and [w.index for w in windows] == [0, 1, 2]
 
 
 def test_the_profile_sets_the_shortest_pause_to_cut_in(speech_at):
     speech_at([(0.0, 15.0), (15.6, 27.0), (27.4, 40.0)])
-    assert plan_windows(audible(40.0), "f")[0].end == pytest.approx(27.2, abs=HOP_S)
-    assert plan_windows(audible(40.0), "f", min_pause_s=0.5)[0].end == pytest.approx(15.3, abs=HOP_S)
+    assert plan_windows(audible(40.0), "f")[0].end == pytest.approx(27.2, abs=FRAME_S)
+    assert plan_windows(audible(40.0), "f", min_pause_s=0.5)[0].end == pytest.approx(15.3, abs=FRAME_S)
 
 
-def test_only_silent_windows_are_dropped():
+def test_only_confidently_silent_windows_are_dropped(speech_at):
+    speech_at([(41.0, 41.3)])  # one short word in the second window
+    windows = plan_windows(audible(70.0), "f")
+    assert len(windows) == 1 and windows[0].start < 41.0 and 41.3 < windows[0].end
+    assert skipped_seconds(70.0, windows) == pytest.approx(70.0 - (windows[0].end - windows[0].start))
+
+
+def test_a_window_of_doubtful_speech_is_kept(monkeypatch):
+    # Probabilities between silence_threshold and threshold: not speech, but not surely silent either.
+    monkeypatch.setattr(chunk, "speech_probabilities", lambda samples: np.full(-(-len(samples) // 512), 0.3))
+    assert len(plan_windows(audible(10.0), "f")) == 1
+
+
+def test_silence_and_steady_noise_are_skipped_by_the_real_model():
     assert plan_windows(np.zeros(10 * SAMPLE_RATE, dtype=np.float32), "f") == []
-    # A steady hum is no speech by loudness, but it is decoded: nothing audible is thrown away.
-    hum = 0.3 * np.sin(2 * np.pi * 220 * np.arange(10 * SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32)
-    assert len(plan_windows(hum, "f")) == 1
+    assert plan_windows(audible(10.0), "f") == []  # white noise
 
 
 def test_real_speech_is_never_cut_inside_a_word(tmp_path):

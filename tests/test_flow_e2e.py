@@ -79,6 +79,12 @@ def test_words_are_monotonic_and_inside_the_audio(first_run):
 def test_no_speech_file_yields_no_words(first_run):
     _, output, _ = first_run
     assert not [w for w in words_table(output) if w["source"].endswith("/no_speech.flac")]
+    # Its one window was skipped as confidently silent, and the row says how much was.
+    ((skipped_s, duration_s, words_dropped),) = duckdb.sql(
+        f"SELECT skipped_s, duration_s, words_dropped FROM read_parquet('{output}/files/**/*.parquet', "
+        f"hive_partitioning = true) WHERE source LIKE '%/no_speech.flac'"
+    ).fetchall()
+    assert skipped_s == pytest.approx(duration_s, abs=1e-3) and words_dropped == 0
 
 
 def test_rerun_skips_everything_and_force_redoes_it(first_run):

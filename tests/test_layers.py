@@ -115,6 +115,8 @@ def test_wheel_installs_one_namespace_with_its_profiles(wheel):
     assert not [n for n in names if n.split("/")[0] in {"tasks", "flows", "profiles"}]
     assert "steadyscribe/tasks/chunk.py" in names and "steadyscribe/flows/transcribe.py" in names
     assert "steadyscribe/profile_files/cpu-small.yaml" in names
+    # The speech detector's model and its licence note ship in the default install.
+    assert {"steadyscribe/assets/silero_vad_v6.onnx", "steadyscribe/assets/LICENSE-silero-vad.txt"} <= set(names)
 
 
 def test_installed_package_works_outside_the_checkout(wheel, tmp_path):

@@ -51,10 +51,10 @@ def test_default_profile_is_whisper_tiny_en_batch_1():
 
 
 def test_extends_deep_merges_over_the_parent(user_dir):
-    write(user_dir, "mine", "extends: cpu-small\nbatch_size: 4\nstabilization:\n  max_shift_s: 0.2\n")
+    write(user_dir, "mine", "extends: cpu-small\nbatch_size: 4\nstabilization:\n  dtw_lag_s: 0.1\n")
     profile = load_profile("mine")
     assert profile.batch_size == 4
-    assert profile.stabilization.max_shift_s == 0.2
+    assert profile.stabilization.dtw_lag_s == 0.1
     assert profile.stabilization.enabled is True  # kept from cpu-small
     assert profile.model == ["tiny.en"]
 
@@ -128,8 +128,19 @@ def test_bad_value_names_file_key_value_and_allowed(tmp_path, text, key, value, 
 def test_unknown_key_lists_allowed_keys(tmp_path):
     path = write(tmp_path, "bad", "stabilization:\n  min_word: 0.1\n")
     with pytest.raises(ProfileError, match=r"bad\.yaml: stabilization\.min_word: unknown key; allowed keys here: "
-                                           r"enabled, min_word_s, max_shift_s, drop_hallucinations, no_speech_threshold, split_pause_s"):
+                                           r"enabled, min_word_s, dtw_lag_s, drop_hallucinations, no_speech_threshold, "
+                                           r"min_word_probability, logprob_threshold, max_drop_share, split_pause_s"):
         load_profile(str(path))
+
+
+def test_vad_thresholds_are_validated_in_order(tmp_path):
+    path = write(tmp_path, "bad", "extends: cpu-small\nvad:\n  threshold: 0.3\n  neg_threshold: 0.4\n")
+    with pytest.raises(ProfileError, match=r"silence_threshold <= neg_threshold <= threshold"):
+        load_profile(str(path))
+    path = write(tmp_path, "odd", "extends: cpu-small\nvad:\n  silence_threshold: 1.5\n")
+    with pytest.raises(ProfileError, match=r"vad\.silence_threshold: 1\.5 is not allowed"):
+        load_profile(str(path))
+    assert load_profile("cpu-small").vad.silence_threshold == 0.1
 
 
 def test_error_names_the_file_that_set_the_bad_key(user_dir):

@@ -53,7 +53,8 @@ def transcript(file_id: str, texts: list[str]) -> Transcript:
             t += 0.5
         segments.append(Segment(start=words[0].start, end=words[-1].end, text=" " + text, words=words,
                                 avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1))
-    return Transcript(file_id=file_id, language="en", segments=segments, batch_size=4)
+    return Transcript(file_id=file_id, language="en", segments=segments, batch_size=4,
+                      stabilization={"words_dropped": len(texts), "skipped_ms": 1500})
 
 
 def ok_result(source: str, content: bytes, texts: list[str]) -> FileResult:
@@ -112,6 +113,7 @@ def test_local_layout_schema_and_readers(tmp_path):
     assert files.schema.field("run_date").type == pa.date32()
     ok = files.filter(pa.compute.equal(files["status"], "ok")).to_pylist()
     assert {(r["segments_n"], r["words_n"], r["batch_size"], r["language"]) for r in ok} == {(2, 5, 4, "en"), (1, 3, 4, "en")}
+    assert sorted((r["words_dropped"], r["skipped_s"]) for r in ok) == [(1, 1.5), (2, 1.5)]
     failed = files.filter(pa.compute.equal(files["status"], "failed")).to_pylist()[0]
     assert failed["file_id"] is None and failed["error"] == "No such file" and failed["source"] == "/data/gone.wav"
 

@@ -27,6 +27,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
+    parser.add_argument("--model", help="override the profile's model for this run (tiny.en, base, large-v3, ...)")
+    parser.add_argument("--beam-size", type=int, help="override decoding.beam_size for this run (1: greedy)")
+    parser.add_argument("--language", help="override decoding.language for this run (a code such as en or de)")
+    parser.add_argument("--initial-prompt", help="override decoding.initial_prompt for this run (text that primes each window)")
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
 
@@ -40,16 +44,19 @@ def run_job(args: argparse.Namespace) -> int:
 
     try:
         # Bad configuration is reported before a Prefect server is even started.
-        apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
+        overrides = {
+            "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
+            "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
+        }
+        apply_overrides(load_profile(args.profile), overrides)
         check_writable(args.output)
         # The profile picks the task runner (threads or Dask): it must be set before the flow starts.
         summary = transcribe_flow(args.profile)(
             inputs=args.inputs,
             output=args.output,
             profile=args.profile,
-            memory_budget=args.memory_budget,
-            batch_size=args.batch_size,
             force=args.force,
+            **overrides,
         )
     except FilesFailed as failed:
         summary = failed.summary

@@ -61,11 +61,16 @@ def transcribe(
     memory_budget: str | None = None,
     batch_size: int | None = None,
     force: bool = False,
+    model: str | None = None,
+    beam_size: int | None = None,
+    language: str | None = None,
+    initial_prompt: str | None = None,
 ) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
     Files already transcribed into `output` with the same content and settings are
-    skipped unless `force`. Every input ends in one `files` row: ok, skipped or failed.
+    skipped unless `force`. memory_budget, batch_size, model, beam_size, language and
+    initial_prompt override the profile for this run (None: the profile's). Every input ends in one `files` row: ok, skipped or failed.
     When a file failed, the run still commits the others and then ends Failed; calling
     the flow then raises FilesFailed, which carries the summary.
     """
@@ -76,7 +81,11 @@ def transcribe(
     check_writable(output)
 
     probe = probe_task([str(model_cache_dir(chosen.model_cache_dir)), output])
-    plan = select_task(chosen, probe, available_engines(), {"memory_budget": memory_budget, "batch_size": batch_size})
+    overrides = {
+        "memory_budget": memory_budget, "batch_size": batch_size, "model": model,
+        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt,
+    }
+    plan = select_task(chosen, probe, available_engines(), overrides)
     logger.info("plan: %s", plan.reason)
     create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
 

@@ -3,8 +3,8 @@
 Windows come from the pipeline's chunk stage; the engine decodes them as the infer stage feeds
 it (a file's windows in order, files one after another), and WER is pooled over all files
 (Whisper's English normalization). Stabilization is off: this compares decoding alone.
-`openai-transcribe` is the reference: openai-whisper's own `transcribe` on each whole file with
-the same weights and options.
+`openai-transcribe` (openai-whisper's own `transcribe`) and `faster-whisper` (its sequential
+`transcribe`, float32) are the peers, each on whole files with the same weights and options.
 
     .venv/bin/python -m bench.decoding_wer --engine ctranslate2 --beam-size 5 --model tiny.en
 """
@@ -82,15 +82,33 @@ def transcribe_reference(plan: Plan, audio: dict[str, object]) -> dict[str, str]
     }
 
 
+def transcribe_faster_whisper(plan: Plan, audio: dict[str, object]) -> dict[str, str]:
+    """faster-whisper's sequential transcribe (the peer), whole file, float32, same weights."""
+    import numpy as np
+    from faster_whisper import WhisperModel
+
+    from steadyscribe.models.provision import provision
+
+    model = WhisperModel(str(provision(plan.model, "ctranslate2")), device="cpu", compute_type="float32",
+                         cpu_threads=plan.threads)
+    texts = {}
+    for name, samples in audio.items():
+        segments, _ = model.transcribe(np.asarray(samples, dtype=np.float32), language=plan.language, beam_size=plan.decoding.beam_size,
+                                       word_timestamps=True)
+        texts[name] = " ".join(s.text.strip() for s in segments)
+    return texts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--engine", required=True, choices=["whisper", "transformers", "ctranslate2", "openai-transcribe"])
+    parser.add_argument("--engine", required=True, choices=["whisper", "transformers", "ctranslate2", "openai-transcribe", "faster-whisper"])
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--beam-size", type=int, default=1)
     parser.add_argument("--quantization", default="none")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--condition-on-previous-text", choices=["true", "false"], default=None)
+    parser.add_argument("--detect-language", action="store_true", help="no language given: detected (once per file)")
     parser.add_argument("--noise-snr-db", type=float, help="add seeded pink noise at this SNR (against the file's power)")
     parser.add_argument("--out", help="write texts and WER as JSON here")
     args = parser.parse_args()
@@ -101,20 +119,22 @@ def main() -> None:
     if args.noise_snr_db is not None:
         audio = {name: with_pink_noise(samples, args.noise_snr_db, seed) for seed, (name, samples) in enumerate(audio.items())}
     condition = None if args.condition_on_previous_text is None else args.condition_on_previous_text == "true"
-    engine = "whisper" if args.engine == "openai-transcribe" else args.engine
+    engine = args.engine if args.engine in ("whisper", "transformers", "ctranslate2") else "whisper"
+    language = None if args.detect_language else "en"
     plan = Plan(
-        engine=engine, model=args.model, quantization=args.quantization, threads=args.threads, language="en",
+        engine=engine, model=args.model, quantization=args.quantization, threads=args.threads, language=language,
         batch_size=1 if engine == "whisper" else args.batch_size,
-        decoding=DecodingOptions(beam_size=args.beam_size, language="en", condition_on_previous_text=condition),
+        decoding=DecodingOptions(beam_size=args.beam_size, language=language, condition_on_previous_text=condition),
     )
     started = time.process_time()
-    texts = (transcribe_reference if args.engine == "openai-transcribe" else transcribe_engine)(plan, audio)
+    peers = {"openai-transcribe": transcribe_reference, "faster-whisper": transcribe_faster_whisper}
+    texts = peers.get(args.engine, transcribe_engine)(plan, audio)
     cpu_s = time.process_time() - started
     real = [f for f in files if f[1].parent == REAL]
     synthetic = [f for f in files if f[1].parent != REAL]
     figures = {
         "system": args.engine, "model": args.model, "beam_size": args.beam_size, "quantization": args.quantization,
-        "condition_on_previous_text": condition, "noise_snr_db": args.noise_snr_db,
+        "condition_on_previous_text": condition, "noise_snr_db": args.noise_snr_db, "language": language,
         "wer_all": corpus_wer((ref, texts[name]) for name, _, ref in files),
         "wer_real": corpus_wer((ref, texts[name]) for name, _, ref in real),
         "wer_synthetic": corpus_wer((ref, texts[name]) for name, _, ref in synthetic),

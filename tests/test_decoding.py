@@ -181,3 +181,22 @@ def test_batch_one_prompts_a_window_with_the_previous_windows_text(tmp_path, mon
     first_text = " ".join(s.text for s in results[0].segments)
     assert prompts[0].strip() == "Station announcements."
     assert prompts[1].startswith(prompts[0]) and word_error_rate(first_text, prompts[1][len(prompts[0]) :]) < 0.1
+
+
+def test_a_multilingual_file_keeps_the_language_of_its_first_window():
+    """CTranslate2: detection runs on a batch with a new file; each file keeps its first window's language."""
+    from types import SimpleNamespace
+
+    from steadyscribe.engines.ctranslate2_engine import CTranslate2Engine
+
+    detections = iter([["de", "fr", "it"], ["es", "en"]])  # per window of each batch, most probable first
+    engine = object.__new__(CTranslate2Engine)
+    engine.plan = Plan(engine="ctranslate2", model="base", language=None)
+    engine.file_languages = {}
+    engine.model = SimpleNamespace(
+        is_multilingual=True, detect_language=lambda _: [[(f"<|{code}|>", 0.9)] for code in next(detections)]
+    )
+    item = lambda file_id, index: SimpleNamespace(window=Window(file_id, index, 0.0, 1.0))  # noqa: E731
+    assert engine._languages(None, [item("a", 0), item("a", 1), item("b", 0)]) == ["de", "de", "it"]
+    assert engine._languages(None, [item("b", 1), item("c", 0)]) == ["it", "en"]
+    assert engine._languages(None, [item("a", 2)]) == ["de"]  # no new file: no detection

@@ -64,8 +64,34 @@ def transcribe_engine(plan: Plan, audio: dict[str, object]) -> dict[str, str]:
     return {name: " ".join(text for _, text in sorted(parts, key=lambda p: p[0])) for name, parts in texts.items()}
 
 
+def transcribe_ctranslate2_in_order(plan: Plan, audio: dict[str, object]) -> dict[str, str]:
+    """The measurement behind condition_on_previous_text on the batched engines: CTranslate2
+    decoding each file's windows in order, each prompted with the text of the windows before it
+    (batch 1, so each prompt is known), against its usual independent windows."""
+    from steadyscribe.engines.ctranslate2_engine import CTranslate2Engine
+    from steadyscribe.engines.decoding import prompt_tokens
+
+    engine = CTranslate2Engine(plan)
+    engine.batch_size = 1
+    encode = engine._tokenizer("en").encode
+    texts = {}
+    for name, samples in audio.items():
+        previous: list[int] = []
+        parts = []
+        for window in plan_windows(samples, name, max_window_s=plan.chunk_s):
+            engine.prompt = prompt_tokens(encode, plan.decoding, previous)
+            first, last = round(window.start * SAMPLE_RATE), round(window.end * SAMPLE_RATE)
+            (result,) = engine.transcribe([WindowAudio(window, samples[first:last])])
+            text = " ".join(s.text for s in result.segments)
+            parts.append(text)
+            previous = (previous + encode(" " + text))[-223:] if text else previous
+        texts[name] = " ".join(parts)
+    return texts
+
+
 def transcribe_reference(plan: Plan, audio: dict[str, object]) -> dict[str, str]:
     """openai-whisper's own transcribe, whole file, default options but the beam size and language."""
+    import numpy as np
     import torch
 
     from steadyscribe.models.provision import load_openai_whisper
@@ -75,7 +101,7 @@ def transcribe_reference(plan: Plan, audio: dict[str, object]) -> dict[str, str]
     beam = plan.decoding.beam_size
     return {
         name: model.transcribe(
-            torch.from_numpy(samples.copy()), language=plan.language, fp16=False, word_timestamps=True,
+            torch.from_numpy(np.asarray(samples, dtype=np.float32)), language=plan.language, fp16=False, word_timestamps=True,
             beam_size=beam if beam > 1 else None, best_of=plan.decoding.best_of, verbose=None,
         )["text"].strip()
         for name, samples in audio.items()
@@ -124,10 +150,16 @@ def main() -> None:
     plan = Plan(
         engine=engine, model=args.model, quantization=args.quantization, threads=args.threads, language=language,
         batch_size=1 if engine == "whisper" else args.batch_size,
-        decoding=DecodingOptions(beam_size=args.beam_size, language=language, condition_on_previous_text=condition),
+        # The batched engines refuse condition_on_previous_text; the bench decodes in order itself.
+        decoding=DecodingOptions(
+            beam_size=args.beam_size, language=language,
+            condition_on_previous_text=None if engine == "ctranslate2" else condition,
+        ),
     )
     started = time.process_time()
     peers = {"openai-transcribe": transcribe_reference, "faster-whisper": transcribe_faster_whisper}
+    if engine == "ctranslate2" and condition:
+        peers["ctranslate2"] = transcribe_ctranslate2_in_order
     texts = peers.get(args.engine, transcribe_engine)(plan, audio)
     cpu_s = time.process_time() - started
     real = [f for f in files if f[1].parent == REAL]

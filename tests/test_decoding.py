@@ -128,28 +128,39 @@ def test_engines_agree_within_a_small_wer_band(greedy_texts):
         assert between <= 2 * AGREEMENT_BAND, (engine, between)
 
 
+class _Recorder:
+    """Stands in for an engine's backend model and records the keyword arguments of one method."""
+
+    def __init__(self, target, method: str):
+        self._target, self._method, self.calls = target, method, []
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._target, name)
+        if name != self._method:
+            return attribute
+
+        def record(*args, **kwargs):
+            self.calls.append(kwargs)
+            return attribute(*args, **kwargs)
+
+        return record
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine_name", ENGINES)
-def test_beam_search_reaches_each_engine_and_transcribes(engine_name, samples, greedy_texts, monkeypatch):
+def test_beam_search_reaches_each_engine_and_transcribes(engine_name, samples):
     names = ["r01_jfk", "noisy"]
+    windows = windows_of(samples, names)
+    greedy = transcribe(load_engine(plan(engine_name)), windows)
     engine = load_engine(plan(engine_name, beam_size=5, patience=1.5 if engine_name != "transformers" else None))
-    backend = engine.model
-    calls: list[dict] = []
-    method = "transcribe" if engine_name == "whisper" else "generate"
-    original = getattr(backend, method)
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(backend, method, spy)
-    texts = transcribe(engine, windows_of(samples, names))
+    recorder = engine.model = _Recorder(engine.model, "transcribe" if engine_name == "whisper" else "generate")
+    texts = transcribe(engine, windows)
     beam_key = {"whisper": "beam_size", "ctranslate2": "beam_size", "transformers": "num_beams"}[engine_name]
-    assert calls and calls[0][beam_key] == 5
+    assert recorder.calls and recorder.calls[0][beam_key] == 5
     if engine_name != "transformers":
-        assert calls[0]["patience"] == 1.5
+        assert recorder.calls[0]["patience"] == 1.5
     beam_wer = corpus_wer((reference_text(n), texts[n]) for n in names)
-    greedy_wer = corpus_wer((reference_text(n), greedy_texts[engine_name][n]) for n in names)
+    greedy_wer = corpus_wer((reference_text(n), greedy[n]) for n in names)
     assert beam_wer <= greedy_wer + AGREEMENT_BAND, (beam_wer, greedy_wer)
 
 
@@ -167,17 +178,14 @@ def test_a_file_gives_the_same_words_alone_and_in_a_mixed_batch(engine_name, qua
 
 
 @pytest.mark.slow
-def test_batch_one_prompts_a_window_with_the_previous_windows_text(tmp_path, monkeypatch):
+def test_batch_one_prompts_a_window_with_the_previous_windows_text(tmp_path):
     samples = load_pcm(decode_input(InputFile(str(FIXTURES / "straddle_40s.flac")), tmp_path).pcm_path)
     windows = [window_audio(w, samples) for w in plan_windows(samples, "straddle_40s")]
     assert len(windows) == 2
     engine = load_engine(plan("whisper", initial_prompt="Station announcements."))
-    prompts: list[str | None] = []
-    original = engine.model.transcribe
-    monkeypatch.setattr(
-        engine.model, "transcribe", lambda *a, **k: prompts.append(k["initial_prompt"]) or original(*a, **k)
-    )
+    recorder = engine.model = _Recorder(engine.model, "transcribe")
     results = list(engine.transcribe(windows))
+    prompts = [call["initial_prompt"] for call in recorder.calls]
     first_text = " ".join(s.text for s in results[0].segments)
     assert prompts[0].strip() == "Station announcements."
     assert prompts[1].startswith(prompts[0]) and word_error_rate(first_text, prompts[1][len(prompts[0]) :]) < 0.1

@@ -30,6 +30,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
+    parser.add_argument("--model", help="override the profile's model for this run (tiny.en, base, large-v3, ...)")
+    parser.add_argument("--beam-size", type=int, help="override decoding.beam_size for this run (1: greedy)")
+    parser.add_argument("--language", help="override decoding.language for this run (a code such as en or de)")
+    parser.add_argument("--initial-prompt", help="override decoding.initial_prompt for this run (text that primes each window)")
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     parser.add_argument("--scheduler", help="run the groups of files on this Dask scheduler (tcp://host:8786), whatever the profile says")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
@@ -56,7 +60,11 @@ def run_job(args: argparse.Namespace) -> int:
         # Bad configuration is reported before a Prefect server is even started, and a credential
         # in a URL before it could become a flow-run parameter on the server.
         refuse_credentials_in_urls([*args.inputs, args.output])
-        apply_overrides(load_profile(args.profile), {"memory_budget": args.memory_budget, "batch_size": args.batch_size})
+        overrides = {
+            "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
+            "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
+        }
+        apply_overrides(load_profile(args.profile), overrides)
         check_writable(args.output)
         with contextlib.ExitStack() as terminal:
             if log_path is not None:
@@ -66,10 +74,9 @@ def run_job(args: argparse.Namespace) -> int:
                 inputs=args.inputs,
                 output=args.output,
                 profile=args.profile,
-                memory_budget=args.memory_budget,
-                batch_size=args.batch_size,
                 force=args.force,
                 scheduler=args.scheduler,
+                **overrides,
             )
     except FilesFailed as failed:
         summary = failed.summary

@@ -76,11 +76,17 @@ def transcribe(
     batch_size: int | None = None,
     force: bool = False,
     scheduler: str | None = None,
+    model: str | None = None,
+    beam_size: int | None = None,
+    language: str | None = None,
+    initial_prompt: str | None = None,
 ) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
     Files already transcribed into `output` with the same content and settings are
-    skipped unless `force`. Every input ends in one `files` row: ok, skipped or failed.
+    skipped unless `force`. memory_budget, batch_size, model, beam_size, language and
+    initial_prompt override the profile for this run (None: the profile's). Every input ends
+    in one `files` row: ok, skipped or failed.
     When a file failed, the run still commits the others and then ends Failed; calling
     the flow then raises FilesFailed, which carries the summary. `scheduler` (a Dask
     scheduler address, e.g. tcp://host:8786) runs the groups on that cluster whatever the
@@ -93,7 +99,10 @@ def transcribe(
     refuse_credentials_in_urls([*inputs, output])
     chosen = load_profile(profile)
     check_writable(output)
-    overrides = {"memory_budget": memory_budget, "batch_size": batch_size}
+    overrides = {
+        "memory_budget": memory_budget, "batch_size": batch_size, "model": model,
+        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt,
+    }
 
     with task_runner_for(chosen, scheduler) as runner:
         # A worker probes and plans: the plan must fit the machines that run inference, and

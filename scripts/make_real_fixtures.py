@@ -35,7 +35,7 @@ SAMPLE_RATE = 16_000
 NOISES = ("pink", "brown", "babble")
 SNRS_DB = (0, 5, 10)
 # Word-timed recordings, and two short read ones (a short file must not come out empty).
-COPIED = ("r04_mfa_acoustic", "r05_mfa_cold", "r09_librivox_austen", "r13_libri_61", "r26_goforward")
+COPIED = ("r01_jfk", "r04_mfa_acoustic", "r05_mfa_cold", "r09_librivox_austen", "r13_libri_61", "r15_ljspeech", "r26_goforward")
 # One noisy variant of each word-timed file in the tests: each noise once, each SNR once.
 COMMITTED_MIXES = (("r04_mfa_acoustic", "babble", 10), ("r05_mfa_cold", "pink", 5), ("r09_librivox_austen", "brown", 0))
 BABBLE_TALKERS = 4

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from steadyscribe.memory import ARCHITECTURES, ALIASES, architecture, is_english_only
+from steadyscribe.records import DEFAULT_TEMPERATURES, DecodingOptions
 from steadyscribe.vad import VadThresholds
 
 # The repository's profiles/ folder, installed as the data package steadyscribe.profile_files.
@@ -190,6 +191,71 @@ class Stabilization(_Strict):
     split_pause_s: float | None = Field(None, gt=0)
 
 
+def _language_code(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[a-z]{2,3}", value):
+        raise ValueError("expected a language code such as 'en' or 'de', or null to detect it")
+    return value
+
+
+class Decoding(_Strict):
+    """How windows are decoded (steadyscribe.records.DecodingOptions documents each option).
+
+    Every engine honours these the same way; an option the chosen engine cannot honour is
+    refused when the plan is made (tasks/select.py), since only then is the engine known.
+    """
+
+    beam_size: int = Field(1, ge=1, le=16)
+    patience: float | None = Field(None, gt=0)
+    best_of: int | None = Field(None, ge=1, le=16)
+    temperatures: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = list(DEFAULT_TEMPERATURES)
+    initial_prompt: str | None = None
+    hotwords: list[str] = Field(default_factory=list)
+    language: Annotated[str | None, PlainValidator(_language_code)] = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+    suppress_tokens: list[int] = Field(default_factory=lambda: [-1])
+    condition_on_previous_text: bool | None = None
+
+    @field_validator("temperatures", mode="before")
+    @classmethod
+    def _one_temperature(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("temperatures")
+    @classmethod
+    def _rising(cls, value: list[float]) -> list[float]:
+        if value != sorted(value):
+            raise ValueError("expected temperatures in rising order: each is tried when the one before fails")
+        return value
+
+    @field_validator("suppress_tokens")
+    @classmethod
+    def _token_ids(cls, value: list[int]) -> list[int]:
+        if any(token < -1 for token in value):
+            raise ValueError("expected token ids (0 or more), or -1 for the model's own list")
+        return value
+
+    @model_validator(mode="after")
+    def _beam_options(self) -> Decoding:
+        if self.patience is not None and self.beam_size == 1:
+            raise ValueError("patience applies to beam search only; set beam_size above 1")
+        return self
+
+    def options(self, language: str | None) -> DecodingOptions:
+        """The options for one plan, with the language resolved for its model."""
+        return DecodingOptions(
+            beam_size=self.beam_size,
+            patience=self.patience,
+            best_of=self.best_of,
+            temperatures=tuple(self.temperatures),
+            initial_prompt=self.initial_prompt,
+            hotwords=tuple(self.hotwords),
+            language=language,
+            task=self.task,
+            suppress_tokens=tuple(self.suppress_tokens),
+            condition_on_previous_text=self.condition_on_previous_text,
+        )
+
+
 class Output(_Strict):
     sidecars: list[Sidecar] = Field(default_factory=list)
     row_group_size: int = Field(10_000, ge=1)
@@ -220,7 +286,7 @@ class Profile(_Strict):
     quantization: Annotated[list[Quantization], Field(min_length=1)] = ["none"]
     batch_size: BatchSize = "auto"
     memory_budget: BudgetText = "80%"
-    language: str | None = None  # None: detect (English-only models imply "en")
+    decoding: Decoding = Field(default_factory=Decoding)
     chunking: Chunking = Field(default_factory=Chunking)
     vad: Vad = Field(default_factory=Vad)
     stabilization: Stabilization = Field(default_factory=Stabilization)
@@ -238,22 +304,51 @@ class Profile(_Strict):
     def _single_preference(cls, value: Any) -> Any:
         return _as_list(value)
 
-    @field_validator("language")
+    @model_validator(mode="before")
     @classmethod
-    def _language_code(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[a-z]{2,3}", value):
-            raise ValueError("expected a language code such as 'en' or 'de', or null to detect it")
-        return value
+    def _top_level_language(cls, data: Any) -> Any:
+        return move_top_level_language(data) if isinstance(data, Mapping) else data
 
     @model_validator(mode="after")
     def _language_fits_a_model(self) -> Profile:
-        if self.language not in (None, "en") and all(is_english_only(m) for m in self.model):
-            raise ValueError(f"language {self.language!r} needs a multilingual model; {self.model} are English-only")
+        english_only = all(is_english_only(m) for m in self.model)
+        if self.decoding.language not in (None, "en") and english_only:
+            raise ValueError(
+                f"language {self.decoding.language!r} needs a multilingual model; {self.model} are English-only"
+            )
+        if self.decoding.task == "translate" and english_only:
+            raise ValueError(f"task translate needs a multilingual model; {self.model} are English-only")
         return self
+
+    @property
+    def language(self) -> str | None:
+        return self.decoding.language
 
     @property
     def budget(self) -> MemoryBudget:
         return parse_memory_budget(self.memory_budget)
+
+
+def move_top_level_language(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Profiles written before `decoding:` set `language` at the top level; it means decoding.language.
+
+    Applied to each file of an `extends` chain before merging, so a child's top-level language
+    overrides its parent's decoding.language like any other key.
+    """
+    data = dict(data)
+    if "language" not in data:
+        return data
+    language = data.pop("language")
+    decoding = data.get("decoding") or {}
+    if not isinstance(decoding, Mapping):
+        return data  # the schema reports the bad decoding block
+    if "language" in decoding and decoding["language"] != language:
+        raise ProfileError(
+            f"language {language!r} (top level) and decoding.language {decoding['language']!r} disagree; "
+            "set decoding.language only"
+        )
+    data["decoding"] = {**decoding, "language": language}
+    return data
 
 
 # ---------------------------------------------------------------- loading
@@ -327,7 +422,10 @@ def _extends_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
         if any(path == seen for seen, _ in chain):
             cycle = " -> ".join(str(p) for p, _ in chain) + f" -> {path}"
             raise ProfileError(f"{chain[0][0]}: extends cycle: {cycle}")
-        data = _read_yaml(path)
+        try:
+            data = move_top_level_language(_read_yaml(path))
+        except ProfileError as exc:
+            raise ProfileError(f"{path}: {exc}") from None
         chain.append((path, data))
         parent = data.pop("extends", None)
         if parent is None:
@@ -365,17 +463,34 @@ def validate_profile_data(data: Mapping[str, Any], chain: list[tuple[Path, dict[
         raise ProfileError("invalid profile:\n  " + "\n  ".join(lines)) from None
 
 
+# One run's overrides (command line, flow and deployment parameters) → where they go in a profile.
+OVERRIDE_KEYS = {
+    "memory_budget": ("memory_budget",),
+    "batch_size": ("batch_size",),
+    "model": ("model",),
+    "beam_size": ("decoding", "beam_size"),
+    "language": ("decoding", "language"),
+    "initial_prompt": ("decoding", "initial_prompt"),
+}
+
+
 def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Profile:
-    """One run's command-line overrides (memory_budget, batch_size), validated like profile keys."""
-    allowed = {"memory_budget", "batch_size"}
+    """One run's overrides (OVERRIDE_KEYS; None: unset), validated like profile keys."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if unknown := set(given) - allowed:
+    if unknown := set(given) - set(OVERRIDE_KEYS):
         raise ProfileError(
-            f"command-line overrides: {sorted(unknown)} cannot be overridden; allowed: {sorted(allowed)}"
+            f"command-line overrides: {sorted(unknown)} cannot be overridden; allowed: {sorted(OVERRIDE_KEYS)}"
         )
     if not given:
         return profile
-    return validate_profile_data({**profile.model_dump(), **given}, source="command-line override")
+    data = profile.model_dump()
+    for name, value in given.items():
+        *parents, key = OVERRIDE_KEYS[name]
+        node = data
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return validate_profile_data(data, source="command-line override")
 
 
 def profile_yaml(profile: Profile) -> str:

@@ -93,6 +93,32 @@ class Transcript:
         return [w for s in self.segments for w in s.words]
 
 
+# openai-whisper's temperature schedule: greedy (or beam) first, then sampling when the text looks wrong.
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How windows are decoded, the same for every engine (validated by the profile's `decoding:` block).
+
+    `initial_prompt` and `hotwords` prompt every window (a vocabulary keeps helping all through a
+    file); with `condition_on_previous_text` the previous window's text follows them.
+    None for `condition_on_previous_text` means the engine's default (on for the batch-1 engine,
+    which decodes a file's windows in order; off for the batched engines).
+    """
+
+    beam_size: int = 1
+    patience: float | None = None  # beam search: stop after round(beam_size * patience) finished hypotheses
+    best_of: int | None = None  # samples drawn at each temperature above 0; the likeliest is kept
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    initial_prompt: str | None = None
+    hotwords: tuple[str, ...] = ()
+    language: str | None = None  # None: detected once per file (English-only models imply "en")
+    task: str = "transcribe"  # or "translate" (into English; multilingual models only)
+    suppress_tokens: tuple[int, ...] = (-1,)  # -1: the model's own list of non-speech symbols
+    condition_on_previous_text: bool | None = None
+
+
 @dataclass
 class Plan:
     """What the selection stage chose to run, and why."""
@@ -110,6 +136,7 @@ class Plan:
     estimated_peak_bytes: int | None = None
     profile: str = "cpu-small"
     model_cache_dir: str | None = None  # None: STEADYSCRIBE_MODEL_CACHE or the user cache
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
     reason: str = ""
 
 

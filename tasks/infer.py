@@ -28,7 +28,9 @@ from steadyscribe.tasks.decode import load_pcm
 ProgressCallback = Callable[[int, int], None]  # (windows done, windows total)
 
 # Plan fields an engine is built from: a plan that differs only elsewhere reuses the engine.
-ENGINE_FIELDS = ("engine", "model", "device", "dtype", "quantization", "batch_size", "threads", "language", "model_cache_dir")
+ENGINE_FIELDS = (
+    "engine", "model", "device", "dtype", "quantization", "batch_size", "threads", "language", "decoding", "model_cache_dir",
+)
 
 _engines: dict[tuple, Engine] = {}
 # One inference at a time per process: one copy of the model in memory, and the engine's own

@@ -16,10 +16,11 @@ from typing import Any
 from prefect import task
 
 from steadyscribe.engines import available_engines, provisioning_error
+from steadyscribe.engines.decoding import unsupported_options
 from steadyscribe.errors import PlanError
 from steadyscribe.memory import CALIBRATION, estimate_peak_bytes, is_english_only
 from steadyscribe.models.distil import recommended_window_s
-from steadyscribe.profiles import Profile, apply_overrides, format_bytes, load_profile, parse_size
+from steadyscribe.profiles import Profile, ProfileError, apply_overrides, format_bytes, load_profile, parse_size
 from steadyscribe.records import Plan
 from steadyscribe.tasks.probe import Probe
 
@@ -53,9 +54,10 @@ def select_plan(
 ) -> Plan:
     """Choose engine, model, precision, quantization and batch size that fit this machine.
 
-    `overrides` holds one run's command-line `memory_budget` and `batch_size` (None: unset).
+    `overrides` holds one run's overrides (profiles.OVERRIDE_KEYS; None: unset).
     `model_unavailable` lets selection skip models that cannot be provisioned (e.g. offline).
-    Raises PlanError when nothing fits, ProfileError for bad overrides.
+    Raises PlanError when nothing fits, ProfileError for bad overrides and for decoding options
+    the chosen engine cannot honour.
     """
     profile = apply_overrides(profile, overrides)
     if profile.candidates:
@@ -112,9 +114,12 @@ def _plan_for(
     for engine in engines:
         dtype, dtype_note = _dtype(profile.dtype, engine, target.device)
         for model in profile.model:
-            language = profile.language or ("en" if is_english_only(model) else None)
+            language = profile.decoding.language or ("en" if is_english_only(model) else None)
             if language not in (None, "en") and is_english_only(model):
                 _note(notes, f"{model} is English-only, language is {language}")
+                continue
+            if profile.decoding.task == "translate" and is_english_only(model):
+                _note(notes, f"{model} is English-only and cannot translate")
                 continue
             if model_unavailable and (missing := model_unavailable(model, engine)):
                 _note(notes, f"{model} for {engine} unavailable: {missing}")
@@ -137,6 +142,11 @@ def _plan_for(
                         f"batch {batch}"
                     ]
                 )
+                decoding = profile.decoding.options(language)
+                if problems := unsupported_options(engine, decoding):
+                    raise ProfileError(
+                        f"profile {profile.name}: the {engine} engine cannot honour " + "; ".join(problems)
+                    )
                 return Plan(
                     engine=engine,
                     model=model,
@@ -151,6 +161,7 @@ def _plan_for(
                     estimated_peak_bytes=need,
                     profile=profile.name,
                     model_cache_dir=profile.model_cache_dir,
+                    decoding=decoding,
                     reason=reason,
                 )
     raise PlanError(
@@ -186,10 +197,12 @@ def refit_plan(plan: Plan, profile: Profile, probe: Probe, overrides: Mapping[st
     """
     if profile.candidates:  # `auto`: the candidate that was chosen holds the batch and budget settings
         profile = load_profile(plan.profile)
-    fixed = apply_overrides(profile, overrides).model_copy(
+    profile = apply_overrides(profile, overrides)
+    fixed = profile.model_copy(
         update={
             "engine": [plan.engine], "model": [plan.model], "quantization": [plan.quantization],
-            "dtype": plan.dtype, "device": plan.device, "language": plan.language,
+            "dtype": plan.dtype, "device": plan.device,
+            "decoding": profile.decoding.model_copy(update={"language": plan.language}),
         }
     )
     refitted = _plan_for(fixed, probe, {plan.engine})

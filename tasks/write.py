@@ -15,7 +15,7 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ ROW_GROUP_ROWS = 10_000
 
 # Plan fields that change what is transcribed. Batch size and device are left out: the batch
 # size adapts to memory at run time, and neither should make a rerun transcribe everything again.
-OUTPUT_AFFECTING_PLAN_FIELDS = ("engine", "model", "quantization", "dtype", "language", "chunk_s")
+OUTPUT_AFFECTING_PLAN_FIELDS = ("engine", "model", "quantization", "dtype", "language", "chunk_s", "decoding")
 
 SidecarFormat = Literal["srt", "vtt", "json"]
 SIDECAR_FORMATS: tuple[SidecarFormat, ...] = ("srt", "vtt", "json")
@@ -59,7 +59,7 @@ def settings_key(plan: Plan, extra: Mapping[str, Any] | None = None) -> str:
     word-timestamp options).
     """
     settings = {name: getattr(plan, name) for name in OUTPUT_AFFECTING_PLAN_FIELDS} | dict(extra or {})
-    canonical = json.dumps(settings, sort_keys=True, default=str)
+    canonical = json.dumps(settings, sort_keys=True, default=lambda v: asdict(v) if is_dataclass(v) else str(v))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -18,7 +18,7 @@ from steadyscribe.profiles import (
 )
 from steadyscribe.profiles_cli import register
 
-SHIPPED = ["auto", "cpu-batched", "cpu-fast", "cpu-lowmem", "cpu-small", "gpu-24gb", "gpu-80gb", "gpu-8gb"]
+SHIPPED = ["auto", "cpu-accurate", "cpu-batched", "cpu-fast", "cpu-lowmem", "cpu-small", "gpu-24gb", "gpu-80gb", "gpu-8gb"]
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -201,7 +201,63 @@ def test_overrides_are_validated_like_profile_keys():
     with pytest.raises(ProfileError, match="command-line override: batch_size: 'x' is not allowed"):
         apply_overrides(profile, {"batch_size": "x"})
     with pytest.raises(ProfileError, match="cannot be overridden"):
-        apply_overrides(profile, {"model": "large-v3"})
+        apply_overrides(profile, {"dtype": "float16"})
+
+
+def test_decoding_overrides_land_in_the_decoding_block():
+    profile = apply_overrides(
+        load_profile("cpu-small"), {"model": "base", "beam_size": 5, "language": "de", "initial_prompt": "Protokoll."}
+    )
+    assert profile.model == ["base"]
+    assert (profile.decoding.beam_size, profile.decoding.language, profile.decoding.initial_prompt) == (5, "de", "Protokoll.")
+    with pytest.raises(ProfileError, match="decoding.beam_size: 0 is not allowed"):
+        apply_overrides(profile, {"beam_size": 0})
+    with pytest.raises(ProfileError, match="needs a multilingual model"):
+        apply_overrides(load_profile("cpu-small"), {"language": "de"})  # tiny.en
+
+
+# ---------------------------------------------------------------- decoding block
+
+
+def test_decoding_block_is_validated(tmp_path):
+    profile = load_profile(str(write(tmp_path, "ok", (
+        "model: base\ndecoding: {beam_size: 5, patience: 2, best_of: 3, temperatures: [0, 0.5], initial_prompt: Hi.,"
+        " hotwords: [Kubernetes, Nvidia], language: de, task: translate, suppress_tokens: [-1, 50], "
+        "condition_on_previous_text: false}\n"
+    ))))
+    options = profile.decoding.options("de")
+    assert (options.beam_size, options.patience, options.best_of, options.temperatures) == (5, 2.0, 3, (0.0, 0.5))
+    assert (options.hotwords, options.task, options.suppress_tokens) == (("Kubernetes", "Nvidia"), "translate", (-1, 50))
+    bad = {
+        "decoding: {beam_size: 0}": "decoding.beam_size",
+        "decoding: {patience: 2}": "patience applies to beam search only",
+        "decoding: {temperatures: [0.4, 0.2]}": "rising order",
+        "decoding: {temperatures: [1.5]}": r"decoding.temperatures\[0\]",
+        "decoding: {task: summarize}": "decoding.task",
+        "decoding: {suppress_tokens: [-5]}": "token ids",
+        "decoding: {language: English}": "language code",
+        "decoding: {beams: 5}": "unknown key; allowed keys here: beam_size",
+        "model: tiny.en\ndecoding: {task: translate}": "task translate needs a multilingual model",
+    }
+    for i, (text, message) in enumerate(bad.items()):
+        with pytest.raises(ProfileError, match=message):
+            load_profile(str(write(tmp_path, f"bad{i}", text + "\n")))
+
+
+def test_top_level_language_still_works_and_moves_into_decoding(tmp_path):
+    old = load_profile(str(write(tmp_path, "old", "model: base\nlanguage: fr\n")))
+    assert old.decoding.language == "fr" and old.language == "fr"
+    # A child's top-level language overrides its parent's decoding.language like any key.
+    write(tmp_path, "parent", "model: base\ndecoding: {language: de, beam_size: 3}\n")
+    child = load_profile(str(write(tmp_path, "child", f"extends: {tmp_path / 'parent.yaml'}\nlanguage: fr\n")))
+    assert (child.decoding.language, child.decoding.beam_size) == ("fr", 3)
+    with pytest.raises(ProfileError, match="disagree"):
+        load_profile(str(write(tmp_path, "both", "model: base\nlanguage: fr\ndecoding: {language: de}\n")))
+
+
+def test_cpu_accurate_uses_beam_search():
+    assert load_profile("cpu-accurate").decoding.beam_size == 5
+    assert load_profile("cpu-small").decoding.beam_size == 1
 
 
 # ---------------------------------------------------------------- CLI

@@ -215,3 +215,32 @@ def test_no_model_available_is_a_plan_error():
 def test_plan_carries_the_profile_model_cache(tmp_path):
     profile = load_profile("cpu-small").model_copy(update={"model_cache_dir": str(tmp_path)})
     assert select_plan(profile, machine(), ALL_ENGINES).model_cache_dir == str(tmp_path)
+
+
+# ---------------------------------------------------------------- decoding options
+
+
+def test_plan_carries_the_decoding_options_with_the_language_resolved():
+    plan = plan_for("cpu-accurate", machine(), ALL_ENGINES, {"beam_size": 4, "initial_prompt": "Minutes."})
+    assert (plan.decoding.beam_size, plan.decoding.initial_prompt, plan.decoding.language) == (4, "Minutes.", "en")
+    assert plan.language == plan.decoding.language
+
+
+def test_an_option_the_chosen_engine_cannot_honour_names_engine_and_option(tmp_path):
+    path = tmp_path / "patient.yaml"
+    path.write_text("engine: [transformers]\nmodel: tiny.en\nbatch_size: 2\ndecoding: {beam_size: 5, patience: 2}\n")
+    with pytest.raises(ProfileError, match="the transformers engine cannot honour decoding.patience"):
+        select_plan(load_profile(str(path)), machine(), ALL_ENGINES)
+    path.write_text("engine: [ctranslate2]\nmodel: tiny.en\ndecoding: {condition_on_previous_text: true}\n")
+    with pytest.raises(ProfileError, match="the ctranslate2 engine cannot honour decoding.condition_on_previous_text"):
+        select_plan(load_profile(str(path)), machine(), ALL_ENGINES)
+    path.write_text("engine: [whisper]\nmodel: tiny.en\ndecoding: {beam_size: 5, patience: 2, condition_on_previous_text: true}\n")
+    assert select_plan(load_profile(str(path)), machine(), ALL_ENGINES).decoding.patience == 2
+
+
+def test_translate_skips_english_only_models(tmp_path):
+    path = tmp_path / "translate.yaml"
+    path.write_text("engine: [whisper]\nmodel: [tiny.en, base]\ndecoding: {task: translate}\n")
+    plan = select_plan(load_profile(str(path)), machine(), ALL_ENGINES)
+    assert (plan.model, plan.decoding.task) == ("base", "translate")
+    assert "tiny.en is English-only and cannot translate" in plan.reason

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from steadyscribe import storage
-from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Word
+from steadyscribe.records import DecodedAudio, DecodingOptions, Plan, Segment, Transcript, Word
 from steadyscribe.schema import SCHEMA_VERSION, SCHEMAS
 from steadyscribe.storage import filesystem_for
 from steadyscribe.tasks.discover import content_sha256, discover_inputs
@@ -332,6 +332,14 @@ def test_settings_key_ignores_batch_size_and_device():
     assert settings_key(PLAN) == settings_key(Plan(engine="whisper", model="tiny.en", batch_size=16, device="cuda"))
     assert settings_key(PLAN) != settings_key(PLAN, extra={"word_timestamps": "dtw-v2"})
     assert settings_key(PLAN) != settings_key(Plan(engine="whisper", model="tiny.en", language="de"))
+
+
+def test_settings_key_changes_with_the_decoding_options():
+    """A beam-5 run must not skip the files a beam-1 run transcribed."""
+    beam5 = Plan(engine="whisper", model="tiny.en", decoding=DecodingOptions(beam_size=5))
+    prompted = Plan(engine="whisper", model="tiny.en", decoding=DecodingOptions(initial_prompt="Minutes."))
+    assert len({settings_key(PLAN), settings_key(beam5), settings_key(prompted)}) == 3
+    assert settings_key(beam5) == settings_key(Plan(engine="whisper", model="tiny.en", decoding=DecodingOptions(beam_size=5)))
 
 
 def test_result_and_run_validation(memory_output):

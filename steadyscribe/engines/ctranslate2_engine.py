@@ -1,9 +1,10 @@
 """Whisper on CTranslate2: windows from many files decoded together, word times from alignment heads.
 
-Per batch: log-mel features -> one encoder pass -> language (multilingual models) -> greedy or
-beam decoding (without timestamp tokens: see __init__) -> temperature fallback for windows that look like
-hallucinations -> DTW word alignment of every window's text in one call. The encoder output is
-reused by every step; only the rare partial re-runs (fallback, mixed languages) encode again.
+Per batch: log-mel features -> one encoder pass -> language (multilingual models: once per file,
+from its first window) -> greedy or beam decoding with the plan's decoding options (without
+timestamp tokens: see __init__) -> temperature fallback, window by window and seeded, for windows
+that look like hallucinations -> DTW word alignment of every window's text in one call. The
+encoder output is reused by every step; only the rare partial re-runs (fallback) encode again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogra
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
-from steadyscribe.engines.decoding import TEMPERATURES, Decoding, decode_with_fallback
+from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, window_seed
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
     compression_ratio,
@@ -28,7 +29,7 @@ from steadyscribe.engines.word_timing import (
     window_segments,
     word_timings,
 )
-from steadyscribe.records import Plan, Segment
+from steadyscribe.records import Plan, Segment, Window
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
 
@@ -54,9 +55,7 @@ class CTranslate2Engine:
         plan: Plan,
         *,
         model_dir: str | Path | None = None,
-        beam_size: int = 1,
         with_timestamps: bool = False,
-        temperatures: tuple[float, ...] = TEMPERATURES,
     ) -> None:
         """Load the plan's model (provisioned as a CT2 checkpoint unless model_dir is given).
 
@@ -73,9 +72,8 @@ class CTranslate2Engine:
             model_dir = provision(plan.model, "ctranslate2", plan.model_cache_dir)
         self.plan = plan
         self.batch_size = plan.batch_size
-        self.beam_size = beam_size
+        self.options = plan.decoding
         self.with_timestamps = with_timestamps
-        self.temperatures = temperatures
         self.compute_type = compute_type_for(plan)
         # torch only computes log-mel features here: on one thread that is 6x faster than on two,
         # and its idle pool no longer spins against CTranslate2's threads (encoder ~10% faster).
@@ -89,8 +87,11 @@ class CTranslate2Engine:
             intra_threads=plan.threads,
             inter_threads=1,
         )
-        if not self.model.is_multilingual and plan.language not in (None, "en"):
-            raise ValueError(f"{plan.model} is English-only; it cannot transcribe language {plan.language!r}")
+        if not self.model.is_multilingual and (plan.language not in (None, "en") or self.options.task != "transcribe"):
+            raise ValueError(f"{plan.model} is English-only: it can only transcribe English")
+        self.file_languages: dict[str, str] = {}  # file id -> the language of its first window
+        # The prompt's text tokens (initial prompt, hotwords) are the same for every language.
+        self.prompt = prompt_tokens(self._tokenizer("en").encode, self.options)
 
     def transcribe(self, windows: Iterable[WindowAudio]) -> Iterator[WindowResult]:
         pending = iter(windows)
@@ -101,9 +102,9 @@ class CTranslate2Engine:
     def _transcribe_batch(self, batch: list[WindowAudio]) -> Iterator[WindowResult]:
         mel = np.stack([self._log_mel(item.samples) for item in batch])
         encoded = self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
-        languages = self._languages(encoded, len(batch))
+        languages = self._languages(encoded, batch)
         tokenizers = [self._tokenizer(language) for language in languages]
-        decodings = self._decode(encoded, mel, tokenizers)
+        decodings = self._decode(encoded, mel, tokenizers, [item.window for item in batch])
         # Silence gets no segments, so nothing of it to align.
         text_tokens = [
             [] if d.is_silence else [t for t in d.tokens if t < tokenizer.eot]
@@ -121,13 +122,19 @@ class CTranslate2Engine:
         audio = pad_or_trim(np.asarray(samples, dtype=np.float32), N_SAMPLES)
         return log_mel_spectrogram(audio, self.model.n_mels).numpy()
 
-    def _languages(self, encoded: ctranslate2.StorageView, count: int) -> list[str]:
+    def _languages(self, encoded: ctranslate2.StorageView, batch: list[WindowAudio]) -> list[str]:
+        """Each window's language: the plan's, or its file's, detected from the file's first window seen."""
         if not self.model.is_multilingual:
-            return ["en"] * count
+            return ["en"] * len(batch)
         if self.plan.language is not None:
-            return [self.plan.language] * count
-        # Each result lists (token "<|xx|>", probability), most probable first.
-        return [ranked[0][0][2:-2] for ranked in self.model.detect_language(encoded)]
+            return [self.plan.language] * len(batch)
+        if any(item.window.file_id not in self.file_languages for item in batch):
+            # Each result lists (token "<|xx|>", probability), most probable first. A file's windows
+            # arrive in order, so the first of a new file in this batch is its first.
+            detected = [ranked[0][0][2:-2] for ranked in self.model.detect_language(encoded)]
+            for item, language in zip(batch, detected):
+                self.file_languages.setdefault(item.window.file_id, language)
+        return [self.file_languages[item.window.file_id] for item in batch]
 
     def _tokenizer(self, language: str) -> Tokenizer:
         # get_tokenizer is cached: one instance per language.
@@ -135,29 +142,27 @@ class CTranslate2Engine:
             multilingual=self.model.is_multilingual,
             num_languages=self.model.num_languages,
             language=language,
-            task="transcribe",
+            task=self.options.task,
         )
 
     def _decode(
-        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[Tokenizer]
+        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[Tokenizer], windows: list[Window]
     ) -> list[Decoding]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
+        previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt else []
         prompts = [
-            list(tokenizer.sot_sequence)
-            if self.with_timestamps
-            else list(tokenizer.sot_sequence_including_notimestamps)
+            previous
+            + list(tokenizer.sot_sequence if self.with_timestamps else tokenizer.sot_sequence_including_notimestamps)
             for tokenizer in tokenizers
         ]
-        return decode_with_fallback(
-            lambda rows, temperature: self._generate(
-                self._features_of(rows, encoded, mel),
-                [prompts[i] for i in rows],
-                [tokenizers[i] for i in rows],
-                temperature,
-            ),
-            len(tokenizers),
-            self.temperatures,
-        )
+
+        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+            if temperature > 0:  # decode_with_fallback samples one window at a time
+                ctranslate2.set_random_seed(window_seed(windows[rows[0]]))
+            features = self._features_of(rows, encoded, mel)
+            return self._generate(features, [prompts[i] for i in rows], [tokenizers[i] for i in rows], temperature)
+
+        return decode_with_fallback(generate, len(tokenizers), self.options.temperatures)
 
     def _generate(
         self,
@@ -166,12 +171,13 @@ class CTranslate2Engine:
         tokenizers: list[Tokenizer],
         temperature: float,
     ) -> list[Decoding]:
-        sampling = (
-            {"beam_size": self.beam_size}
-            if temperature == 0
-            # sampling_topk=0 samples from the whole distribution.
-            else {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
-        )
+        options = self.options
+        if temperature == 0:
+            sampling = {"beam_size": options.beam_size, "patience": options.patience or 1.0}
+        else:
+            # sampling_topk=0 samples from the whole distribution; best_of samples, the likeliest kept.
+            best_of = options.best_of or 1
+            sampling = {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature, "num_hypotheses": best_of}
         results = self.model.generate(
             features,
             prompts,
@@ -179,15 +185,16 @@ class CTranslate2Engine:
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=[-1],  # -1: the suppress_ids of the model's config.json
+            suppress_tokens=list(options.suppress_tokens),  # -1: the suppress_ids of the model's config.json
             **sampling,
         )
         decodings = []
         for result, tokenizer in zip(results, tokenizers):
-            tokens = result.sequences_ids[0]
+            best = max(range(len(result.scores)), key=lambda h: result.scores[h])
+            tokens = result.sequences_ids[best]
             # CT2 scores are the sum of log-probs divided by the length; whisper averages over the
             # generated tokens plus the end-of-text token.
-            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            avg_logprob = result.scores[best] * len(tokens) / (len(tokens) + 1)
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
             decodings.append(Decoding(tokens, text, avg_logprob, result.no_speech_prob, compression_ratio(text)))
         return decodings

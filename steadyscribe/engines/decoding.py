@@ -1,21 +1,83 @@
-"""Temperature fallback shared by the batched engines, as openai-whisper's `transcribe` does it.
+"""Decoding shared by every engine: which options each engine honours, prompts, seeds, and
+temperature fallback as openai-whisper's `transcribe` does it.
 
 A window is decoded greedily (or by beam) first; a hypothesis that looks like a hallucination
 (repetitive or improbable text that the model does not call silence) is decoded again at the next
 temperature. When no temperature satisfies the thresholds, the least bad attempt is kept.
+Sampling is seeded from the window (file and index) and done one window at a time, so a file's
+text does not depend on which other files share its run or batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from steadyscribe.records import DEFAULT_TEMPERATURES, DecodingOptions, Window
+
 # openai-whisper's decoding defaults: retry a window at higher temperature when its text is
 # repetitive (compression) or improbable, unless the model says it is silence.
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+TEMPERATURES = DEFAULT_TEMPERATURES
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
+# openai-whisper stops carrying text forward after a window that needed a temperature above this.
+CARRY_MAX_TEMPERATURE = 0.5
+# A prompt holds at most half the decoder's context (openai-whisper's n_text_ctx // 2 - 1).
+MAX_PROMPT_TOKENS = 223
+
+# Options an engine cannot honour, and why. condition_on_previous_text is checked separately:
+# only its explicit `true` is refused by the batched engines.
+UNSUPPORTED = {
+    "transformers": {"patience": "transformers' beam search has no patience (it stops at beam_size finished hypotheses)"},
+}
+BATCHED_ENGINES = {"transformers", "ctranslate2"}
+
+
+def unsupported_options(engine: str, options: DecodingOptions) -> list[str]:
+    """'decoding.OPTION: why' for each option set in `options` that `engine` cannot honour."""
+    problems = [
+        f"decoding.{option}: {why}"
+        for option, why in UNSUPPORTED.get(engine, {}).items()
+        if getattr(options, option) != getattr(DecodingOptions(), option)
+    ]
+    if engine in BATCHED_ENGINES and options.condition_on_previous_text:
+        problems.append(
+            "decoding.condition_on_previous_text: this engine decodes a file's windows side by side in a batch, "
+            "so a window cannot wait for the previous one's text (use engine whisper)"
+        )
+    return problems
+
+
+def conditions_on_previous_text(engine: str, options: DecodingOptions) -> bool:
+    """Whether windows are prompted with the previous window's text: on by default for batch 1 only."""
+    if options.condition_on_previous_text is not None:
+        return options.condition_on_previous_text
+    return engine not in BATCHED_ENGINES
+
+
+def fixed_prompt_text(options: DecodingOptions) -> str:
+    """The text that prompts every window: the initial prompt, then the hotwords."""
+    parts = [options.initial_prompt.strip()] if options.initial_prompt and options.initial_prompt.strip() else []
+    if options.hotwords:
+        parts.append(", ".join(word.strip() for word in options.hotwords if word.strip()))
+    return " ".join(parts)
+
+
+def prompt_tokens(encode: Callable[[str], list[int]], options: DecodingOptions, previous: Sequence[int] = ()) -> list[int]:
+    """Text tokens of a window's prompt (without <|startofprev|>): the fixed prompt, then as much
+    of the previous text as fits in MAX_PROMPT_TOKENS (its end, as openai-whisper keeps)."""
+    text = fixed_prompt_text(options)
+    fixed = encode(" " + text)[:MAX_PROMPT_TOKENS] if text else []
+    room = MAX_PROMPT_TOKENS - len(fixed)
+    return fixed + (list(previous[-room:]) if room > 0 and previous else [])
+
+
+def window_seed(window: Window) -> int:
+    """A sampling seed that depends only on the window (its file's content hash and its index)."""
+    digest = hashlib.sha256(f"{window.file_id}:{window.index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass
@@ -27,6 +89,7 @@ class Decoding:
     avg_logprob: float
     no_speech_prob: float
     compression_ratio: float
+    temperature: float = 0.0
 
     @property
     def is_silence(self) -> bool:
@@ -48,15 +111,23 @@ def decode_with_fallback(
 ) -> list[Decoding]:
     """The chosen decoding of each of `count` windows.
 
-    `generate(rows, temperature)` decodes the windows at those row indices (in that order), all of
-    them at the first temperature, then only those that still need a fallback at each next one.
+    `generate(rows, temperature)` decodes the windows at those row indices (in that order): all of
+    them together at temperature 0 (greedy or beam); then, at each next temperature, every window that
+    still needs a fallback on its own (rows of one), so the engine can seed its sampling from
+    that window alone. A first temperature above 0 samples every window on its own too.
     """
-    attempts = [[decoding] for decoding in generate(list(range(count)), temperatures[0])]
+    first = temperatures[0]
+    together = generate(list(range(count)), first) if first == 0 else [generate([i], first)[0] for i in range(count)]
+    for decoding in together:
+        decoding.temperature = first
+    attempts = [[decoding] for decoding in together]
     for temperature in temperatures[1:]:
         retry = [i for i, tried in enumerate(attempts) if tried[-1].needs_fallback]
         if not retry:
             break
-        for i, decoding in zip(retry, generate(retry, temperature)):
+        for i in retry:
+            (decoding,) = generate([i], temperature)
+            decoding.temperature = temperature
             attempts[i].append(decoding)
     return [choose(tried) for tried in attempts]
 

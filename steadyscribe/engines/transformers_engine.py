@@ -1,10 +1,11 @@
 """Whisper on Hugging Face transformers: windows from many files decoded in batches, with word times.
 
 Per batch of `batch_size` windows (from any files): log-mel features -> one encoder pass (SDPA
-attention) -> no-speech probability, and the language for a multilingual model without one, from
-the start-of-transcript logits -> greedy decoding (no timestamp tokens) through `generate` ->
-temperature fallback for windows whose text looks like a hallucination -> one teacher-forced
-decoder pass that captures the alignment heads' cross-attention -> DTW word times
+attention) -> no-speech probability, and the language for a multilingual model without one (once
+per file, from its first window), from the start-of-transcript logits -> greedy or beam decoding
+(no timestamp tokens) through `generate` with the plan's decoding options -> temperature fallback,
+window by window and seeded, for windows whose text looks like a hallucination -> one
+teacher-forced decoder pass that captures the alignment heads' cross-attention -> DTW word times
 (steadyscribe.engines.word_timing). The encoder output is reused by every step.
 
 generate() is asked for neither attentions nor token timestamps: `return_token_timestamps`
@@ -33,7 +34,7 @@ from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
-from steadyscribe.engines.decoding import Decoding, decode_with_fallback
+from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, window_seed
 from steadyscribe.engines.word_timing import (
     alignment_path,
     compression_ratio,
@@ -43,7 +44,7 @@ from steadyscribe.engines.word_timing import (
     word_timings,
 )
 from steadyscribe.memory import reset_peak_rss, vm_hwm_bytes
-from steadyscribe.records import Plan
+from steadyscribe.records import Plan, Window
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +157,21 @@ class TransformersEngine:
         self.model, self.processor = load_model(plan)
         self.device = self.model.device
         self.is_multilingual = self.model.config.vocab_size > _ENGLISH_ONLY_VOCAB
-        if not self.is_multilingual and plan.language not in (None, "en"):
-            raise ValueError(f"{plan.model} is English-only; it cannot transcribe language {plan.language!r}")
+        self.options = plan.decoding
+        if not self.is_multilingual and (plan.language not in (None, "en") or self.options.task != "transcribe"):
+            raise ValueError(f"{plan.model} is English-only: it can only transcribe English")
         self.alignment_heads = [(int(layer), int(head)) for layer, head in self.model.generation_config.alignment_heads]
         # Start-of-transcript and the special tokens read at it (no-speech, languages).
         self.base_tokenizer = self._tokenizer(plan.language or "en")
+        # <|startofprev|> and the prompt's text (initial prompt, hotwords), the same for every window.
+        prompt = prompt_tokens(self.base_tokenizer.encode, self.options)
+        self.prompt_ids = [self.base_tokenizer.sot_prev, *prompt] if prompt else []
+        # -1 stands for the checkpoint's own list of non-speech tokens, as in openai-whisper.
+        suppress = set(self.options.suppress_tokens)
+        if -1 in suppress:
+            suppress = (suppress - {-1}) | set(self.model.generation_config.suppress_tokens or [])
+        self.suppress_tokens = sorted(suppress)
+        self.file_languages: dict[str, str] = {}  # file id -> the language of its first window
 
     def transcribe(self, windows: Iterable[WindowAudio]) -> Iterator[WindowResult]:
         stream = iter(windows)
@@ -211,9 +222,9 @@ class TransformersEngine:
             self.batch_hook(batch)
         with torch.inference_mode():
             encoded = self.model.model.encoder(self._features(batch)).last_hidden_state
-            no_speech_probs, languages = self._first_step(encoded)
+            no_speech_probs, languages = self._first_step(encoded, [item.window for item in batch])
             tokenizers = [self._tokenizer(language) for language in languages]
-            decodings = self._decode(encoded, tokenizers, no_speech_probs)
+            decodings = self._decode(encoded, tokenizers, no_speech_probs, [item.window for item in batch])
             speech = [i for i, decoding in enumerate(decodings) if not decoding.is_silence]
             spans = {i: timestamped_spans(decodings[i].tokens, tokenizers[i], _span(batch[i])) for i in speech}
             text_tokens = {i: [t for span in spans[i] for t in span.tokens] for i in speech}
@@ -247,12 +258,14 @@ class TransformersEngine:
         ).input_features
         return features.to(self.device, self.model.dtype)
 
-    def _first_step(self, encoded: torch.Tensor) -> tuple[list[float], list[str]]:
-        """No-speech probability and language of each window, from the logits at start-of-transcript."""
+    def _first_step(self, encoded: torch.Tensor, windows: list[Window]) -> tuple[list[float], list[str]]:
+        """No-speech probability and language of each window, from the logits at start-of-transcript
+        (after the prompt, as openai-whisper reads them). A multilingual model without a language
+        takes each file's from its first window; a file's windows arrive in order."""
         tokenizer = self.base_tokenizer
-        start = torch.full((len(encoded), 1), tokenizer.sot, device=self.device)
+        start = torch.tensor([[*self.prompt_ids, tokenizer.sot]] * len(encoded), device=self.device)
         hidden = self.model.model.decoder(input_ids=start, encoder_hidden_states=encoded, use_cache=False).last_hidden_state
-        logits = self.model.proj_out(hidden[:, 0]).float()
+        logits = self.model.proj_out(hidden[:, -1]).float()
         no_speech_probs = logits.softmax(dim=-1)[:, tokenizer.no_speech].tolist()
         if not self.is_multilingual:
             return no_speech_probs, ["en"] * len(encoded)
@@ -260,7 +273,9 @@ class TransformersEngine:
             return no_speech_probs, [self.plan.language] * len(encoded)
         language_tokens = list(tokenizer.all_language_tokens)
         detected = logits[:, language_tokens].argmax(dim=-1).tolist()
-        return no_speech_probs, [tokenizer.all_language_codes[i] for i in detected]
+        for window, index in zip(windows, detected):
+            self.file_languages.setdefault(window.file_id, tokenizer.all_language_codes[index])
+        return no_speech_probs, [self.file_languages[window.file_id] for window in windows]
 
     def _tokenizer(self, language: str) -> Tokenizer:
         # get_tokenizer is cached: one instance per language. Offline: its vocabularies ship with whisper.
@@ -269,15 +284,20 @@ class TransformersEngine:
             multilingual=self.is_multilingual,
             num_languages=vocab_size - 51765 - int(self.is_multilingual),
             language=language,  # ignored by English-only tokenizers
-            task="transcribe",
+            task=self.options.task,
         )
 
-    def _decode(self, encoded: torch.Tensor, tokenizers: list[Tokenizer], no_speech_probs: list[float]) -> list[Decoding]:
+    def _decode(
+        self, encoded: torch.Tensor, tokenizers: list[Tokenizer], no_speech_probs: list[float], windows: list[Window]
+    ) -> list[Decoding]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
-        return decode_with_fallback(
-            lambda rows, temperature: self._generate(encoded, rows, tokenizers, no_speech_probs, temperature),
-            len(encoded),
-        )
+
+        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+            if temperature > 0:  # decode_with_fallback samples one window at a time
+                torch.manual_seed(window_seed(windows[rows[0]]))
+            return self._generate(encoded, rows, tokenizers, no_speech_probs, temperature)
+
+        return decode_with_fallback(generate, len(encoded), self.options.temperatures)
 
     def _generate(
         self,
@@ -290,11 +310,18 @@ class TransformersEngine:
         logprobs = _ChosenTokenLogprobs()
         language_args = {}
         if self.is_multilingual:
-            language_args = {"language": [tokenizers[i].language for i in rows], "task": "transcribe"}
-        # top_k=0: sample from the whole distribution, as openai-whisper does.
-        sampling_args = {"temperature": temperature, "top_k": 0} if temperature > 0 else {}
+            language_args = {"language": [tokenizers[i].language for i in rows], "task": self.options.task}
+        beams = self.options.beam_size if temperature == 0 else 1
+        samples = (self.options.best_of or 1) if temperature > 0 else 1
+        if temperature > 0:
+            # top_k=0: sample from the whole distribution, as openai-whisper does; best_of samples per window.
+            search_args = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples}
+        else:
+            search_args = {"num_beams": beams} if beams > 1 else {}
+        prompt_args = {"prompt_ids": torch.tensor(self.prompt_ids, device=self.device)} if self.prompt_ids else {}
+        rows_encoded = encoded if len(rows) == len(encoded) else encoded[rows]
         output = self.model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded if len(rows) == len(encoded) else encoded[rows]),
+            encoder_outputs=BaseModelOutput(last_hidden_state=rows_encoded),
             return_timestamps=self.with_timestamps,
             # One call per window: with encoder outputs given, generate cannot seek on its own.
             force_unique_generate_call=True,
@@ -302,32 +329,69 @@ class TransformersEngine:
             # Whisper's generate adds the prompt's length to max_length, so this caps the generated
             # tokens (max_new_tokens would warn on every call about the checkpoint's max_length).
             max_length=MAX_NEW_TOKENS,
-            logits_processor=LogitsProcessorList([logprobs]),
+            suppress_tokens=self.suppress_tokens,
+            logits_processor=LogitsProcessorList([] if beams > 1 else [logprobs]),
             **language_args,
-            **sampling_args,
+            **search_args,
+            **prompt_args,
         )
-        step_logprobs = logprobs.per_step(output.sequences)
-        generated = output.sequences[:, output.sequences.shape[1] - step_logprobs.shape[1] :].tolist()
+        if beams > 1:
+            # Beam search reorders hypotheses every step: score the chosen ones in one teacher-forced pass.
+            generated = self._generated_tokens(output.sequences, tokenizers, rows)
+            avg_logprobs = self._average_logprobs(rows_encoded, tokenizers, rows, generated)
+        else:
+            step_logprobs = logprobs.per_step(output.sequences)
+            generated = output.sequences[:, output.sequences.shape[1] - step_logprobs.shape[1] :].tolist()
+            generated, avg_logprobs = zip(*(_up_to_end(tokens, lp, tokenizers[0].eot) for tokens, lp in zip(generated, step_logprobs)))
         decodings = []
-        for row, tokens, token_logprobs in zip(rows, generated, step_logprobs):
+        for k, (tokens, avg_logprob) in enumerate(zip(generated, avg_logprobs)):
+            row = rows[k // samples]
             tokenizer = tokenizers[row]
-            # Whisper averages over the generated tokens plus end-of-text; padding after it does not count.
-            if tokenizer.eot in tokens:
-                tokens = tokens[: tokens.index(tokenizer.eot)]
-                scored = len(tokens) + 1
-            else:
-                scored = len(tokens)
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
             decodings.append(
                 Decoding(
-                    tokens=tokens,
+                    tokens=list(tokens),
                     text=text,
-                    avg_logprob=float(token_logprobs[:scored].sum()) / scored,
+                    avg_logprob=float(avg_logprob),
                     no_speech_prob=no_speech_probs[row],
                     compression_ratio=compression_ratio(text),
                 )
             )
-        return decodings
+        # best_of: the likeliest of each window's samples, as openai-whisper ranks them.
+        return [max(decodings[k : k + samples], key=lambda d: d.avg_logprob) for k in range(0, len(decodings), samples)]
+
+    def _generated_tokens(self, sequences: torch.Tensor, tokenizers: list[Tokenizer], rows: list[int]) -> list[list[int]]:
+        """The generated tokens of each row, after its start sequence and before end-of-text."""
+        generated = []
+        for sequence, row in zip(sequences.tolist(), rows):
+            tokenizer = tokenizers[row]
+            start = list(tokenizer.sot_sequence_including_notimestamps if not self.with_timestamps else tokenizer.sot_sequence)
+            for i in range(len(sequence) - len(start) + 1):  # skip the prompt and start sequence, if returned
+                if sequence[i : i + len(start)] == start:
+                    sequence = sequence[i + len(start) :]
+                    break
+            generated.append(sequence[: sequence.index(tokenizer.eot)] if tokenizer.eot in sequence else sequence)
+        return generated
+
+    def _average_logprobs(
+        self, encoded: torch.Tensor, tokenizers: list[Tokenizer], rows: list[int], generated: list[list[int]]
+    ) -> list[float]:
+        """openai-whisper's avg_logprob of each row's tokens (plus end-of-text), teacher-forced."""
+        starts = [
+            [*self.prompt_ids, *(tokenizers[row].sot_sequence if self.with_timestamps else tokenizers[row].sot_sequence_including_notimestamps)]
+            for row in rows
+        ]
+        sequences = [start + tokens + [tokenizers[row].eot] for start, tokens, row in zip(starts, generated, rows)]
+        length = max(len(sequence) for sequence in sequences)
+        input_ids = torch.tensor([sequence + [tokenizers[0].eot] * (length - len(sequence)) for sequence in sequences], device=self.device)
+        hidden = self.model.model.decoder(input_ids=input_ids, encoder_hidden_states=encoded, use_cache=False).last_hidden_state
+        logprobs = self.model.proj_out(hidden).float().log_softmax(dim=-1)
+        averages = []
+        for k, (start, sequence) in enumerate(zip(starts, sequences)):
+            targets = torch.tensor(sequence[len(start) :], device=self.device)
+            positions = torch.arange(len(start) - 1, len(sequence) - 1, device=self.device)
+            averages.append(float(logprobs[k, positions, targets].mean()))
+        return averages
 
     def _align(
         self,
@@ -398,6 +462,17 @@ class TransformersEngine:
             for hook in hooks:
                 hook.remove()
         return queries, keys, hidden
+
+
+def _up_to_end(tokens: list[int], token_logprobs: torch.Tensor, eot: int) -> tuple[list[int], float]:
+    """Tokens before end-of-text and their average log-probability, end-of-text included as whisper
+    counts it; padding after it does not count."""
+    if eot in tokens:
+        tokens = tokens[: tokens.index(eot)]
+        scored = len(tokens) + 1
+    else:
+        scored = len(tokens)
+    return tokens, float(token_logprobs[:scored].sum()) / max(1, scored)
 
 
 def _span(item: WindowAudio) -> float:

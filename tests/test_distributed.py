@@ -98,8 +98,9 @@ def test_groups_run_on_both_workers_and_match_the_thread_runner(cluster, one_fil
     dask_words, threads_words = words_by_source(output), words_by_source(threads_output)
     assert sorted(dask_words) == sorted(FILES)
     assert dask_words == threads_words
-    # Nothing was left in the workers' private temporary directories.
-    assert not any(any(w.temp_dir.iterdir()) for w in cluster.workers)
+    # No group work directory was left in the workers' private temporary directories (onnxruntime,
+    # which the VAD runs on, keeps a session file of its own there: not ours to remove).
+    assert not any(any(w.temp_dir.glob("steadyscribe-*")) for w in cluster.workers)
 
 
 def test_a_worker_killed_mid_group_loses_only_that_group(cluster, one_file_groups, tmp_path):

@@ -217,6 +217,14 @@ def _order_in_window(words: list[Word], window_start: float, window_end: float, 
         word.start = min(max(word.start, previous_end), window_end)
         word.end = min(max(word.end, word.start + min_word_s), window_end)
         previous_end = word.end
+    # Words pushed against the window's end would end up with no duration: walk back and give
+    # each room before the next one.
+    next_start = window_end
+    for word in reversed(words):
+        word.end = min(word.end, next_start)
+        if word.start >= word.end:
+            word.start = max(window_start, word.end - min_word_s)
+        next_start = word.start
 
 
 def _split_at_pauses(segments: list[Segment], options: StabilizeOptions, counts: dict[str, int]) -> list[Segment]:

@@ -185,7 +185,8 @@ def test_deploy_all_registers_nightly_and_backfill(deployed):
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]
         assert set(deployment.parameter_openapi_schema["properties"]) == {
-            "inputs", "output", "profile", "memory_budget", "batch_size", "force", "scheduler"
+            "inputs", "output", "profile", "memory_budget", "batch_size", "force", "scheduler",
+            "model", "beam_size", "language", "initial_prompt",
         }
 
 

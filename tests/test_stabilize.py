@@ -84,6 +84,16 @@ def test_times_stay_ordered_inside_the_window_with_a_minimum_duration():
     assert all(w.end - w.start >= options.min_word_s - 1e-9 and w.end <= 4.0 for w in result.words)
 
 
+def test_words_stacked_on_the_window_end_keep_a_duration_inside_it():
+    # Engines sometimes put the last words of a window on its very end, one on top of another.
+    raw = _transcript([("a", 3.2, 3.6), ("b", 4.1, 4.1), ("c", 4.1, 4.1), ("d", 4.1, 4.1)])
+    result = _run(raw, [(3.0, 4.0)], 4.0, windows=[Window("file", 0, 0.0, 4.0)])
+    assert [w.word for w in result.words] == ["a", "b", "c", "d"]
+    for before, after in zip(result.words, result.words[1:]):
+        assert after.start >= before.end - 1e-9
+    assert all(0.0 <= w.start < w.end <= 4.0 for w in result.words)
+
+
 SPEECH_WORDS = [(f"w{i}", 0.5 + 0.4 * i, 0.8 + 0.4 * i) for i in range(20)]  # speech from 0.5 to 8.4 s
 SPEECH_SPANS = [(0.45, 8.45)]
 

@@ -7,8 +7,10 @@ aligned times, and leave generated noise, tones, clicks and music without words.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from steadyscribe.vad import speech_probabilities
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL = FIXTURES / "real"
 PLANS = {
     "whisper": Plan(engine="whisper", model="tiny.en", threads=2),
@@ -36,32 +39,11 @@ NON_SPEECH_S = 8.0
 
 
 def _non_speech() -> dict[str, np.ndarray]:
-    """Seeded noise colours, steady tones, clicks and a synthesized melody."""
-    rng = np.random.default_rng(7)
-    n = int(NON_SPEECH_S * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-
-    def coloured(exponent: float) -> np.ndarray:
-        spectrum = np.fft.rfft(rng.standard_normal(n))
-        return np.fft.irfft(spectrum / np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0) ** (exponent / 2), n)
-
-    clicks = np.zeros(n)
-    clicks[rng.integers(0, n, 40)] = 1.0
-    note = SAMPLE_RATE // 4
-    melody = np.concatenate([
-        sum(np.sin(2 * np.pi * 220 * 2 ** (rng.integers(0, 24) / 12) * h * t[:note]) / h for h in range(1, 6))
-        * np.exp(-3 * t[:note])
-        for _ in range(n // note)
-    ])
-    sounds = {
-        "white": coloured(0.0),
-        "pink": coloured(1.0),
-        "brown": coloured(2.0),
-        "tones": sum(np.sin(2 * np.pi * f * t) for f in (440, 660, 1000)),
-        "clicks": clicks,
-        "music": melody,
-    }
-    return {name: (0.3 * x / np.max(np.abs(x))).astype(np.float32) for name, x in sounds.items()}
+    """Seeded noise colours, steady tones, clicks and a melody: the fixture script's own generator."""
+    spec = importlib.util.spec_from_file_location("make_real_fixtures", ROOT / "scripts" / "make_real_fixtures.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.non_speech(NON_SPEECH_S)
 
 
 @pytest.fixture(scope="module", params=list(PLANS))

@@ -27,7 +27,8 @@ from steadyscribe.tasks.probe import Probe
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` takes the largest that fits; 24 is transformers' default
-BATCH_ONE_ENGINES = {"whisper"}  # openai-whisper decodes one window at a time
+BATCH_ONE_ENGINES = {"whisper"}
+INTERPRETER_BYTES = 15 * 2**20  # RSS of a bare Python process, part of every calibrated runtime  # openai-whisper decodes one window at a time
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class _Target:
     free_bytes: int
     budget_bytes: int
     description: str
-    process_rss_bytes: int  # already resident in the process that will host the engine (CPU only)  # "no GPU; 1.8 GiB free, budget 60% of free = 1.1 GiB"
+    process_rss_bytes: int  # already resident in the process that will host the engine (CPU only)
+    runtime_resident: bool = True  # torch (in every engine's calibrated runtime) is part of process_rss_bytes
 
 
 # (model, engine) → None when the model can be had in that engine's format, else why not.
@@ -229,7 +231,10 @@ def _target(profile: Profile, probe: Probe) -> _Target:
         where = f"no GPU; {format_bytes(free)} free" if profile.device == "auto" else f"CPU: {format_bytes(free)} free"
     budget_bytes = min(budget.resolve(free), free)
     description = f"{where}, budget {budget.describe()} = {format_bytes(budget_bytes)}"
-    return _Target("cuda" if gpu else "cpu", free, budget_bytes, description, 0 if gpu else probe.process_rss_bytes)
+    return _Target(
+        "cuda" if gpu else "cpu", free, budget_bytes, description,
+        0 if gpu else probe.process_rss_bytes, probe.engine_runtime_resident,
+    )
 
 
 def _dtype(requested: str, engine: str, device: str) -> tuple[str, str | None]:
@@ -273,8 +278,11 @@ def _largest_batch(
         sizes = list(BATCH_SIZES)
     else:
         sizes = [profile.batch_size, *(b for b in BATCH_SIZES if b < profile.batch_size)]
-    # The estimate is calibrated in a bare process; the flow process already holds more (Prefect, probes).
-    host_overhead = max(0, target.process_rss_bytes - CALIBRATION[engine].runtime_bytes)
+    # The estimate is calibrated in a bare process whose RSS is the engine's runtime; the host
+    # process holds more (Prefect, the VAD, probes): beyond that runtime where torch is already
+    # imported, all of it but the interpreter where the engine's libraries are still to come.
+    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident else INTERPRETER_BYTES
+    host_overhead = max(0, target.process_rss_bytes - runtime_held)
     need = 0
     for batch in sizes:
         need = host_overhead + estimate_peak_bytes(

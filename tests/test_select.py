@@ -244,3 +244,16 @@ def test_translate_skips_english_only_models(tmp_path):
     plan = select_plan(load_profile(str(path)), machine(), ALL_ENGINES)
     assert (plan.model, plan.decoding.task) == ("base", "translate")
     assert "tiny.en is English-only and cannot translate" in plan.reason
+
+
+def test_a_host_without_the_engine_runtime_yet_counts_all_it_holds():
+    """A flow process that has not imported torch yet holds Prefect, the VAD...: all of it is extra."""
+    resident, not_yet = machine(), machine()
+    resident.process_rss_bytes = not_yet.process_rss_bytes = 600 * 2**20
+    not_yet.engine_runtime_resident = False
+    overrides = {"memory_budget": "2.5GiB"}
+    with_runtime = plan_for("cpu-batched", resident, {"transformers"}, overrides)
+    without_runtime = plan_for("cpu-batched", not_yet, {"transformers"}, overrides)
+    assert (without_runtime.engine, without_runtime.model) == (with_runtime.engine, with_runtime.model)
+    assert without_runtime.batch_size <= with_runtime.batch_size
+    assert without_runtime.estimated_peak_bytes > with_runtime.estimated_peak_bytes

@@ -7,7 +7,7 @@ import pytest
 from steadyscribe.memory import ARCHITECTURES, architecture, estimate_peak_bytes, weight_bytes
 from steadyscribe.profiles import ProfileError, load_profile
 from steadyscribe.tasks.probe import GpuInfo, Probe
-from steadyscribe.tasks.select import PlanError, select_plan
+from steadyscribe.tasks.select import RUN_MARGIN, PlanError, select_plan
 
 GiB = 2**30
 ALL_ENGINES = {"whisper", "transformers", "ctranslate2"}
@@ -147,7 +147,8 @@ def test_overrides_set_budget_and_batch_for_one_run():
 
 
 def test_fixed_batch_falls_back_to_a_smaller_one():
-    budget = estimate_peak_bytes("base.en", engine="transformers", batch_size=2) + 1
+    # The transformers engine is planned with its whole-run margin over the one-batch estimate.
+    budget = int((1 + RUN_MARGIN["transformers"]) * estimate_peak_bytes("base.en", engine="transformers", batch_size=2)) + 1
     plan = plan_for("cpu-batched", machine(), {"transformers"}, {"memory_budget": str(budget), "batch_size": 8})
     assert (plan.model, plan.batch_size) == ("base.en", 2)
 

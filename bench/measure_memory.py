@@ -181,13 +181,13 @@ def speech_window(path: Path) -> Path:
     return out
 
 
-def _run_transformers_engine(model_name: str, batch: int, speech: Path) -> dict:
+def _run_transformers_engine(model_name: str, batch: int, speech: Path, beam_size: int = 1) -> dict:
     """steadyscribe's TransformersEngine on `batch` windows of real speech, decodes forced to full length."""
     import numpy as np
 
     from steadyscribe.engines import transformers_engine
     from steadyscribe.engines.base import WindowAudio
-    from steadyscribe.records import Plan, Window
+    from steadyscribe.records import DecodingOptions, Plan, Window
 
     imported = _snapshot()
 
@@ -197,7 +197,8 @@ def _run_transformers_engine(model_name: str, batch: int, speech: Path) -> dict:
         def start(self) -> int:
             return self._process.memory_info().rss
 
-    plan = Plan(engine="transformers", model=model_name, batch_size=batch, threads=2, language="en")
+    plan = Plan(engine="transformers", model=model_name, batch_size=batch, threads=2, language="en",
+                decoding=DecodingOptions(beam_size=beam_size, language="en"))
     engine = transformers_engine.TransformersEngine(plan, memory=KeepPeak())
     loaded = _snapshot()
     # End-of-text suppressed: every window decodes MAX_NEW_TOKENS tokens and aligns all of them.
@@ -206,7 +207,7 @@ def _run_transformers_engine(model_name: str, batch: int, speech: Path) -> dict:
     generated: list[int] = []
     phases: dict[str, dict[str, int]] = {}
 
-    def worst_case_decode(encoded, tokenizers, no_speech_probs):
+    def worst_case_decode(encoded, tokenizers, no_speech_probs, windows=None):
         # The temperature fallback at its most expensive: every window but one again, from a copy of their
         # encoder states (all windows again would reuse the batch's own). Its outcome is not used.
         everything = list(range(len(encoded)))
@@ -227,16 +228,17 @@ def _run_transformers_engine(model_name: str, batch: int, speech: Path) -> dict:
     return {"imported": imported, "loaded": loaded, "decoded": phases["decoded"], "tokens": min(generated)}
 
 
-def _run_ctranslate2_engine(model_name: str, batch: int, speech: Path) -> dict:
+def _run_ctranslate2_engine(model_name: str, batch: int, speech: Path, beam_size: int = 1) -> dict:
     """steadyscribe's CTranslate2Engine on `batch` windows of real speech, decodes forced to full length."""
     import numpy as np
 
     from steadyscribe.engines import ctranslate2_engine
     from steadyscribe.engines.base import WindowAudio
-    from steadyscribe.records import Plan, Window
+    from steadyscribe.records import DecodingOptions, Plan, Window
 
     imported = _snapshot()
-    plan = Plan(engine="ctranslate2", model=model_name, batch_size=batch, threads=2, language="en")
+    plan = Plan(engine="ctranslate2", model=model_name, batch_size=batch, threads=2, language="en",
+                decoding=DecodingOptions(beam_size=beam_size, language="en"))
     engine = ctranslate2_engine.CTranslate2Engine(plan)
     loaded = _snapshot()
 
@@ -257,7 +259,7 @@ def _run_ctranslate2_engine(model_name: str, batch: int, speech: Path) -> dict:
     generated: list[int] = []
     phases: dict[str, dict[str, int]] = {}
 
-    def worst_case_decode(encoded, mel, tokenizers):
+    def worst_case_decode(encoded, mel, tokenizers, windows=None):
         # As for transformers: all windows, then every window but one again at the next temperature
         # (a partial batch is encoded again from its log-mel features).
         everything = list(range(len(tokenizers)))
@@ -299,12 +301,14 @@ def _run_ctranslate2(model_name: str, batch: int, timestamps: bool) -> dict:
     return {"imported": imported, "loaded": loaded, "tokens": len(tokens[0])}
 
 
-def measure_one(engine: str, model: str, batch: int, timestamps: bool, method: str, speech: Path | None = None) -> dict:
+def measure_one(
+    engine: str, model: str, batch: int, timestamps: bool, method: str, speech: Path | None = None, beam_size: int = 1
+) -> dict:
     """Run one configuration in this process and return its memory snapshots (bytes)."""
     start = time.perf_counter()
     if method == "engine":
         runner = {"transformers": _run_transformers_engine, "ctranslate2": _run_ctranslate2_engine}[engine]
-        phases = runner(model, batch, speech or speech_window(SPEECH_FIXTURE))
+        phases = runner(model, batch, speech or speech_window(SPEECH_FIXTURE), beam_size)
     else:
         runner = {"whisper": _run_whisper, "transformers": _run_transformers, "ctranslate2": _run_ctranslate2}[engine]
         phases = runner(model, batch, timestamps)
@@ -317,6 +321,7 @@ def measure_one(engine: str, model: str, batch: int, timestamps: bool, method: s
         "peak_decode": phases["decoded"]["hwm"] if "decoded" in phases else "",
         "peak_total": _snapshot()["hwm"],
         "tokens": phases["tokens"],
+        "beam_size": beam_size,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -461,6 +466,7 @@ def main() -> int:
     parser.add_argument("--out", default="bench/memory_calibration.csv")
     parser.add_argument("--one", nargs=5, metavar=("ENGINE", "MODEL", "BATCH", "TIMESTAMPS", "METHOD"))
     parser.add_argument("--speech", help="(with --one) the .npy of 30 s of speech for the engine method")
+    parser.add_argument("--beam-size", type=int, default=1, help="(with --one, method engine) the engine's beam size")
     parser.add_argument("--engine", action="append", help="only these engines (repeatable)")
     parser.add_argument("--method", action="append", help="only these methods (repeatable), e.g. engine")
     parser.add_argument("--fit", action="store_true", help="print constants fitted from --out, measure nothing")
@@ -476,7 +482,7 @@ def main() -> int:
     if args.one:
         engine, model, batch, timestamps, method = args.one
         speech = Path(args.speech) if args.speech else None
-        print(json.dumps(measure_one(engine, model, int(batch), timestamps == "1", method, speech)))
+        print(json.dumps(measure_one(engine, model, int(batch), timestamps == "1", method, speech, args.beam_size)))
         return 0
     out = Path(args.out)
     done_before = _measured(out)

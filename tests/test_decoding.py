@@ -21,6 +21,7 @@ from steadyscribe.engines.decoding import (  # noqa: E402
     MAX_PROMPT_TOKENS,
     conditions_on_previous_text,
     prompt_tokens,
+    stops_in_empty_segment,
     window_seed,
 )
 from steadyscribe.engines.whisper_batch1 import _carried_tokens  # noqa: E402
@@ -102,6 +103,22 @@ def test_seeds_depend_on_file_and_window_only():
     a, b = Window("file-a", 0, 0.0, 30.0), Window("file-a", 1, 30.0, 60.0)
     assert window_seed(a) == window_seed(Window("file-a", 0, 5.0, 9.0))
     assert len({window_seed(a), window_seed(b), window_seed(Window("file-b", 0, 0.0, 30.0))}) == 3
+
+
+def test_a_decoding_that_stops_in_an_empty_segment_before_the_window_end_is_cut_short():
+    begin = 50364  # <|0.00|>; each timestamp token is 20 ms
+    at = lambda seconds: begin + round(seconds / 0.02)  # noqa: E731
+    text = [400, 401]
+    # `<|a|> text <|b|><|c|>`: a segment opens at 20 s and says nothing; 10 s of the window are left.
+    assert stops_in_empty_segment([at(0), *text, at(19.0), at(20.0)], begin, window_s=30.0)
+    assert stops_in_empty_segment([at(0), *text, at(20.0), at(20.0)], begin, window_s=30.0)
+    # The last segment closes (single timestamp ending), or the empty one opens at the window's end.
+    assert not stops_in_empty_segment([at(0), *text, at(20.0)], begin, window_s=30.0)
+    assert not stops_in_empty_segment([at(0), *text, at(29.0), at(29.5)], begin, window_s=30.0)
+    # Text runs to the end without a timestamp, or there are no timestamps at all.
+    assert not stops_in_empty_segment([at(0), *text], begin, window_s=30.0)
+    assert not stops_in_empty_segment(text, begin, window_s=30.0)
+    assert not stops_in_empty_segment([], begin, window_s=30.0)
 
 
 # ---------------------------------------------------------------- every engine, real weights

@@ -1,9 +1,10 @@
 """Whisper on CTranslate2: windows from many files decoded together, word times from alignment heads.
 
 Per batch: log-mel features -> one encoder pass -> language (multilingual models: once per file,
-from its first window) -> greedy or beam decoding with the plan's decoding options (without
-timestamp tokens: see __init__) -> temperature fallback, window by window and seeded, for windows
-that look like hallucinations -> DTW word alignment of every window's text in one call. The
+from its first window) -> greedy or beam decoding with the plan's decoding options (with
+timestamp tokens; again without them where they cut a window short: see __init__) -> temperature
+fallback, window by window and seeded, for windows that look like hallucinations -> DTW word
+alignment of every window's text in one call. The
 encoder output is reused by every step; only the rare partial re-runs (fallback) encode again.
 """
 
@@ -20,7 +21,7 @@ from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogra
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
-from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, window_seed
+from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, stops_in_empty_segment, window_seed
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
     compression_ratio,
@@ -59,12 +60,14 @@ class CTranslate2Engine:
     ) -> None:
         """Load the plan's model (provisioned as a CT2 checkpoint unless model_dir is given).
 
-        By default windows decode without timestamp tokens, and segments are the sentences of the
-        window's words. With timestamps, Whisper ends a window whose last sentence runs close to
-        its end with a lone timestamp and no text ("continues in the next window", which fixed
-        windows never decode): on the benchmark's ten-minute file that lost 7 of 22 windows' last
-        sentences (WER 14.8% against 6.8% without). with_timestamps=True keeps the model's own
-        segments.
+        Windows decode with timestamp tokens, as `transcribe` does: without them Whisper drops
+        repeated words and disfluencies of real speech (tiny.en greedy, the 11 real recordings:
+        8.4% WER against 7.2% with them; docs/benchmark.md). But Whisper ends a window whose last
+        sentence runs close to its end with an empty segment ("continues in the next window",
+        which fixed windows never decode; on the benchmark's ten-minute file that lost 7 of 22
+        windows' last sentences): such a window is decoded again without timestamps (_decode).
+        Segments are the sentences of a window's words; with_timestamps=True keeps the model's
+        own segments where it decoded timestamps.
         """
         if model_dir is None:
             from steadyscribe.models.provision import provision
@@ -148,21 +151,37 @@ class CTranslate2Engine:
     def _decode(
         self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[Tokenizer], windows: list[Window]
     ) -> list[Decoding]:
-        """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
+        """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do; a
+        window whose decoding stops in an empty segment well before its end (the model would go on
+        in a next window that fixed windows never give it) is decoded again without timestamps.
+        Suspicious decodings are retried at the next temperature, as openai-whisper does."""
         previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt else []
-        prompts = [
-            previous
-            + list(tokenizer.sot_sequence if self.with_timestamps else tokenizer.sot_sequence_including_notimestamps)
-            for tokenizer in tokenizers
-        ]
 
-        def generate(rows: list[int], temperature: float) -> list[Decoding]:
-            if temperature > 0:  # decode_with_fallback samples one window at a time
-                ctranslate2.set_random_seed(window_seed(windows[rows[0]]))
-            features = self._features_of(rows, encoded, mel)
-            return self._generate(features, [prompts[i] for i in rows], [tokenizers[i] for i in rows], temperature)
+        def decode(rows: list[int], timestamps: bool) -> list[Decoding]:
+            prompts = [
+                previous + list(tokenizers[i].sot_sequence if timestamps else tokenizers[i].sot_sequence_including_notimestamps)
+                for i in rows
+            ]
 
-        return decode_with_fallback(generate, len(tokenizers), self.options.temperatures)
+            def generate(picked: list[int], temperature: float) -> list[Decoding]:
+                chosen = [rows[j] for j in picked]
+                if temperature > 0:  # decode_with_fallback samples one window at a time
+                    ctranslate2.set_random_seed(window_seed(windows[chosen[0]]))
+                features = self._features_of(chosen, encoded, mel)
+                return self._generate(features, [prompts[j] for j in picked], [tokenizers[i] for i in chosen], temperature)
+
+            decodings = decode_with_fallback(generate, len(rows), self.options.temperatures)
+            for decoding in decodings:
+                decoding.timestamps = timestamps
+            return decodings
+
+        everything = list(range(len(tokenizers)))
+        decodings = decode(everything, timestamps=True)
+        spans = [window.end - window.start for window in windows]
+        cut_short = [i for i in everything if stops_in_empty_segment(decodings[i].tokens, tokenizers[i].timestamp_begin, spans[i])]
+        for i, redone in zip(cut_short, decode(cut_short, timestamps=False) if cut_short else []):
+            decodings[i] = redone
+        return decodings
 
     def _generate(
         self,
@@ -250,7 +269,7 @@ class CTranslate2Engine:
         # CT2's DTW path: (text index, time index) pairs, one row per text token plus end-of-text.
         path = np.array(alignment.alignments, dtype=np.int64).reshape(-1, 2)
         words = word_timings(tokenizer, text_tokens, path[:, 0], path[:, 1], alignment.text_token_probs)
-        if not self.with_timestamps:
+        if not (self.with_timestamps and decoding.timestamps):
             spans = sentence_spans(words)
         segments = window_segments(
             item.window,

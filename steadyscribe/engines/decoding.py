@@ -74,6 +74,24 @@ def prompt_tokens(encode: Callable[[str], list[int]], options: DecodingOptions, 
     return fixed + (list(previous[-room:]) if room > 0 and previous else [])
 
 
+# A decoding that stops in an empty segment more than this before its window's end left speech out.
+EMPTY_SEGMENT_MARGIN_S = 1.0
+TIMESTAMP_PRECISION_S = 0.02
+
+
+def stops_in_empty_segment(tokens: Sequence[int], timestamp_begin: int, window_s: float) -> bool:
+    """Whether a decoding with timestamp tokens ends in a segment that opens and holds no text
+    (`... <|a|><|b|>` or a lone `<|b|>`) more than EMPTY_SEGMENT_MARGIN_S before the window's end.
+
+    That is how Whisper says that the rest goes on in the next 30 s: `transcribe` seeks there and
+    decodes it again. A fixed window has no such next window, so the rest would be lost.
+    """
+    if not tokens or tokens[-1] < timestamp_begin:
+        return False
+    lone = len(tokens) == 1 or tokens[-2] >= timestamp_begin
+    return lone and (tokens[-1] - timestamp_begin) * TIMESTAMP_PRECISION_S < window_s - EMPTY_SEGMENT_MARGIN_S
+
+
 def window_seed(window: Window) -> int:
     """A sampling seed that depends only on the window (its file's content hash and its index)."""
     digest = hashlib.sha256(f"{window.file_id}:{window.index}".encode()).digest()
@@ -90,6 +108,7 @@ class Decoding:
     no_speech_prob: float
     compression_ratio: float
     temperature: float = 0.0
+    timestamps: bool = False  # decoded with timestamp tokens
 
     @property
     def is_silence(self) -> bool:

@@ -82,5 +82,32 @@ def report(runs_dir: Path, results_dir: Path) -> list[dict]:
             f"| {100 * r['wer']:.2f}% | {raw} | {100 * r['wer_real']:.2f}% | {100 * r['wer_synthetic']:.2f}% "
             f"| {r['cpu_s_per_audio_s']:.3f} | {r['peak_rss_mib']} |"
         )
+    lines += ["", *summary(rows)]
     (results_dir / "decoding.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Per model, clean audio: WER (real / all) and CPU at beam 1 and beam 5 per system, full set only."""
+    lines = []
+    for model in sorted({r["model"] for r in rows}):
+        lines += [
+            f"**{model}**, clean, pooled WER (real recordings and mixes only) and CPU s per audio s; "
+            "`–`: not measured (or not over the whole set)",
+            "",
+            "| system | beam 1 WER | beam 1 CPU | beam 5 WER | beam 5 CPU |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        systems = sorted({(r["system"], r["quantization"]) for r in rows if r["model"] == model and r["noise_snr_db"] is None},
+                         key=lambda k: list(NAMES).index(k[0]) if k[0] in NAMES else 99)
+        for system, quantization in systems:
+            cells = []
+            for beam in (1, 5):
+                found = [r for r in rows if (r["model"], r["system"], r["quantization"], r["beam_size"]) == (model, system, quantization, beam)
+                         and r["noise_snr_db"] is None and r["reference_words"] >= 2000]
+                cells += ([f"{100 * found[0]['wer']:.2f}% ({100 * found[0]['wer_real']:.2f}%)", f"{found[0]['cpu_s_per_audio_s']:.3f}"]
+                          if found else ["–", "–"])
+            name = NAMES.get(system, system) + (f", {quantization}" if quantization != "none" else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

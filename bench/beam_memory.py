@@ -55,9 +55,7 @@ def measure_one(engine: str, model: str, batch: int, beam: int) -> dict:
         "engine": engine, "model": model, "batch": batch, "beam_size": beam, "windows": len(windows),
         "words": sum(len(s.words) for r in results for s in r.segments),
         "peak_rss_mib": round(process_peak_rss_bytes() / MIB),
-        "estimate_mib": round(estimate_peak_bytes(model, engine=engine, batch_size=batch, beam_size=beam) / MIB)
-        if "beam_size" in estimate_peak_bytes.__code__.co_varnames else
-        round(estimate_peak_bytes(model, engine=engine, batch_size=batch) / MIB),
+        "estimate_mib": round(estimate_peak_bytes(model, engine=engine, batch_size=batch, beam_size=beam) / MIB),
         "process_cpu_s": round(time.process_time() - started, 1),
     }
 

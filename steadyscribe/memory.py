@@ -74,6 +74,13 @@ class Architecture:
             return encoder_scratch + caches + DECODE_TOKENS * (self.vocab + self.decoder_layers * h * t)
         return encoder_scratch + caches
 
+    def beam_elements(self) -> int:
+        """Elements each further beam hypothesis of a window holds in the transformers engine: its
+        copy of the encoder output and its cross-attention keys and values (its self-attention
+        cache grows with the few tokens decoded and is left out)."""
+        d = self.width
+        return AUDIO_CTX * d + 2 * self.decoder_layers * AUDIO_CTX * d
+
 
 _TINY = dict(width=384, heads=6, encoder_layers=4, decoder_layers=4)
 _BASE = dict(width=512, heads=8, encoder_layers=6, decoder_layers=6)
@@ -181,6 +188,13 @@ CALIBRATION: dict[str, EngineCalibration] = {
 }
 
 
+# Engines whose peak grows with the beam. transformers' generate copies each window's encoder output
+# and cross-attention cache per hypothesis: bench/beam_memory.py, tiny.en at batch 8 on real speech,
+# 1474 MiB at beam 1 and 2033 MiB at beam 5 (+38%). CTranslate2's peak is its encoder's: beam 5
+# added 11 MiB (+0.8%) to 1436 MiB, so it is left out. openai-whisper (batch 1) was not measured.
+BEAM_STATE_ENGINES = {"transformers"}
+
+
 def weight_bytes(model: str, dtype: str = "float32", quantization: str = "none") -> int:
     """Bytes of the loaded weights; quantization shrinks the linear projections only."""
     arch = architecture(model)
@@ -198,11 +212,14 @@ def estimate_peak_bytes(
     dtype: str = "float32",
     quantization: str = "none",
     batch_size: int = 1,
+    beam_size: int = 1,
 ) -> int:
     """Peak memory (CPU RSS, or GPU memory on cuda) of loading `model` and decoding one batch.
 
     peak = runtime + weights + max(load transient, decoding), where
-    decoding = fixed + weight_factor x weights + batch x activation_factor x analytic window bytes
+    decoding = fixed + weight_factor x weights + batch x activation_factor x analytic window bytes;
+    with beam search, the transformers engine's window bytes hold beam_size hypotheses
+    (BEAM_STATE_ENGINES).
     """
     if engine not in CALIBRATION:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
@@ -211,7 +228,10 @@ def estimate_peak_bytes(
     weights = weight_bytes(model, dtype, quantization)
     # dynamic-int8 is built layer by layer (steadyscribe.models.quantize), never holding the fp32 model.
     load_copy = weights * calibration.load_copy_factor
-    window = arch.window_elements(engine) * DTYPE_BYTES[dtype] * calibration.activation_factor
+    elements = arch.window_elements(engine)
+    if engine in BEAM_STATE_ENGINES:
+        elements += (beam_size - 1) * arch.beam_elements()
+    window = elements * DTYPE_BYTES[dtype] * calibration.activation_factor
     decoding = calibration.decode_fixed_bytes + calibration.weight_factor * weights + batch_size * window
     runtime = CUDA_CONTEXT_BYTES if device == "cuda" else calibration.runtime_bytes
     return int(runtime + weights + max(load_copy, decoding))

@@ -291,7 +291,8 @@ def _largest_batch(
     need = 0
     for batch in sizes:
         need = host_overhead + int(margin * estimate_peak_bytes(
-            model, engine=engine, device=device, dtype=dtype, quantization=quantization, batch_size=batch
+            model, engine=engine, device=device, dtype=dtype, quantization=quantization, batch_size=batch,
+            beam_size=profile.decoding.beam_size,
         ))
         if need <= target.budget_bytes:
             return batch, need

@@ -258,3 +258,20 @@ def test_a_host_without_the_engine_runtime_yet_counts_all_it_holds():
     assert (without_runtime.engine, without_runtime.model) == (with_runtime.engine, with_runtime.model)
     assert without_runtime.batch_size <= with_runtime.batch_size
     assert without_runtime.estimated_peak_bytes > with_runtime.estimated_peak_bytes
+
+
+def test_beam_search_raises_the_transformers_estimate_and_the_plan_follows():
+    # bench/beam_memory.py, tiny.en at batch 8 on real speech: transformers 1474 MiB at beam 1 and
+    # 2033 MiB at beam 5; CTranslate2 1436 and 1447 MiB. The estimate covers each, by little.
+    for beam, measured_mib in ((1, 1474), (5, 2033)):
+        estimate_mib = estimate_peak_bytes("tiny.en", engine="transformers", batch_size=8, beam_size=beam) / 2**20
+        assert 0.95 * measured_mib <= estimate_mib <= 1.1 * measured_mib, (beam, estimate_mib)
+    assert estimate_peak_bytes("tiny.en", engine="ctranslate2", batch_size=8, beam_size=5) == estimate_peak_bytes(
+        "tiny.en", engine="ctranslate2", batch_size=8
+    )
+    # A budget that fits batch 8 greedy fits a smaller batch at beam 5.
+    budget = int((1 + RUN_MARGIN["transformers"]) * estimate_peak_bytes("tiny.en", engine="transformers", batch_size=8)) + 1
+    overrides = {"memory_budget": str(budget), "batch_size": 8, "model": "tiny.en"}
+    assert plan_for("cpu-batched", machine(), {"transformers"}, overrides).batch_size == 8
+    beam = plan_for("cpu-batched", machine(), {"transformers"}, {**overrides, "beam_size": 5})
+    assert beam.decoding.beam_size == 5 and beam.batch_size < 8

@@ -5,6 +5,10 @@ from its first window) -> greedy or beam decoding with the plan's decoding optio
 timestamp tokens: see __init__) -> temperature fallback, window by window and seeded, for windows
 that look like hallucinations -> DTW word alignment of every window's text in one call. The
 encoder output is reused by every step; only the rare partial re-runs (fallback) encode again.
+
+Nothing here imports torch, numba or openai-whisper: features are computed with numpy
+(steadyscribe.engines.features), the tokenizer is the checkpoint's tokenizer.json
+(steadyscribe.engines.tokenizer) and CTranslate2 does the alignment's DTW itself.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ from pathlib import Path
 
 import ctranslate2
 import numpy as np
-import torch
-from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
-from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
 from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, window_seed
+from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from steadyscribe.engines.tokenizer import WhisperTokenizer, whisper_tokenizer
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
     compression_ratio,
@@ -75,9 +78,7 @@ class CTranslate2Engine:
         self.options = plan.decoding
         self.with_timestamps = with_timestamps
         self.compute_type = compute_type_for(plan)
-        # torch only computes log-mel features here: on one thread that is 6x faster than on two,
-        # and its idle pool no longer spins against CTranslate2's threads (encoder ~10% faster).
-        torch.set_num_threads(1)
+        self.model_dir = str(model_dir)
         device, _, index = plan.device.partition(":")  # "cuda:1" -> CT2's device and device_index
         self.model = ctranslate2.models.Whisper(
             str(model_dir),
@@ -120,7 +121,7 @@ class CTranslate2Engine:
     def _log_mel(self, samples: np.ndarray) -> np.ndarray:
         # Per window, not per batch: log_mel_spectrogram normalizes by the loudest frame of its input.
         audio = pad_or_trim(np.asarray(samples, dtype=np.float32), N_SAMPLES)
-        return log_mel_spectrogram(audio, self.model.n_mels).numpy()
+        return log_mel_spectrogram(audio, self.model.n_mels)
 
     def _languages(self, encoded: ctranslate2.StorageView, batch: list[WindowAudio]) -> list[str]:
         """Each window's language: the plan's, or its file's, detected from the file's first window seen."""
@@ -136,17 +137,12 @@ class CTranslate2Engine:
                 self.file_languages.setdefault(item.window.file_id, language)
         return [self.file_languages[item.window.file_id] for item in batch]
 
-    def _tokenizer(self, language: str) -> Tokenizer:
-        # get_tokenizer is cached: one instance per language.
-        return get_tokenizer(
-            multilingual=self.model.is_multilingual,
-            num_languages=self.model.num_languages,
-            language=language,
-            task=self.options.task,
-        )
+    def _tokenizer(self, language: str) -> WhisperTokenizer:
+        # Cached: one instance per language.
+        return whisper_tokenizer(self.model_dir, self.model.is_multilingual, language, self.options.task)
 
     def _decode(
-        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[Tokenizer], windows: list[Window]
+        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[WhisperTokenizer], windows: list[Window]
     ) -> list[Decoding]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
         previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt else []
@@ -168,7 +164,7 @@ class CTranslate2Engine:
         self,
         features: ctranslate2.StorageView,
         prompts: list[list[int]],
-        tokenizers: list[Tokenizer],
+        tokenizers: list[WhisperTokenizer],
         temperature: float,
     ) -> list[Decoding]:
         options = self.options
@@ -203,7 +199,7 @@ class CTranslate2Engine:
         self,
         encoded: ctranslate2.StorageView,
         mel: np.ndarray,
-        tokenizers: list[Tokenizer],
+        tokenizers: list[WhisperTokenizer],
         text_tokens: list[list[int]],
         num_frames: list[int],
     ) -> list[ctranslate2.models.WhisperAlignmentResult]:
@@ -239,7 +235,7 @@ class CTranslate2Engine:
     def _segments(
         self,
         item: WindowAudio,
-        tokenizer: Tokenizer,
+        tokenizer: WhisperTokenizer,
         decoding: Decoding,
         alignment: ctranslate2.models.WhisperAlignmentResult,
     ) -> list[Segment]:

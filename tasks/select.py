@@ -44,7 +44,7 @@ class _Target:
     budget_bytes: int
     description: str
     process_rss_bytes: int  # already resident in the process that will host the engine (CPU only)
-    runtime_resident: bool = True  # torch (in every engine's calibrated runtime) is part of process_rss_bytes
+    runtime_resident: bool = True  # torch (the runtime of the torch engines' calibration) is part of process_rss_bytes
 
 
 # (model, engine) → None when the model can be had in that engine's format, else why not.
@@ -285,7 +285,7 @@ def _largest_batch(
     # The estimate is calibrated in a bare process whose RSS is the engine's runtime; the host
     # process holds more (Prefect, the VAD, probes): beyond that runtime where torch is already
     # imported, all of it but the interpreter where the engine's libraries are still to come.
-    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident else INTERPRETER_BYTES
+    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident and CALIBRATION[engine].torch_runtime else INTERPRETER_BYTES
     host_overhead = max(0, target.process_rss_bytes - runtime_held)
     margin = 1 + RUN_MARGIN.get(engine, 0.0) if device == "cpu" else 1
     need = 0

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Collection
@@ -232,8 +233,26 @@ def _read_int(path: Path) -> int | None:
 # ---------------------------------------------------------------- accelerators
 
 
-def cuda_devices() -> list[GpuInfo]:
-    """Every CUDA device torch can use, with its free memory now; [] when CUDA does not work."""
+# Device nodes of the GPU drivers torch.cuda can use: NVIDIA (/dev/nvidia0...), WSL 2 (/dev/dxg), ROCm (/dev/kfd).
+GPU_DEVICE_NODE = re.compile(r"nvidia\d+|dxg|kfd")
+
+
+def gpu_driver_present(dev_dir: Path = Path("/dev")) -> bool:
+    """Whether a GPU driver's device node exists; without one, no GPU can be found."""
+    try:
+        return any(GPU_DEVICE_NODE.fullmatch(name) for name in os.listdir(dev_dir))
+    except OSError:
+        return True  # cannot tell: let torch look
+
+
+def cuda_devices(dev_dir: Path = Path("/dev")) -> list[GpuInfo]:
+    """Every CUDA device torch can use, with its free memory now; [] when CUDA does not work.
+
+    Without a GPU driver's device node torch is not imported to look (~300 MiB and seconds, kept
+    for the whole run: `auto` on a CPU machine then plans CTranslate2 in a process without torch).
+    """
+    if not gpu_driver_present(dev_dir):
+        return []
     try:
         import torch
 

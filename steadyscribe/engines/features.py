@@ -2,7 +2,7 @@
 
 The same computation as openai-whisper's `log_mel_spectrogram` (periodic Hann window, centred
 STFT with reflect padding, last frame dropped, Slaney mel filters as librosa builds them, log10
-floored 8 below the loudest value): largest difference on real speech ~1e-5 (tests/test_features.py).
+floored 8 below the loudest value): largest difference on real speech ~2e-5 (tests/test_ct2_torch_free.py).
 Audio constants are Whisper's, shared with every engine.
 """
 

@@ -19,11 +19,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import Engine, WindowAudio, WindowResult, load_engine
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
+from steadyscribe.tasks.pack import PackedWindow, pack_windows, packed_stream, unpack_result
 
 ProgressCallback = Callable[[int, int], None]  # (windows done, windows total)
 
@@ -60,20 +60,19 @@ def loaded_engines() -> list[tuple]:
     return list(_engines)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Cross-file window packing (profile `chunking.pack_files`): windows up to `max_window_s`, `gap_s` between files."""
+
+    max_window_s: float
+    gap_s: float
+
+
 @dataclass
 class InferenceResult:
     file_id: str
     transcript_path: str
     infer_s: float  # this file's share of the engine's wall time, by audio duration
-
-
-def window_stream(decoded: dict[str, DecodedAudio], windows: list[Window]) -> Iterator[WindowAudio]:
-    """Windows with their samples, sliced lazily from each file's memory-mapped PCM."""
-    pcm = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
-    for window in windows:
-        samples = pcm[window.file_id]
-        first, last = int(window.start * SAMPLE_RATE), int(window.end * SAMPLE_RATE)
-        yield WindowAudio(window, samples[first:last])
 
 
 def transcribe_files(
@@ -82,13 +81,24 @@ def transcribe_files(
     windows: list[Window],
     work_dir: str | Path,
     on_progress: ProgressCallback | None = None,
+    packing: Packing | None = None,
 ) -> dict[str, InferenceResult]:
-    """Run `engine` over all windows and write one transcript JSON per file (files with no speech too)."""
+    """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
+
+    With `packing`, single-window files share windows (tasks/pack.py).
+    """
     started = time.perf_counter()
+    items = pack_windows(windows, packing.max_window_s, packing.gap_s) if packing else windows
+    packs = {item.window: item for item in items if isinstance(item, PackedWindow)}
+    samples_of = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
     results: dict[str, list[WindowResult]] = defaultdict(list)
-    for done, result in enumerate(engine.transcribe(window_stream(decoded, windows)), start=1):
-        results[result.window.file_id].append(result)
-        reporter().windows_done(1, result.window.end - result.window.start)
+    done = 0
+    for result in engine.transcribe(packed_stream(items, samples_of)):
+        pack = packs.get(result.window)
+        for file_result in unpack_result(pack, result) if pack else [result]:
+            results[file_result.window.file_id].append(file_result)
+            reporter().windows_done(1, file_result.window.end - file_result.window.start)
+            done += 1
         if on_progress:
             on_progress(done, len(windows))
     total_s = time.perf_counter() - started
@@ -138,6 +148,7 @@ def infer_task(
     work_dir: str,
     progress_description: str = "Windows transcribed (percent)",
     check_cancelled: Callable[[], None] | None = None,
+    packing: Packing | None = None,
 ) -> dict[str, InferenceResult]:
     """Transcribe a group's windows with this process's engine (loaded on first use).
 
@@ -156,4 +167,4 @@ def infer_task(
             how, engine.name, plan.model, plan.batch_size, plan.threads, started - waited, len(windows), len(decoded),
         )
         reporter = _ProgressReporter(logger, progress_description, check_cancelled)
-        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter)
+        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter, packing=packing)

@@ -6,8 +6,10 @@ Real speech first. The pool of distinct clips, in this order:
 - the short real recordings whole (r01, r13, r24, r26) and the three LJ Speech clips of r15,
   with their reference text (no word times);
 - the synthetic fixtures' one-sentence clips (bench/dataset.py), with exact word times.
-A folder of N clips goes round the pool; each round after the first adds seeded pink noise at
-ROUND_SNR_DB, so every clip has its own content (identical content is transcribed once).
+A folder of N clips goes round the pool, each round in its own seeded random order (so that files
+next to each other in the folder, which packing may put in one window, are not neighbouring
+pieces of one recording); each round after the first adds seeded pink noise at ROUND_SNR_DB, so
+every clip has its own content (identical content is transcribed once).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ SEGMENTED = ("r15_ljspeech",)
 CLIP_S = (3.0, 7.0)  # a clip ends at the first pause after 3 s of speech, or before 7 s
 EDGE_S = 0.3  # audio kept around a clip's first and last word (less where a neighbour is nearer)
 ROUND_SNR_DB = 30.0
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+SEED = 20261130
 
 
 def _read_real(name: str) -> tuple[np.ndarray, dict]:
@@ -99,9 +102,11 @@ def build_clips(data_dir: Path, count: int) -> list[BenchFile]:
     if manifest.is_file() and json.loads(manifest.read_text())["recipe"] == recipe:
         return [BenchFile(**item) for item in json.loads(manifest.read_text())["files"]]
     pool = clip_pool()
+    rng = np.random.default_rng(SEED)
+    order = [int(k) for _ in range(-(-count // len(pool))) for k in rng.permutation(len(pool))]
     files = []
     for i in range(count):
-        name, piece, text = pool[i % len(pool)]
+        name, piece, text = pool[order[i]]
         rounds = i // len(pool)
         if rounds:
             piece, name = _with_noise(piece, ROUND_SNR_DB, seed=i), f"{name}__r{rounds}"

@@ -8,6 +8,7 @@ Transcripts go to JSON files in the group's work directory; only their paths tra
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -24,6 +25,8 @@ from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.tasks.pack import PackedWindow, pack_windows, packed_stream, unpack_result
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (windows done, windows total)
 
@@ -85,22 +88,36 @@ def transcribe_files(
 ) -> dict[str, InferenceResult]:
     """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
 
-    With `packing`, single-window files share windows (tasks/pack.py).
+    With `packing`, single-window files share windows (tasks/pack.py). A packed window in which a
+    file got no words is decoded again file by file: the model had stopped early (it may end its
+    text at a pause between files), and the words it did write may be stretched over the rest.
     """
     started = time.perf_counter()
     items = pack_windows(windows, packing.max_window_s, packing.gap_s) if packing else windows
     packs = {item.window: item for item in items if isinstance(item, PackedWindow)}
     samples_of = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
     results: dict[str, list[WindowResult]] = defaultdict(list)
+    unpacked_again: list[Window] = []
+    packs_redone = 0
     done = 0
     for result in engine.transcribe(packed_stream(items, samples_of)):
         pack = packs.get(result.window)
-        for file_result in unpack_result(pack, result) if pack else [result]:
+        file_results = unpack_result(pack, result) if pack else [result]
+        if pack and not all(r.segments for r in file_results):
+            unpacked_again += [member.window for member in pack.members]
+            packs_redone += 1
+            file_results = []
+        for file_result in file_results:
             results[file_result.window.file_id].append(file_result)
-            reporter().windows_done(1, file_result.window.end - file_result.window.start)
-            done += 1
+        members = [m.window for m in pack.members] if pack else [result.window]
+        done += len(members)
+        reporter().windows_done(len(members), sum(w.end - w.start for w in members))
         if on_progress:
             on_progress(done, len(windows))
+    if unpacked_again:
+        log.info("%d of %d packed windows decoded again file by file: a file in them got no words", packs_redone, len(packs))
+        for result in engine.transcribe(packed_stream(unpacked_again, samples_of)):
+            results[result.window.file_id].append(result)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out: dict[str, InferenceResult] = {}

@@ -108,3 +108,37 @@ def test_packed_real_recordings_keep_their_own_words(tmp_path):
         assert word_error_rate(text, packed[file_id]) <= word_error_rate(text, alone[file_id]) + slack + 1e-9, (packed, alone)
         mates = {w for other, t in reference.items() if other != file_id for w in t.lower().split()} - set(text.lower().split())
         assert not mates & set(packed[file_id].lower().replace(",", "").replace(".", "").split())
+
+
+class _StopsAfterFirstFile:
+    """An engine whose text of a packed window is its first file's only (as the model may do at a pause)."""
+
+    name = "scripted"
+    batch_size = 4
+
+    def __init__(self):
+        self.decoded: list[Window] = []
+
+    def transcribe(self, windows):
+        for item in windows:
+            self.decoded.append(item.window)
+            first = item.window.file_id.removeprefix("pack:")
+            word = Word(f" {first}", item.window.start, item.window.end, 0.9)
+            yield WindowResult(item.window, "en", [Segment(word.start, word.end, word.word, [word])])
+
+
+def test_a_packed_window_where_a_file_got_no_words_is_decoded_again_file_by_file(tmp_path):
+    from steadyscribe.records import DecodedAudio, Transcript
+    from steadyscribe.tasks.infer import Packing, transcribe_files
+
+    decoded = {}
+    for name in ("a", "b", "c"):
+        pcm = tmp_path / f"{name}.pcm"
+        np.zeros(16000 * 4, dtype="<f4").tofile(pcm)
+        decoded[name] = DecodedAudio(f"{name}.wav", "ok", name, str(pcm), 4.0)
+    windows = [Window(name, 0, 0.0, 4.0) for name in decoded]
+    engine = _StopsAfterFirstFile()
+    results = transcribe_files(engine, decoded, windows, tmp_path, packing=Packing(30.0, 1.0))
+    assert [w.file_id for w in engine.decoded] == ["pack:a", "a", "b", "c"]
+    for name, result in results.items():
+        assert Transcript.load(result.transcript_path).segments[0].text == f" {name}"

@@ -185,3 +185,17 @@ def test_a_silent_channel_is_left_out_and_said(split_run):
     [warning] = row["warnings"]
     assert "channel 1 (customer) is silent" in warning
     assert row["skipped_s"] >= row["duration_s"] - 0.001  # the silent channel's seconds count as skipped (ms)
+
+
+def test_run_command_splits_channels(prefect_server, tmp_path):
+    from steadyscribe.cli import main
+
+    script = _fixture_script()
+    memo = script.read_mono(FIXTURES / "real" / "r26_goforward.flac")
+    source = tmp_path / "memo.flac"
+    script.write_stereo_flac(source, script.stereo(memo, memo))
+    output = tmp_path / "out"
+    assert main(["run", str(source), "--output", str(output), "--channels", "split"]) == 0
+    words = words_of(output, "memo")
+    assert words and {(c, s) for c, s, *_ in words} == {(0, "ch0")}
+    assert files_row(output, "memo")["warnings"] == ["channel 1 (ch1) is a copy of channel 0 (ch0): transcribed once, as channel 0"]

@@ -268,3 +268,14 @@ def test_run_command_takes_channels():
     assert parser.parse_args(["in.wav", "-o", "out"]).channels is None
     with pytest.raises(SystemExit):
         parser.parse_args(["in.wav", "-o", "out", "--channels", "left"])
+
+
+def test_a_group_transcribes_mixed_files_whole_and_split_files_by_channel(tmp_path):
+    from steadyscribe.tasks.group import transcription_units
+
+    memo = DecodedAudio("memo.wav", "ok", file_id="m", pcm_path="m.f32", duration_s=3.0)
+    call = decode_input(InputFile(str(CALL)), tmp_path, channels="split")
+    split = split_channels(call, SPEAKERS, VadThresholds())
+    units = transcription_units({"m": memo, call.file_id: call}, {call.file_id: split})
+    assert list(units) == ["m", f"{call.file_id}:ch0", f"{call.file_id}:ch1"]
+    assert units["m"] is memo and units[f"{call.file_id}:ch1"].pcm_path == call.channel_paths[1]

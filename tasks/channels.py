@@ -29,7 +29,7 @@ import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
-from steadyscribe.records import DecodedAudio, Segment, Transcript
+from steadyscribe.records import DecodedAudio, Transcript
 from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 

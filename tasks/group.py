@@ -35,6 +35,7 @@ from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
+from steadyscribe.tasks.align import align_group, read_texts
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
 from steadyscribe.tasks.infer import infer_task
@@ -67,6 +68,8 @@ class GroupJob:
     # Choose batch size and threads again on the worker (other machines); False where the
     # groups run in the process that made the plan.
     refit: bool = True
+    # Align mode (tasks/align.py): each file's text is the file beside it with this suffix; None: transcribe.
+    text_suffix: str | None = None
 
     @property
     def part(self) -> str:
@@ -139,6 +142,8 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         check_cancelled()
         # Identical content under two names is transcribed once and written under both.
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
+        texts = read_texts(list(todo.values()), job.text_suffix) if job.text_suffix else {}
+        todo = {file_id: d for file_id, d in todo.items() if d.status == "ok"}  # a missing text fails its file
         vad = job.profile.vad.model_dump()
         chunked = {
             file_id: chunk_task(d, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) for file_id, d in todo.items()
@@ -151,14 +156,17 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         try:
             if todo:
                 plan = worker_plan(job) if job.refit else job.run.plan
-                infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
-                inference = infer(plan, todo, windows, work_dir, f"Windows transcribed, {job.label} (percent)", check_cancelled)
-                infer_s = {file_id: result.infer_s for file_id, result in inference.items()}
                 settings = job.profile.stabilization.model_dump()
-                stable_paths = {
-                    file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings, vad)
-                    for file_id, d in todo.items()
-                }
+                if job.text_suffix:
+                    stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad)
+                else:
+                    infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
+                    inference = infer(plan, todo, windows, work_dir, f"Windows transcribed, {job.label} (percent)", check_cancelled)
+                    infer_s = {file_id: result.infer_s for file_id, result in inference.items()}
+                    stable_paths = {
+                        file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings, vad)
+                        for file_id, d in todo.items()
+                    }
         except GroupCancelled:
             raise
         except Exception as error:

@@ -29,7 +29,7 @@ from steadyscribe.engines.word_timing import (
     window_segments,
     word_timings,
 )
-from steadyscribe.records import Plan, Segment, Window
+from steadyscribe.records import Plan, Segment, Window, Word
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
 
@@ -116,6 +116,66 @@ class CTranslate2Engine:
             silent = decodings[i].is_silence
             segments = [] if silent else self._segments(item, tokenizers[i], decodings[i], alignments[i])
             yield WindowResult(window=item.window, language=languages[i], segments=segments)
+
+    def align(self, items: Iterable[tuple[WindowAudio, str]]) -> Iterator[WindowResult]:
+        """Word times for known text: each window's text tokens aligned to its audio, nothing decoded.
+
+        The same DTW over the alignment heads that times transcribed words. Each word's
+        probability is the mean probability the model gives its tokens after the text before
+        them: low where the audio does not say the word. Words past the decoder's context
+        (a window's text too long to fit) come back at the window's end with probability 0.
+        Segments are the text's sentences.
+        """
+        pending = iter(items)
+        while batch := list(islice(pending, self.batch_size)):
+            mel = np.stack([self._log_mel(item.samples) for item, _ in batch])
+            encoded = self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+            languages = self._languages(encoded, [item for item, _ in batch])
+            tokenizers = [self._tokenizer(language) for language in languages]
+            fitted = [self._fit_text(text, tokenizer) for (_, text), tokenizer in zip(batch, tokenizers)]
+            num_frames = [min(len(item.samples), N_SAMPLES) // HOP_LENGTH for item, _ in batch]
+            alignments = self._align(encoded, mel, tokenizers, [tokens for tokens, _ in fitted], num_frames)
+            for (item, _), tokenizer, (tokens, overflow), alignment, language in zip(
+                batch, tokenizers, fitted, alignments, languages
+            ):
+                segments = self._aligned_segments(item, tokenizer, tokens, overflow, alignment)
+                yield WindowResult(window=item.window, language=language, segments=segments)
+
+    def _fit_text(self, text: str, tokenizer: Tokenizer) -> tuple[list[int], list[str]]:
+        """The text's tokens, whole words only, as many as the decoder's context holds; and the words left over."""
+        tokens = tokenizer.encode(" " + " ".join(text.split())) if text.strip() else []
+        room = MAX_LENGTH - len(tokenizer.sot_sequence) - 1
+        if len(tokens) <= room:
+            return tokens, []
+        words, word_tokens = tokenizer.split_to_word_tokens(tokens)
+        kept = 0
+        for count, piece in enumerate(word_tokens):
+            if kept + len(piece) > room:
+                return tokens[:kept], [word.strip() for word in words[count:]]
+            kept += len(piece)
+        return tokens, []
+
+    def _aligned_segments(
+        self,
+        item: WindowAudio,
+        tokenizer: Tokenizer,
+        tokens: list[int],
+        overflow: list[str],
+        alignment: ctranslate2.models.WhisperAlignmentResult,
+    ) -> list[Segment]:
+        span = min(item.window.end - item.window.start, len(item.samples) / SAMPLE_RATE)
+        path = np.array(alignment.alignments, dtype=np.int64).reshape(-1, 2)
+        words = word_timings(tokenizer, tokens, path[:, 0], path[:, 1], alignment.text_token_probs) if tokens else []
+        probs = np.clip(np.asarray(alignment.text_token_probs, dtype=np.float64)[: len(tokens)], 1e-10, 1.0)
+        avg_logprob = float(np.log(probs).mean()) if tokens else None
+        segments = window_segments(item.window, span, tokenizer, sentence_spans(words), words, avg_logprob=avg_logprob)
+        segments = [segment for segment in segments if segment.words]
+        if overflow:
+            end = item.window.start + span
+            segments.append(
+                Segment(end, end, " ".join(overflow), words=[Word(word, end, end, 0.0) for word in overflow], avg_logprob=None)
+            )
+        return segments
 
     def _log_mel(self, samples: np.ndarray) -> np.ndarray:
         # Per window, not per batch: log_mel_spectrogram normalizes by the loudest frame of its input.

@@ -6,24 +6,26 @@ extension) holds what was said. Per file:
 1. the text is split across the file's windows (tasks/chunk.py). A file of one window takes it
    all. A longer file is first transcribed (the engine's normal pass), and the text's words are
    matched in order to the words heard (steadyscribe.metrics.align_words); a word takes the
-   window of the heard word it matches, and the unmatched words between two matches are shared
-   between their windows in proportion to the unmatched heard words in each. Windows the chunk
-   stage skipped as confidently silent get no text, so no text is forced onto them;
-2. the engine aligns each window's share of the text to its audio (`align(window, text)`: DTW
-   over the alignment heads, the same machinery that times transcribed words);
+   window of the heard word it matches, and the unmatched words between two matches may lie in
+   either match's window (or any between): they are aligned in each, and the window that gives
+   a word the highest probability keeps it. Windows the chunk stage skipped as confidently
+   silent get no text, so no text is forced onto them;
+2. the engine aligns each window's share of the text to its audio (`align(items)`: DTW over the
+   alignment heads, the same machinery that times transcribed words);
 3. the stabilize stage refines the times (DTW lag out, edges out of VAD pauses), with its
    hallucination filter off: a given text is judged here instead;
-4. `judge_alignment` keeps a word only when it was aligned with confidence: the model gives its
-   tokens a probability of at least `min_word_probability` given the audio and the text before
-   it, and the VAD is not confident that the word lies on silence. Words that fail stay in their
-   segment's text but not in `words`; the file's row names how many, its `aligned_share`, and
-   the first of them. Below `min_aligned_share` the text does not belong to the audio: the file
+4. `judge_alignment` keeps a word only when it was aligned with confidence: the model, given
+   the audio and the text before each word, gives the words around it a fair probability, and
+   the VAD is not confident that the word lies on silence unless the model is sure of it. Words
+   that fail stay in their segment's text but not in `words`; the file's row has the share
+   aligned (`aligned_share`), and its warnings say how many were not and name the first. Below `min_aligned_share` the text does not belong to the audio: the file
    fails with an error that says so, and nothing of it is written.
 """
 
 from __future__ import annotations
 
 import time
+from difflib import SequenceMatcher
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,12 +49,17 @@ ALIGNING_ENGINES = ("ctranslate2",)
 
 @dataclass(frozen=True)
 class AlignOptions:
-    # Measured on tiny.en int8 over the word-timed real recordings (tests/test_align.py): the text's
-    # own words have a median word probability of ~0.9, a text of another recording ~0.05.
-    min_word_probability: float = 0.15
+    # The text around a word is what the audio says when the median word probability of the
+    # context_words words centred on it reaches min_context_probability. Measured with tiny.en
+    # int8 (tests/test_align.py's recordings): own texts 0.12 at the lowest (a recording's first
+    # words, which have no text before them), another recording's text 0.075 at the highest.
+    context_words: int = 7
+    min_context_probability: float = 0.1
+    # A word on confident VAD silence is aligned only when the model is at least this sure of it.
+    sure_probability: float = 0.5
     # Below this share of confidently aligned words the text is not a transcript of the audio.
     min_aligned_share: float = 0.5
-    warning_words: int = 10  # unaligned words quoted in the file's warning
+    warning_words: int = 10  # words quoted in a file's warnings
 
 
 def text_source(source: str, suffix: str) -> str:
@@ -63,7 +70,10 @@ def text_source(source: str, suffix: str) -> str:
 
 
 def read_texts(decoded: list[DecodedAudio], suffix: str) -> dict[str, str]:
-    """file id -> the text beside each decoded file; a file without a readable, non-empty text fails."""
+    """file id -> the text beside each decoded file; a file without a readable, non-empty text fails (its status).
+
+    Identical audio under two names is aligned once: a second name with another text fails.
+    """
     texts: dict[str, str] = {}
     for item in decoded:
         if item.status != "ok":
@@ -81,71 +91,102 @@ def read_texts(decoded: list[DecodedAudio], suffix: str) -> dict[str, str]:
         if not text.split():
             item.status, item.error = "failed", f"{item.source}: its text {path} is empty: nothing to align"
             continue
-        texts[item.file_id] = " ".join(text.split())
+        text = " ".join(text.split())
+        if texts.setdefault(item.file_id, text) != text:
+            # Identical audio is aligned once (tasks/group.py); two texts for it cannot both be.
+            first = next(d.source for d in decoded if d.file_id == item.file_id and d.status == "ok")
+            item.status, item.error = "failed", (
+                f"{item.source}: the same audio as {first} with a different text; align one of them in another run"
+            )
     return texts
 
 
-def assign_words_to_windows(text_words: list[str], heard: list[tuple[str, int]]) -> list[int | None]:
-    """The window (index into the file's windows) each text word belongs to, from the words heard there.
+def candidate_windows(
+    text_words: list[str], heard: list[tuple[str, int]], n_windows: int
+) -> list[tuple[int, int] | None]:
+    """For each text word, the first and last window (positions in the file's windows) it may lie in.
 
-    `heard`: the transcription's words in order, each with the index of its window. A text word
-    matched to a heard word takes its window; unmatched words between two matches are shared
-    between the windows from the first match's to the second's, in proportion to the unmatched
-    heard words each holds there (in order, so the text stays in order across windows); words
-    before the first match take its window, words after the last take the last's. Without any
-    match, nothing can be placed: every word gets None.
+    `heard`: the transcription's words in order, each with the position of its window. A text
+    word matched to a heard word (steadyscribe.metrics.align_words) lies in that word's window.
+    Unmatched words between two matches may lie in any window from the first match's to the
+    second's (the transcription often loses words at a window's edges, just where the text
+    crosses into the next window); words before the first match in any window up to its, words
+    after the last in any from its on. Without any match nothing can be placed: all None.
     """
     pairs = align_words([{"word": w} for w in text_words], [{"word": w} for w, _ in heard])
-    windows: list[int | None] = [None] * len(text_words)
+    ranges: list[tuple[int, int] | None] = [None] * len(text_words)
     if not pairs:
-        return windows
+        return ranges
     for text_index, heard_index in pairs:
-        windows[text_index] = heard[heard_index][1]
-    anchors = [(-1, -1)] + pairs + [(len(text_words), len(heard))]
+        ranges[text_index] = (heard[heard_index][1], heard[heard_index][1])
+    anchors = [(-1, -1), *pairs, (len(text_words), len(heard))]
     for (t0, h0), (t1, h1) in zip(anchors, anchors[1:]):
-        gap = list(range(t0 + 1, t1))
-        if not gap:
-            continue
-        if t0 < 0:
-            windows[t0 + 1 : t1] = [heard[h1][1]] * len(gap)
-        elif t1 >= len(text_words):
-            windows[t0 + 1 : t1] = [heard[h0][1]] * len(gap)
-        else:
-            windows[t0 + 1 : t1] = _share_gap(len(gap), heard[h0][1], heard[h1][1], [w for _, w in heard[h0 + 1 : h1]])
-    return windows
+        first = heard[h0][1] if t0 >= 0 else 0
+        last = heard[h1][1] if t1 < len(text_words) else n_windows - 1
+        for index in range(t0 + 1, t1):
+            ranges[index] = (first, last)
+    return ranges
 
 
-def _share_gap(count: int, first: int, last: int, heard_between: list[int]) -> list[int]:
-    """`count` unmatched text words between windows `first` and `last`, shared as the heard words between are."""
-    if first == last:
-        return [first] * count
-    weights = np.array([heard_between.count(w) for w in range(first, last + 1)], dtype=np.float64)
-    if weights.sum() == 0:  # nothing heard between the anchors: split the words between the two
-        weights[0] = weights[-1] = 1.0
-    # The k-th word goes to the window whose cumulative share its position falls in.
-    bounds = np.cumsum(weights) / weights.sum() * count
-    return [first + int(np.searchsorted(bounds, k + 0.5)) for k in range(count)]
+def window_spans(text: str, windows: list[Window], heard: Transcript | None) -> list[tuple[int, int]]:
+    """Per window (in order), the [first, last) span of the text's words to align there.
 
-
-def split_text(text: str, windows: list[Window], heard: Transcript | None) -> dict[int, str]:
-    """Window index -> the words of `text` that belong to it (see assign_words_to_windows)."""
+    One window takes the whole text. With several, the transcription `heard` places the words
+    (candidate_windows): a word that may lie in two windows is aligned in both, and the better
+    alignment is kept (merge_candidates). An empty span: nothing of the text lies there.
+    """
     words = text.split()
-    if not windows:
-        return {}
     if len(windows) == 1 or heard is None:
-        return {windows[0].index: " ".join(words)}
+        return [(0, len(words))] + [(0, 0)] * (len(windows) - 1)
     starts = [w.start for w in windows]
     heard_words = [(w.word, _window_of((w.start + w.end) / 2, starts)) for w in heard.words]
-    assigned = assign_words_to_windows(words, heard_words)
-    shares: dict[int, list[str]] = {}
-    for word, position in zip(words, assigned):
-        if position is not None:
-            shares.setdefault(windows[position].index, []).append(word)
-    return {index: " ".join(share) for index, share in shares.items()}
+    ranges = candidate_windows(words, heard_words, len(windows))
+    spans = []
+    for position in range(len(windows)):
+        inside = [i for i, r in enumerate(ranges) if r is not None and r[0] <= position <= r[1]]
+        spans.append((inside[0], inside[-1] + 1) if inside else (0, 0))
+    return spans
 
 
 def _window_of(time_s: float, starts: list[float]) -> int:
     return max(int(np.searchsorted(starts, time_s, side="right")) - 1, 0)
+
+
+def merge_candidates(text_words: list[str], aligned: list[tuple[tuple[int, int], list[Word]]]) -> list[Word]:
+    """The text's words, each from the window that aligned it with the highest probability, in text order.
+
+    `aligned`: per window in order, the [first, last) span of the text it aligned and the words
+    the engine returned for it (its own word splitting, matched back to the text by their
+    letters). A word is never taken from a window before the one its predecessor came from, so
+    times stay in order. Words no window returned are left out.
+    """
+    candidates: dict[int, list[tuple[int, Word]]] = {}
+    for position, ((first, last), words) in enumerate(aligned):
+        span = [_letters(w) for w in text_words[first:last]]
+        matcher = SequenceMatcher(None, span, [_letters(w.word) for w in words], autojunk=False)
+        for block in matcher.get_matching_blocks():
+            for k in range(block.size):
+                candidates.setdefault(first + block.a + k, []).append((position, words[block.b + k]))
+    merged, current = [], 0
+    for index in sorted(candidates):
+        later = [c for c in candidates[index] if c[0] >= current] or candidates[index]
+        current, word = max(later, key=lambda c: c[1].probability)
+        merged.append(word)
+    return merged
+
+
+def _letters(word: str) -> str:
+    return "".join(c for c in word.lower() if c.isalnum() or c == "'")
+
+
+def sentence_segments(words: list[Word]) -> list[Segment]:
+    """Segments of aligned words, one per sentence of the text."""
+    sentences: list[list[Word]] = [[]]
+    for word in words:
+        sentences[-1].append(word)
+        if word.word.endswith((".", "?", "!")):
+            sentences.append([])
+    return [Segment(s[0].start, s[-1].end, " ".join(w.word for w in s), s) for s in sentences if s]
 
 
 def align_files(
@@ -159,7 +200,7 @@ def align_files(
 
     Files of several windows are transcribed first, to split their text across the windows.
     A file whose text could not be placed at all gets a transcript without words (it then fails
-    in judge_alignment). Its words_n of the text are kept in `stabilization["text_words"]`.
+    in judge_alignment).
     """
     started = time.perf_counter()
     by_file: dict[str, list[Window]] = {}
@@ -171,15 +212,21 @@ def align_files(
         several_windows = [w for w in windows if w.file_id in several]
         for file_id, result in transcribe_files(engine, several, several_windows, work_dir).items():
             heard[file_id] = Transcript.load(result.transcript_path)
-    shares = {file_id: split_text(texts[file_id], by_file.get(file_id, []), heard.get(file_id)) for file_id in decoded}
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for file_id, file_windows in by_file.items():
+        for window, span in zip(file_windows, window_spans(texts[file_id], file_windows, heard.get(file_id))):
+            if span[1] > span[0]:
+                spans[(file_id, window.index)] = span
+    text_words = {file_id: texts[file_id].split() for file_id in decoded}
     items = (
-        (audio, shares[audio.window.file_id][audio.window.index])
-        for audio in window_stream(decoded, [w for w in windows if w.index in shares.get(w.file_id, {})])
+        (audio, " ".join(text_words[audio.window.file_id][slice(*spans[(audio.window.file_id, audio.window.index)])]))
+        for audio in window_stream(decoded, [w for w in windows if (w.file_id, w.index) in spans])
     )
-    segments: dict[str, list[tuple[int, list[Segment]]]] = {file_id: [] for file_id in decoded}
+    aligned: dict[str, list[tuple[int, tuple[int, int], list[Word]]]] = {file_id: [] for file_id in decoded}
     languages: dict[str, str | None] = {}
     for result in engine.align(items):
-        segments[result.window.file_id].append((result.window.index, result.segments))
+        span = spans[(result.window.file_id, result.window.index)]
+        aligned[result.window.file_id].append((result.window.index, span, [w for s in result.segments for w in s.words]))
         languages.setdefault(result.window.file_id, result.language)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
@@ -188,9 +235,10 @@ def align_files(
         transcript = Transcript(
             file_id=file_id,
             language=languages.get(file_id),
-            segments=[s for _, window_segments in sorted(segments[file_id], key=lambda p: p[0]) for s in window_segments],
+            segments=sentence_segments(
+                merge_candidates(text_words[file_id], [(span, words) for _, span, words in sorted(aligned[file_id])])
+            ),
             batch_size=engine.batch_size,
-            stabilization={"text_words": len(texts[file_id].split())},
         )
         path = transcript.save(Path(work_dir) / f"{file_id}.aligned.json")
         out[file_id] = InferenceResult(file_id, path, total_s * item.duration_s / total_audio)
@@ -199,6 +247,7 @@ def align_files(
 
 def judge_alignment(
     transcript: Transcript,
+    text_words: int,
     probabilities: np.ndarray,
     thresholds: VadThresholds = VadThresholds(),
     options: AlignOptions = AlignOptions(),
@@ -206,27 +255,47 @@ def judge_alignment(
     """Keep the words aligned with confidence; (transcript, error) where error is set when the text
     does not belong to the audio (too small a share aligned).
 
-    The share is of the text's words (`stabilization["text_words"]`), so text that never reached
-    an alignment (no speech in the audio, or no window for it) counts as not aligned.
+    A word is not aligned when the text around it is not what the audio says (the median word
+    probability of the `context_words` words centred on it is below `min_context_probability`),
+    or when the VAD is confident that it lies on silence and the model is unsure of it (below
+    `sure_probability`). One surprising word amid words the model hears (a name, a rare word) is
+    kept: alone, tiny.en's word probabilities say little. Words on VAD silence that the model is
+    sure of are kept and named in a warning (the VAD misses some voices: tests/test_align.py).
+
+    The share is of the text's `text_words` words, so text that never reached an alignment (no
+    speech in the audio, or no window for it) counts as not aligned. The counts go to
+    `stabilization` (text_words, words_aligned) for the files row.
     """
-    text_words = transcript.stabilization.get("text_words", len(transcript.words))
+    words = transcript.words
+    probability = np.array([w.probability for w in words], dtype=np.float64)
+    half = options.context_words // 2
+    context = [float(np.median(probability[max(0, i - half) : i + half + 1])) for i in range(len(words))]
+    on_silence = [confidently_silent(probabilities, w.start, w.end, thresholds) for w in words]
+    keep = {
+        id(w)
+        for w, around, silent in zip(words, context, on_silence)
+        if around >= options.min_context_probability and not (silent and w.probability < options.sure_probability)
+    }
     kept_segments, unaligned = [], []
     for segment in transcript.segments:
-        kept = [w for w in segment.words if _confident(w, probabilities, thresholds, options)]
-        unaligned += [w.word for w in segment.words if w not in kept]
+        kept = [w for w in segment.words if id(w) in keep]
+        unaligned += [w.word for w in segment.words if id(w) not in keep]
         if kept:
             kept_segments.append(replace(segment, start=kept[0].start, end=kept[-1].end, words=kept))
-    aligned = sum(len(s.words) for s in kept_segments)
+    aligned = len(keep)
     share = aligned / text_words if text_words else 0.0
-    counts = {**transcript.stabilization, "words_aligned": aligned}
+    counts = {**transcript.stabilization, "text_words": text_words, "words_aligned": aligned}
     warnings = list(transcript.warnings)
     if aligned < text_words:
-        quoted = ", ".join(repr(w) for w in unaligned[: options.warning_words])
-        more = f" and {len(unaligned) - options.warning_words} more" if len(unaligned) > options.warning_words else ""
         warnings.append(
             f"{text_words - aligned} of {text_words} words of the text were not aligned with confidence "
             f"(the audio does not say them, or they fall where the VAD hears no speech) and are not in `words`"
-            + (f": {quoted}{more}" if unaligned else "")
+            + (f": {_quote(unaligned, options.warning_words)}" if unaligned else "")
+        )
+    if silent_kept := [w.word for w, silent in zip(words, on_silence) if silent and id(w) in keep]:
+        warnings.append(
+            f"{len(silent_kept)} aligned words lie where the VAD hears no speech, kept because the model is sure "
+            f"of them: {_quote(silent_kept, options.warning_words)}"
         )
     judged = replace(transcript, segments=kept_segments, stabilization=counts, warnings=warnings)
     if share < options.min_aligned_share:
@@ -238,10 +307,9 @@ def judge_alignment(
     return judged, None
 
 
-def _confident(word: Word, probabilities: np.ndarray, thresholds: VadThresholds, options: AlignOptions) -> bool:
-    return word.probability >= options.min_word_probability and not confidently_silent(
-        probabilities, word.start, word.end, thresholds
-    )
+def _quote(words: list[str], limit: int) -> str:
+    more = f" and {len(words) - limit} more" if len(words) > limit else ""
+    return ", ".join(repr(w) for w in words[:limit]) + more
 
 
 @task(name="align", tags=["inference"], cache_policy=NO_CACHE)
@@ -260,11 +328,13 @@ def align_task(
 
 
 @task(name="judge-alignment", task_run_name="judge alignment {decoded.source}")
-def judge_task(transcript_path: str, decoded: DecodedAudio, vad: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
+def judge_task(
+    transcript_path: str, decoded: DecodedAudio, text: str, vad: Mapping[str, Any] | None = None
+) -> tuple[str, str | None]:
     """Judge one file's stabilized alignment: (path of the judged transcript, error when the text does not match)."""
     transcript = Transcript.load(transcript_path)
     probabilities = file_probabilities(decoded.pcm_path, load_pcm(decoded.pcm_path))
-    judged, error = judge_alignment(transcript, probabilities, VadThresholds(**dict(vad or {})))
+    judged, error = judge_alignment(transcript, len(text.split()), probabilities, VadThresholds(**dict(vad or {})))
     return judged.save(Path(transcript_path).with_suffix(".judged.json")), error
 
 
@@ -287,7 +357,7 @@ def align_group(
     paths = {}
     for file_id, item in decoded.items():
         stable = stabilize_task(aligned[file_id].transcript_path, item, windows[file_id], settings, vad)
-        paths[file_id], error = judge_task(stable, item, vad)
+        paths[file_id], error = judge_task(stable, item, texts[file_id], vad)
         if error:
             item.status, item.error = "failed", f"{item.source}: {error}"
     return paths, {file_id: result.infer_s for file_id, result in aligned.items()}

@@ -141,9 +141,8 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         decoded = [decode_task(item, work_dir, job.skip_file_ids) for item in job.files]
         check_cancelled()
         # Identical content under two names is transcribed once and written under both.
+        texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
-        texts = read_texts(list(todo.values()), job.text_suffix) if job.text_suffix else {}
-        todo = {file_id: d for file_id, d in todo.items() if d.status == "ok"}  # a missing text fails its file
         vad = job.profile.vad.model_dump()
         chunked = {
             file_id: chunk_task(d, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) for file_id, d in todo.items()

@@ -358,6 +358,8 @@ def align_group(
     for file_id, item in decoded.items():
         stable = stabilize_task(aligned[file_id].transcript_path, item, windows[file_id], settings, vad)
         paths[file_id], error = judge_task(stable, item, texts[file_id], vad)
+        if error and not windows[file_id]:
+            error = "the VAD is confident the audio holds no speech at all: none of the text's words were placed on it"
         if error:
             item.status, item.error = "failed", f"{item.source}: {error}"
     return paths, {file_id: result.infer_s for file_id, result in aligned.items()}

@@ -35,7 +35,6 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from steadyscribe.metrics import align_words
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
 from steadyscribe.tasks.decode import load_pcm
@@ -113,6 +112,9 @@ def candidate_windows(
     crosses into the next window); words before the first match in any window up to its, words
     after the last in any from its on. Without any match nothing can be placed: all None.
     """
+    # Imported here: the metrics' text normalizer imports torch, which the flow's process must not.
+    from steadyscribe.metrics import align_words
+
     pairs = align_words([{"word": w} for w in text_words], [{"word": w} for w, _ in heard])
     ranges: list[tuple[int, int] | None] = [None] * len(text_words)
     if not pairs:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from steadyscribe.metrics import align_words, align_words_literally
 from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
 from steadyscribe.tasks.align import (
     AlignOptions,
@@ -96,3 +98,33 @@ def test_judge_fails_a_text_that_does_not_match():
     judged, error = judge_alignment(_transcript(words), 16, probabilities)
     assert judged.stabilization["words_aligned"] == 5
     assert error is not None and "does not match" in error and "5 of its 16 words (31%)" in error
+
+
+def test_a_window_takes_as_much_text_as_the_decoder_holds_in_whole_words():
+    ctranslate2_engine = pytest.importorskip("steadyscribe.engines.ctranslate2_engine")
+    from whisper.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(multilingual=False)
+    tokens, left = ctranslate2_engine.fit_text("Call me Ishmael.", tokenizer)
+    assert tokenizer.decode(tokens) == " Call me Ishmael." and left == []
+    long_text = " ".join(f"word{i}" for i in range(400))  # ~2 tokens a word: over the 448-token context
+    tokens, left = ctranslate2_engine.fit_text(long_text, tokenizer)
+    assert len(tokens) <= ctranslate2_engine.MAX_LENGTH - len(tokenizer.sot_sequence) - 2
+    assert (tokenizer.decode(tokens).split() + left) == long_text.split()
+
+
+def test_identical_audio_with_two_different_texts_fails_the_second(tmp_path):
+    (tmp_path / "a.txt").write_text("one text")
+    (tmp_path / "b.txt").write_text("another text")
+    (tmp_path / "c.txt").write_text("one text")
+    decoded = [DecodedAudio(str(tmp_path / f"{name}.flac"), "ok", file_id="same") for name in "abc"]
+    assert read_texts(decoded, ".txt") == {"same": "one text"}
+    assert [d.status for d in decoded] == ["ok", "failed", "ok"]
+    assert "the same audio as" in decoded[1].error and "a.flac" in decoded[1].error
+
+
+def test_literal_matching_counts_fillers_as_words():
+    reference = [{"word": w} for w in ["Um,", "I'm", "here", "uh", "now"]]
+    hypothesis = [{"word": w} for w in ["um", "i'm", "there", "uh", "now."]]
+    assert align_words_literally(reference, hypothesis) == [(0, 0), (1, 1), (3, 3), (4, 4)]
+    assert align_words(reference, hypothesis) == [(1, 1), (4, 4)]  # the normalizer drops fillers

@@ -45,6 +45,21 @@ def compute_type_for(plan: Plan) -> str:
     raise ValueError(f"CTranslate2 has no {plan.quantization!r} quantization; use none or int8")
 
 
+def fit_text(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[str]]:
+    """The text's tokens, whole words only, as many as the decoder's context holds; and the words left over."""
+    tokens = tokenizer.encode(" " + " ".join(text.split())) if text.strip() else []
+    room = MAX_LENGTH - len(tokenizer.sot_sequence) - 2  # start sequence, <|notimestamps|>, end of text
+    if len(tokens) <= room:
+        return tokens, []
+    words, word_tokens = tokenizer.split_to_word_tokens(tokens)
+    kept = 0
+    for count, piece in enumerate(word_tokens):
+        if kept + len(piece) > room:
+            return tokens[:kept], [word.strip() for word in words[count:]]
+        kept += len(piece)
+    return tokens, []
+
+
 class CTranslate2Engine:
     """Batched Whisper decoding on CTranslate2 with word timestamps; see the module docstring."""
 
@@ -132,7 +147,7 @@ class CTranslate2Engine:
             encoded = self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
             languages = self._languages(encoded, [item for item, _ in batch])
             tokenizers = [self._tokenizer(language) for language in languages]
-            fitted = [self._fit_text(text, tokenizer) for (_, text), tokenizer in zip(batch, tokenizers)]
+            fitted = [fit_text(text, tokenizer) for (_, text), tokenizer in zip(batch, tokenizers)]
             num_frames = [min(len(item.samples), N_SAMPLES) // HOP_LENGTH for item, _ in batch]
             text_tokens = [tokens for tokens, _ in fitted]
             alignments = self._align(encoded, mel, tokenizers, text_tokens, num_frames, no_timestamps=True)
@@ -141,20 +156,6 @@ class CTranslate2Engine:
             ):
                 segments = self._aligned_segments(item, tokenizer, tokens, overflow, alignment)
                 yield WindowResult(window=item.window, language=language, segments=segments)
-
-    def _fit_text(self, text: str, tokenizer: Tokenizer) -> tuple[list[int], list[str]]:
-        """The text's tokens, whole words only, as many as the decoder's context holds; and the words left over."""
-        tokens = tokenizer.encode(" " + " ".join(text.split())) if text.strip() else []
-        room = MAX_LENGTH - len(tokenizer.sot_sequence) - 2  # start sequence, <|notimestamps|>, end of text
-        if len(tokens) <= room:
-            return tokens, []
-        words, word_tokens = tokenizer.split_to_word_tokens(tokens)
-        kept = 0
-        for count, piece in enumerate(word_tokens):
-            if kept + len(piece) > room:
-                return tokens[:kept], [word.strip() for word in words[count:]]
-            kept += len(piece)
-        return tokens, []
 
     def _aligned_segments(
         self,

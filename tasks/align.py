@@ -38,7 +38,8 @@ from prefect.cache_policies import NO_CACHE
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
 from steadyscribe.tasks.decode import load_pcm
-from steadyscribe.tasks.infer import InferenceResult, _inference_lock, cached_engine, transcribe_files, window_stream
+from steadyscribe.tasks.infer import InferenceResult, _inference_lock, cached_engine, transcribe_files
+from steadyscribe.tasks.pack import packed_stream
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
@@ -220,9 +221,10 @@ def align_files(
             if span[1] > span[0]:
                 spans[(file_id, window.index)] = span
     text_words = {file_id: texts[file_id].split() for file_id in decoded}
+    samples = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
     items = (
         (audio, " ".join(text_words[audio.window.file_id][slice(*spans[(audio.window.file_id, audio.window.index)])]))
-        for audio in window_stream(decoded, [w for w in windows if (w.file_id, w.index) in spans])
+        for audio in packed_stream([w for w in windows if (w.file_id, w.index) in spans], samples)
     )
     aligned: dict[str, list[tuple[int, tuple[int, int], list[Word]]]] = {file_id: [] for file_id in decoded}
     languages: dict[str, str | None] = {}

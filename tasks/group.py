@@ -38,7 +38,7 @@ from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.tasks.align import align_group, read_texts
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
-from steadyscribe.tasks.infer import infer_task
+from steadyscribe.tasks.infer import Packing, infer_task
 from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
@@ -160,7 +160,9 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
                     stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad)
                 else:
                     infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
-                    inference = infer(plan, todo, windows, work_dir, f"Windows transcribed, {job.label} (percent)", check_cancelled)
+                    description = f"Windows transcribed, {job.label} (percent)"
+                    packing = packing_for(plan, job.profile)
+                    inference = infer(plan, todo, windows, work_dir, description, check_cancelled, packing)
                     infer_s = {file_id: result.infer_s for file_id, result in inference.items()}
                     stable_paths = {
                         file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings, vad)
@@ -182,6 +184,16 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def packing_for(plan: Plan, profile: Profile) -> Packing | None:
+    """How short files share windows, when the profile packs and every window's language is known."""
+    if not profile.chunking.pack_files:
+        return None
+    if plan.language is None:
+        get_run_logger().info("files are not packed into shared windows: %s detects each file's language", plan.model)
+        return None
+    return Packing(plan.chunk_s, profile.chunking.pack_gap_s)
 
 
 def _engine_failure(error: Exception, plan: Plan, worker: str) -> str:

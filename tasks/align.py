@@ -35,6 +35,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
 from steadyscribe.tasks.decode import load_pcm
@@ -83,7 +84,10 @@ def read_texts(decoded: list[DecodedAudio], suffix: str) -> dict[str, str]:
             fs, inner = filesystem_for(path)
             text = with_retries(lambda: fs.cat_file(inner)).decode("utf-8")
         except FileNotFoundError:
-            item.status, item.error = "failed", f"{item.source}: no text to align: {path} does not exist (align reads the text of each audio file from the file of the same name with the suffix {suffix!r})"
+            item.status, item.error = "failed", (
+                f"{item.source}: no text to align: {path} does not exist (align reads each audio file's text "
+                f"from the file of the same name with the suffix {suffix!r})"
+            )
             continue
         except (OSError, UnicodeDecodeError) as error:
             item.status, item.error = "failed", f"{item.source}: cannot read its text {path}: {error}"
@@ -232,6 +236,8 @@ def align_files(
         span = spans[(result.window.file_id, result.window.index)]
         aligned[result.window.file_id].append((result.window.index, span, [w for s in result.segments for w in s.words]))
         languages.setdefault(result.window.file_id, result.language)
+        if result.window.file_id not in several:  # the others' windows were counted as they were transcribed
+            reporter().windows_done(1, result.window.end - result.window.start)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out = {}

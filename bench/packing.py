@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu-fast", help="chunking, VAD and stabilization settings from this profile")
     parser.add_argument("--engine", default="ctranslate2", choices=["ctranslate2", "transformers", "whisper"])
     parser.add_argument("--quantization", default="dynamic-int8")
+    parser.add_argument("--max-window-s", type=float, nargs="+", default=[30.0], help="packed windows' lengths to try")
+    parser.add_argument("--packed-with-timestamps", action="store_true", help="ctranslate2: decode packed runs with timestamp tokens")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data-dir", type=Path, default=Path("bench/data"))
     parser.add_argument("--out", type=Path)
@@ -118,11 +120,17 @@ def main() -> None:
                 samples, d.file_id, max_window_s=30.0, min_pause_s=profile.chunking.min_pause_s,
                 probabilities=file_probabilities(d.pcm_path, samples), thresholds=thresholds_from_profile(profile.vad.model_dump()),
             )
-        for gap in [None, *args.gaps]:
-            packing = Packing(30.0, gap) if gap else None
-            label = f"packed, {gap:g} s between files" if gap else "not packed"
+        for gap, max_window_s in [(None, 30.0), *((g, m) for m in args.max_window_s for g in args.gaps)]:
+            packing = Packing(max_window_s, gap) if gap else None
+            label = f"packed into {max_window_s:g} s, {gap:g} s between files" if gap else "not packed"
             unpacked = report["runs"].get("not packed", {}).get("texts")
-            report["runs"][label] = scores(files, ids, run(engine, decoded, windows_of, packing, Path(work_dir), profile), unpacked)
+            run_engine = engine
+            if packing and args.packed_with_timestamps:
+                from steadyscribe.engines.ctranslate2_engine import CTranslate2Engine
+
+                run_engine = CTranslate2Engine(plan, with_timestamps=True)
+                label += ", timestamp tokens"
+            report["runs"][label] = scores(files, ids, run(run_engine, decoded, windows_of, packing, Path(work_dir), profile), unpacked)
             print(label, {k: v for k, v in report["runs"][label].items() if k != "texts"}, flush=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))

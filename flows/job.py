@@ -37,6 +37,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, help="override decoding.beam_size for this run (1: greedy)")
     parser.add_argument("--language", help="override decoding.language for this run (a code such as en or de)")
     parser.add_argument("--initial-prompt", help="override decoding.initial_prompt for this run (text that primes each window)")
+    parser.add_argument(
+        "--channels", choices=("mix", "split"),
+        help="override audio.channels for this run: mix to mono, or transcribe each channel as its own speaker",
+    )
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     parser.add_argument("--scheduler", help="run the groups of files on this Dask scheduler (tcp://host:8786), whatever the profile says")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
@@ -76,6 +80,7 @@ def run_job(args: argparse.Namespace) -> int:
         overrides = {
             "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
             "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
+            "channels": args.channels,
         }
         apply_overrides(load_profile(args.profile), overrides)
         check_writable(args.output)

@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict
 from datetime import datetime, timezone
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -29,7 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
-from steadyscribe.profiles import DEFAULT_PROFILE, Profile, load_profile
+from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
@@ -54,12 +55,18 @@ def files_per_group(plan: Plan, profile: Profile) -> int:
 
 
 def output_settings(profile: Profile) -> dict:
-    """Profile settings that change the tables' content (a change re-transcribes files)."""
-    return {
+    """Profile settings that change the tables' content (a change re-transcribes files).
+
+    `audio` only when channels are split, so that mixed runs keep the keys they had before the option existed.
+    """
+    settings = {
         "chunking": profile.chunking.model_dump(),
         "vad": profile.vad.model_dump(),
         "stabilization": profile.stabilization.model_dump(),
     }
+    if profile.audio.channels != "mix":
+        settings["audio"] = profile.audio.model_dump()
+    return settings
 
 
 def flow_run_name() -> str:
@@ -82,13 +89,15 @@ def transcribe(
     beam_size: int | None = None,
     language: str | None = None,
     initial_prompt: str | None = None,
+    channels: Literal["mix", "split"] | None = None,
     text_suffix: str | None = None,
 ) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
     Files already transcribed into `output` with the same content and settings are
-    skipped unless `force`. memory_budget, batch_size, model, beam_size, language and
-    initial_prompt override the profile for this run (None: the profile's). Every input ends
+    skipped unless `force`. memory_budget, batch_size, model, beam_size, language,
+    initial_prompt and channels (audio.channels) override the profile for this run (None: the
+    profile's). Every input ends
     in one `files` row: ok, skipped or failed.
     When a file failed, the run still commits the others and then ends Failed; calling
     the flow then raises FilesFailed, which carries the summary. `scheduler` (a Dask
@@ -104,12 +113,15 @@ def transcribe(
     # Configuration errors stop the run here, before any audio is touched. The CLI refuses
     # credentials in URLs before the flow run exists; this catches deployments and direct callers.
     refuse_credentials_in_urls([*inputs, output])
-    chosen = load_profile(profile)
-    check_writable(output)
     overrides = {
         "memory_budget": memory_budget, "batch_size": batch_size, "model": model,
-        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt,
+        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt, "channels": channels,
     }
+    # The groups read audio.channels from the profile itself.
+    chosen = apply_overrides(load_profile(profile), {"channels": channels})
+    if text_suffix and chosen.audio.channels != "mix":
+        raise PlanError("aligning takes one text per file, for its channels mixed: use audio.channels mix (--channels mix)")
+    check_writable(output)
 
     with task_runner_for(chosen, scheduler) as runner:
         # A worker probes and plans: the plan must fit the machines that run inference, and

@@ -194,6 +194,8 @@ def segment_rows(run: RunInfo, results: Iterable[FileResult]) -> list[dict[str, 
             "no_speech_prob": s.no_speech_prob,
             "compression_ratio": s.compression_ratio,
             "language": transcript.language,
+            "channel": s.channel,
+            "speaker": s.speaker,
         }
         for result, transcript in _transcribed(results)
         for i, s in enumerate(transcript.segments)
@@ -212,6 +214,8 @@ def word_rows(run: RunInfo, results: Iterable[FileResult]) -> list[dict[str, Any
             "start": w.start,
             "end": w.end,
             "probability": w.probability,
+            "channel": s.channel,
+            "speaker": s.speaker,
         }
         for result, transcript in _transcribed(results)
         for i, s in enumerate(transcript.segments)
@@ -343,11 +347,12 @@ def _timestamp(seconds: float, decimal_separator: str) -> str:
 
 
 def _cues(transcript: Transcript, decimal_separator: str) -> list[tuple[str, str]]:
-    """(timing line, text) per segment that has text; '-->' would end a cue's text early."""
+    """(timing line, text) per segment that has text, led by its speaker where channels were split;
+    '-->' would end a cue's text early."""
     return [
         (
             f"{_timestamp(s.start, decimal_separator)} --> {_timestamp(s.end, decimal_separator)}",
-            s.text.strip().replace("-->", "->"),
+            (f"{s.speaker}: " if s.speaker else "") + s.text.strip().replace("-->", "->"),
         )
         for s in transcript.segments
         if s.text.strip()

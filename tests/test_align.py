@@ -129,3 +129,5 @@ def test_the_flow_aligns_with_a_text_suffix_and_refuses_an_engine_that_cannot(pr
     # The batch-1 whisper engine has no alignment of given text.
     code = main(["align", inputs[0], "--output", str(tmp_path / "out2"), "--profile", "cpu-small", *MODEL])
     assert code == 2
+    # One text per file: its channels are not split into speakers.
+    assert main(["align", inputs[0], "--output", str(tmp_path / "out3"), "--channels", "split", *MODEL]) == 2

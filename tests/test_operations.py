@@ -190,7 +190,7 @@ def test_deploy_all_registers_nightly_and_backfill(deployed):
         ]
         assert set(deployment.parameter_openapi_schema["properties"]) == {
             "inputs", "output", "profile", "memory_budget", "batch_size", "force", "scheduler",
-            "model", "beam_size", "language", "initial_prompt", "text_suffix",
+            "model", "beam_size", "language", "initial_prompt", "channels", "text_suffix",
         }
 
 

@@ -64,50 +64,60 @@ def test_words_go_back_to_their_file_in_its_own_time_and_segments_split_at_the_s
     assert b.segments[0].avg_logprob == -0.3 and a.language == b.language == "en"
 
 
-# --- on the real model: packing costs no words and leaks none ----------------------------------------
+# --- on the real model: packing costs no words and no timing, and leaks none ---------------------------
 
-REAL_SHORT = ["r13_libri_61", "r26_goforward", "r01_jfk"]  # 4.9 + 2.8 + 11.0 s: one window
+# Each set fits one window: 4.9 + 2.8 + 11.0 s of real recordings; 8.4 + 12.7 s of synthetic
+# speech with exact word times.
+PACKED_SETS = {
+    "real": ["real/r13_libri_61", "real/r26_goforward", "real/r01_jfk"],
+    "synthetic": ["fast_speaker", "noisy"],
+}
 
 
 @pytest.mark.slow
-def test_packed_real_recordings_keep_their_own_words(tmp_path):
+@pytest.mark.parametrize("kind", PACKED_SETS)
+def test_packed_files_keep_their_own_words_and_times(kind, tmp_path):
     pytest.importorskip("ctranslate2")
     from conftest import FIXTURES
 
     from steadyscribe.engines import load_engine
-    from steadyscribe.metrics import word_error_rate
-    from steadyscribe.records import InputFile, Plan
+    from steadyscribe.metrics import boundary_errors, normalize_text, word_error_rate
+    from steadyscribe.records import InputFile, Plan, Transcript
     from steadyscribe.tasks.chunk import plan_windows
     from steadyscribe.tasks.decode import decode_input, load_pcm
     from steadyscribe.tasks.infer import Packing, transcribe_files
 
     plan = Plan(engine="ctranslate2", model="tiny.en", quantization="dynamic-int8", batch_size=4, threads=2, language="en")
     engine = load_engine(plan)
-    decoded, reference, windows = {}, {}, []
-    for name in REAL_SHORT:
-        d = decode_input(InputFile(str(FIXTURES / "real" / f"{name}.flac")), tmp_path)
+    decoded, truth, windows = {}, {}, []
+    for name in PACKED_SETS[kind]:
+        d = decode_input(InputFile(str(FIXTURES / f"{name}.flac")), tmp_path)
         decoded[d.file_id] = d
-        reference[d.file_id] = json.loads((FIXTURES / "real" / f"{name}.json").read_text())["text"]
+        truth[d.file_id] = json.loads((FIXTURES / f"{name}.json").read_text())
         windows += plan_windows(load_pcm(d.pcm_path), d.file_id)
-    assert len(pack_windows(windows, 30.0, 1.0)) == 1  # all three share one window
+    assert len(pack_windows(windows, 30.0, 0.5)) == 1  # they all share one window
 
-    def texts(packing):
-        results = transcribe_files(engine, decoded, windows, tmp_path / (packing and "packed" or "alone"), packing=packing)
-        out = {}
-        for file_id, result in results.items():
-            data = json.loads(open(result.transcript_path).read())
-            out[file_id] = " ".join(w["word"].strip() for s in data["segments"] for w in s["words"])
-        return out
+    def words(packing, folder):
+        (tmp_path / folder).mkdir()
+        results = transcribe_files(engine, decoded, windows, tmp_path / folder, packing=packing)
+        return {file_id: Transcript.load(r.transcript_path).words for file_id, r in results.items()}
 
-    (tmp_path / "packed").mkdir()
-    (tmp_path / "alone").mkdir()
-    alone, packed = texts(None), texts(Packing(30.0, 1.0))
-    for file_id, text in reference.items():
-        # Each file's words are its own: no worse than decoded alone, beyond one word's slack.
-        slack = 1.0 / len(text.split())
-        assert word_error_rate(text, packed[file_id]) <= word_error_rate(text, alone[file_id]) + slack + 1e-9, (packed, alone)
-        mates = {w for other, t in reference.items() if other != file_id for w in t.lower().split()} - set(text.lower().split())
-        assert not mates & set(packed[file_id].lower().replace(",", "").replace(".", "").split())
+    alone, packed = words(None, "alone"), words(Packing(30.0, 0.5), "packed")
+    for file_id, reference in truth.items():
+        text = " ".join(w.word for w in packed[file_id])
+        # Each file's words are its own: no worse than decoded alone, beyond one word's slack ...
+        slack = 1.0 / len(reference["text"].split())
+        assert word_error_rate(reference["text"], text) <= word_error_rate(reference["text"], " ".join(w.word for w in alone[file_id])) + slack + 1e-9
+        # ... none of them comes from a window mate: no word that neither its reference nor its
+        # text decoded alone has, and a mate's reference has ...
+        own = set(normalize_text(reference["text"]).split()) | set(normalize_text(" ".join(w.word for w in alone[file_id])).split())
+        mates = {w for other, t in truth.items() if other != file_id for w in normalize_text(t["text"]).split()} - own
+        assert not mates & set(normalize_text(text).split()), text
+        # ... and they lie where they were said, as well as when decoded alone.
+        if reference.get("words"):
+            within_packed = boundary_errors(reference["words"], packed[file_id], 0.2).within_tolerance_rate
+            within_alone = boundary_errors(reference["words"], alone[file_id], 0.2).within_tolerance_rate
+            assert within_packed >= within_alone - 0.05, (within_packed, within_alone)
 
 
 class _StopsAfterFirstFile:

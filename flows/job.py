@@ -15,6 +15,9 @@ from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile
 from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, reporting
 
+# Alignment runs on the CTranslate2 engine (tasks/align.py), which this profile picks.
+ALIGN_PROFILE = "cpu-fast"
+
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """Inputs, output and profile: what `run` and `serve` both take."""
@@ -50,6 +53,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_align_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `align` takes: `run`'s arguments, the text files' suffix, and a profile on the aligning engine."""
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--text-suffix", default=".txt",
+        help="each audio file's text is the file of the same name with this suffix instead of its extension (default: .txt)",
+    )
+    parser.set_defaults(profile=ALIGN_PROFILE)
+
+
 def run_job(args: argparse.Namespace) -> int:
     """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration."""
     # Imported here so that building the CLI's parser does not load Prefect and the stages.
@@ -81,6 +94,7 @@ def run_job(args: argparse.Namespace) -> int:
                 profile=args.profile,
                 force=args.force,
                 scheduler=args.scheduler,
+                text_suffix=getattr(args, "text_suffix", None),
                 **overrides,
             )
     except FilesFailed as failed:

@@ -28,12 +28,13 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from steadyscribe.errors import FilesFailed
+from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
+from steadyscribe.tasks.align import ALIGNING_ENGINES
 from steadyscribe.tasks.discover import discover_task
 from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
@@ -69,9 +70,10 @@ def output_settings(profile: Profile) -> dict:
 
 
 def flow_run_name() -> str:
-    """"transcribe PROFILE → OUTPUT", with any credential in the output URL redacted."""
+    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted."""
     parameters = flow_run.parameters
-    return f"transcribe {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
+    mode = "align" if parameters.get("text_suffix") else "transcribe"
+    return f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
@@ -88,6 +90,7 @@ def transcribe(
     language: str | None = None,
     initial_prompt: str | None = None,
     channels: Literal["mix", "split"] | None = None,
+    text_suffix: str | None = None,
 ) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
@@ -100,6 +103,10 @@ def transcribe(
     the flow then raises FilesFailed, which carries the summary. `scheduler` (a Dask
     scheduler address, e.g. tcp://host:8786) runs the groups on that cluster whatever the
     profile's runner says.
+
+    With `text_suffix` (e.g. ".txt") the run aligns instead of transcribing: each audio file's
+    words and times come from the text in the file of the same name with that suffix
+    (tasks/align.py), and its `files` row says mode `align`.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -112,6 +119,8 @@ def transcribe(
     }
     # The groups read audio.channels from the profile itself.
     chosen = apply_overrides(load_profile(profile), {"channels": channels})
+    if text_suffix and chosen.audio.channels != "mix":
+        raise PlanError("aligning takes one text per file, for its channels mixed: use audio.channels mix (--channels mix)")
     check_writable(output)
 
     with task_runner_for(chosen, scheduler) as runner:
@@ -122,14 +131,21 @@ def transcribe(
         probe = runner.submit(probe_task, {"paths": [output], **probe_options}).result()
         plan = runner.submit(select_task, {"profile": chosen, "probe": probe, "overrides": overrides}).result()
         logger.info("plan: %s", plan.reason)
+        if text_suffix and plan.engine not in ALIGNING_ENGINES:
+            raise PlanError(
+                f"aligning a text needs the {' or '.join(ALIGNING_ENGINES)} engine, and profile {chosen.name} planned "
+                f"{plan.engine}; use a profile that picks it (cpu-fast)"
+            )
         create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
 
-        run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, output_settings(chosen)))
+        settings = output_settings(chosen) | ({"align_text_suffix": text_suffix} if text_suffix else {})
+        mode = "align" if text_suffix else "transcribe"
+        run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, settings), mode)
         files = discover_task(inputs)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
         reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
-        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner))
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix)
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
@@ -150,6 +166,7 @@ def _group_jobs(
     overrides: dict,
     done: frozenset[str],
     refit: bool,
+    text_suffix: str | None = None,
 ) -> list[GroupJob]:
     size = files_per_group(run.plan, profile)
     flow_run_id = get_run_context().flow_run.id
@@ -165,6 +182,7 @@ def _group_jobs(
             skip_file_ids=done,
             flow_run_id=flow_run_id,
             refit=refit,
+            text_suffix=text_suffix,
         )
         for first in range(0, len(files), size)
     ]

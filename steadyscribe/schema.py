@@ -65,6 +65,9 @@ FILES_SCHEMA = _schema(
         pa.field("finished_at", UTC_TIMESTAMP),
         pa.field("settings_key", pa.string(), nullable=False),
         pa.field("worker", pa.string()),  # host:pid that transcribed the file (null: skipped, or never reached a worker)
+        pa.field("mode", pa.string()),  # transcribe | align (word times for a given text: `steadyscribe align`)
+        # align mode: share of the text's words aligned with confidence (null when transcribed or failed).
+        pa.field("aligned_share", pa.float64()),
     ],
 )
 

@@ -35,6 +35,7 @@ from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
+from steadyscribe.tasks.align import align_group, read_texts
 from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channel_files
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
@@ -68,6 +69,8 @@ class GroupJob:
     # Choose batch size and threads again on the worker (other machines); False where the
     # groups run in the process that made the plan.
     refit: bool = True
+    # Align mode (tasks/align.py): each file's text is the file beside it with this suffix; None: transcribe.
+    text_suffix: str | None = None
 
     @property
     def part(self) -> str:
@@ -140,6 +143,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         decoded = [decode_task(item, work_dir, job.skip_file_ids, audio.channels) for item in job.files]
         check_cancelled()
         # Identical content under two names is transcribed once and written under both.
+        texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         vad = job.profile.vad.model_dump()
         splits = {file_id: channels_task(d, audio.speakers, vad) for file_id, d in todo.items() if d.channel_paths}
@@ -155,16 +159,19 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         try:
             if units:
                 plan = worker_plan(job) if job.refit else job.run.plan
-                infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
-                description = f"Windows transcribed, {job.label} (percent)"
-                packing = packing_for(plan, job.profile)
-                inference = infer(plan, units, windows, work_dir, description, check_cancelled, packing)
-                infer_s = {unit_id: result.infer_s for unit_id, result in inference.items()}
                 settings = job.profile.stabilization.model_dump()
-                stable_paths = {
-                    unit_id: stabilize_task(inference[unit_id].transcript_path, u, chunked[unit_id], settings, vad)
-                    for unit_id, u in units.items()
-                }
+                if job.text_suffix:  # one text per file: the flow refuses split channels in align mode
+                    stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad)
+                else:
+                    infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
+                    description = f"Windows transcribed, {job.label} (percent)"
+                    packing = packing_for(plan, job.profile)
+                    inference = infer(plan, units, windows, work_dir, description, check_cancelled, packing)
+                    infer_s = {unit_id: result.infer_s for unit_id, result in inference.items()}
+                    stable_paths = {
+                        unit_id: stabilize_task(inference[unit_id].transcript_path, u, chunked[unit_id], settings, vad)
+                        for unit_id, u in units.items()
+                    }
             for file_id, split in splits.items():
                 stable_paths[file_id] = join_channel_files(split, stable_paths, work_dir)
                 infer_s[file_id] = sum(infer_s.get(u.file_id, 0.0) for u in split.transcribe.values())

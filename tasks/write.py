@@ -71,6 +71,7 @@ class RunInfo:
     run_date: date
     plan: Plan
     settings_key: str
+    mode: str = "transcribe"  # or "align": word times for a given text (tasks/align.py)
 
     def __post_init__(self) -> None:
         if not _SAFE_RUN_ID.fullmatch(self.run_id):
@@ -160,7 +161,15 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "finished_at": _utc(result.finished_at),
         "settings_key": run.settings_key,
         "worker": result.worker,
+        "mode": run.mode,
+        "aligned_share": _aligned_share(transcript) if transcript and run.mode == "align" else None,
     }
+
+
+def _aligned_share(transcript: Transcript) -> float:
+    """Confidently aligned words over the text's words (tasks/align.py counts both)."""
+    counts = transcript.stabilization
+    return counts.get("words_aligned", 0) / counts["text_words"] if counts.get("text_words") else 0.0
 
 
 def _transcribed(results: Iterable[FileResult]) -> Iterable[tuple[FileResult, Transcript]]:

@@ -124,7 +124,7 @@ def steadyscribe_words(output: Path) -> dict[str, str]:
     import duckdb
 
     rows = duckdb.sql(
-        f"SELECT source, string_agg(word, '' ORDER BY start) FROM read_parquet('{output}/words/**/*.parquet') GROUP BY source"
+        f"SELECT source, string_agg(trim(word), ' ' ORDER BY start) FROM read_parquet('{output}/words/**/*.parquet') GROUP BY source"
     ).fetchall()
     return {Path(source).name: text for source, text in rows}
 

@@ -48,7 +48,7 @@ def compute_type_for(plan: Plan) -> str:
     raise ValueError(f"CTranslate2 has no {plan.quantization!r} quantization; use none or int8")
 
 
-def fit_text(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[str]]:
+def fit_text(text: str, tokenizer: WhisperTokenizer) -> tuple[list[int], list[str]]:
     """The text's tokens, whole words only, as many as the decoder's context holds; and the words left over."""
     tokens = tokenizer.encode(" " + " ".join(text.split())) if text.strip() else []
     room = MAX_LENGTH - len(tokenizer.sot_sequence) - 2  # start sequence, <|notimestamps|>, end of text
@@ -161,7 +161,7 @@ class CTranslate2Engine:
     def _aligned_segments(
         self,
         item: WindowAudio,
-        tokenizer: Tokenizer,
+        tokenizer: WhisperTokenizer,
         tokens: list[int],
         overflow: list[str],
         alignment: ctranslate2.models.WhisperAlignmentResult,

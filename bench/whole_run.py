@@ -12,8 +12,9 @@ Inputs, real speech first:
 - long: one ten-minute file, those recordings end to end three times, 1 s apart.
 
 Systems:
-- `steadyscribe run --profile auto` (cpu-fast here), and cpu-fast with `chunking.pack_files`
-  off, for the WER comparison (the same commit with packing off);
+- `steadyscribe run --profile auto` (cpu-fast here): with its temporary Prefect server, and
+  against a Prefect server already running (as a scheduled deployment runs);
+- cpu-fast with `chunking.pack_files` on (off in every shipped profile: it costs WER);
 - faster-whisper's BatchedInferencePipeline, int8, batch 8, file by file (bench/faster_whisper_run.py),
   at beam 1 (steadyscribe's profiles are greedy) and at its default beam 5.
 
@@ -133,10 +134,14 @@ def faster_whisper_words(path: Path) -> dict[str, str]:
     return {name: "".join(w["word"] for w in words) for name, words in json.loads(path.read_text()).items()}
 
 
+STANDING_PORT = 4299
+STANDING = "steadyscribe run --profile auto, Prefect server already running"
+
+
 def systems(model_dir: str, scratch_root: Path) -> dict[str, callable]:
     """label -> (input path, scratch dir) -> (command, reader of its output)."""
-    unpacked = scratch_root / "cpu-fast-unpacked.yaml"
-    unpacked.write_text("extends: cpu-fast\nchunking:\n  pack_files: false\n")
+    packed = scratch_root / "cpu-fast-packed.yaml"
+    packed.write_text("extends: cpu-fast\nchunking:\n  pack_files: true\n")
 
     def steadyscribe(*extra: str):
         def command(source: Path, scratch: Path):
@@ -154,7 +159,8 @@ def systems(model_dir: str, scratch_root: Path) -> dict[str, callable]:
 
     return {
         "steadyscribe run --profile auto": steadyscribe(),
-        "steadyscribe run, cpu-fast with packing off": steadyscribe("--profile", str(unpacked)),
+        STANDING: steadyscribe(),
+        "steadyscribe run, cpu-fast with chunking.pack_files on": steadyscribe("--profile", str(packed)),
         "faster-whisper batched int8 b8, beam 1": faster_whisper(1),
         "faster-whisper batched int8 b8, beam 5": faster_whisper(5),
     }
@@ -181,13 +187,20 @@ def main() -> None:
     commands = systems(str(provision("tiny.en", "ctranslate2")), scratch_root)
     env = {**os.environ, "PREFECT_HOME": str(scratch_root / "prefect-home"), "STEADYSCRIBE_LOG_DIR": str(scratch_root / "logs"),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # A scheduled deployment talks to a Prefect server that is already up: that run skips the
+    # temporary server's start and stop (the server's own memory is then not in the tree).
+    standing_env = {**env, "PREFECT_HOME": str(scratch_root / "standing-home"),
+                    "PREFECT_API_URL": f"http://127.0.0.1:{STANDING_PORT}/api"}
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--port", str(STANDING_PORT)], env=standing_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(f"http://127.0.0.1:{STANDING_PORT}/api/health")
     # Untimed warm-up: Prefect's database, the OS file cache of both systems' libraries and weights.
     warm_input = inputs[next(iter(inputs))][0]
     for label, command in commands.items():
         scratch = scratch_root / "warm" / label.replace(" ", "_")
         scratch.mkdir(parents=True)
         subprocess.run(command(warm_input if warm_input.is_file() else next(_audio_paths(warm_input)), scratch)[0],
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                       env=standing_env if label == STANDING else env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     load_start = os.getloadavg()
     runs = []
     for round_index in range(args.rounds):
@@ -196,13 +209,15 @@ def main() -> None:
                 scratch = scratch_root / f"{round_index}-{input_name}-{label.replace(' ', '_')}"
                 scratch.mkdir(parents=True)
                 argv, read_words = command(path, scratch)
-                result = timed(argv, env)
+                result = timed(argv, standing_env if label == STANDING else env)
                 if result["exit"] == 0:
                     texts = read_words()
                     result["wer"] = corpus_wer((reference, texts.get(name, "")) for name, reference in references.items())
                 result.update(input=input_name, system=label, round=round_index, audio_s=audio_s[input_name])
                 runs.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "stderr_tail"}), flush=True)
+    server.terminate()
+    server.wait(timeout=60)
     report = {
         "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -215,6 +230,20 @@ def main() -> None:
     write_markdown(report, args.out)
     plot(report, args.out / "whole_run-throughput_vs_memory.png")
     shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+def _wait_for(url: str, timeout_s: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _audio_paths(path: Path):

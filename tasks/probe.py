@@ -10,7 +10,6 @@ import functools
 import json
 import math
 import os
-import re
 import shutil
 import sys
 from collections.abc import Collection
@@ -58,7 +57,7 @@ class Probe:
     disk_free_bytes: dict[str, int | None] = field(default_factory=dict)  # None: remote or missing
     # RSS of the probing process, which also hosts the engine (a thread-runner flow, or a worker).
     process_rss_bytes: int = 0
-    # Whether torch, the runtime of the torch engines (steadyscribe.memory: torch_runtime), is already in that RSS.
+    # Whether torch, part of every engine's calibrated runtime, is already in that RSS.
     engine_runtime_resident: bool = True
 
     @property
@@ -233,25 +232,20 @@ def _read_int(path: Path) -> int | None:
 # ---------------------------------------------------------------- accelerators
 
 
-# Device nodes of the GPU drivers torch.cuda can use: NVIDIA (/dev/nvidia0...), WSL 2 (/dev/dxg), ROCm (/dev/kfd).
-GPU_DEVICE_NODE = re.compile(r"nvidia\d+|dxg|kfd")
+# A GPU torch could use shows one of these: NVIDIA's driver, AMD's ROCm (HIP) or WSL's GPU device.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
-def gpu_driver_present(dev_dir: Path = Path("/dev")) -> bool:
-    """Whether a GPU driver's device node exists; without one, no GPU can be found."""
-    try:
-        return any(GPU_DEVICE_NODE.fullmatch(name) for name in os.listdir(dev_dir))
-    except OSError:
-        return True  # cannot tell: let torch look
+def gpu_driver_present() -> bool:
+    return any(os.path.exists(path) for path in GPU_DRIVER_PATHS)
 
 
-def cuda_devices(dev_dir: Path = Path("/dev")) -> list[GpuInfo]:
+def cuda_devices() -> list[GpuInfo]:
     """Every CUDA device torch can use, with its free memory now; [] when CUDA does not work.
 
-    Without a GPU driver's device node torch is not imported to look (~300 MiB and seconds, kept
-    for the whole run: `auto` on a CPU machine then plans CTranslate2 in a process without torch).
+    Without a GPU driver on the machine, [] without importing torch (seconds and ~300 MiB).
     """
-    if not gpu_driver_present(dev_dir):
+    if not gpu_driver_present():
         return []
     try:
         import torch

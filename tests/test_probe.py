@@ -125,27 +125,22 @@ def test_real_probe_sees_the_gpu():
         pytest.skip("no CUDA device")
     probe = probe_resources([])
     assert probe.cuda_available and probe.gpus[0].total_bytes > 0
+    from steadyscribe.tasks.probe import gpu_driver_present
+
+    assert gpu_driver_present()  # else the probe would not even look
 
 
-LOOK_FOR_GPUS = """
-import json, sys
-from pathlib import Path
-from steadyscribe.tasks.probe import cuda_devices
-gpus = cuda_devices(Path(sys.argv[1]))
-print(json.dumps({"gpus": len(gpus), "torch": "torch" in sys.modules}))
-"""
-
-
-@pytest.mark.parametrize(("nodes", "imports_torch"), [([], False), (["null", "nvidiactl"], False), (["nvidia0"], True), (["dxg"], True)])
-def test_torch_is_imported_to_look_for_gpus_only_where_a_driver_is(tmp_path, nodes, imports_torch):
-    """No GPU driver's device node: no torch in the process (`auto` on a CPU machine stays torch-free)."""
+def test_without_a_gpu_driver_the_probe_does_not_import_torch():
     import subprocess
     import sys
 
-    for name in nodes:
-        (tmp_path / name).touch()
-    finished = subprocess.run([sys.executable, "-c", LOOK_FOR_GPUS, str(tmp_path)], capture_output=True, text=True, check=True)
-    report = json.loads(finished.stdout)
-    assert report["torch"] is imports_torch
-    if not imports_torch:
-        assert report["gpus"] == 0
+    from steadyscribe.tasks.probe import gpu_driver_present
+
+    if gpu_driver_present():
+        pytest.skip("this machine has a GPU driver")
+    code = (
+        "import sys; from steadyscribe.tasks.probe import probe_resources; "
+        "p = probe_resources([], bitsandbytes_devices=()); "
+        "assert not p.cuda_available and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -57,7 +57,7 @@ class Probe:
     disk_free_bytes: dict[str, int | None] = field(default_factory=dict)  # None: remote or missing
     # RSS of the probing process, which also hosts the engine (a thread-runner flow, or a worker).
     process_rss_bytes: int = 0
-    # Whether torch, part of every engine's calibrated runtime, is already in that RSS.
+    # Whether torch (in the calibrated runtime of the torch engines: whisper, transformers) is already in that RSS.
     engine_runtime_resident: bool = True
 
     @property

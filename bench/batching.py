@@ -181,7 +181,8 @@ def write_markdown(run: dict, out: Path) -> None:
         estimated = r["settings"].get("predicted_peak_bytes")  # the plan's estimate: steadyscribe rows only
         return (f"| {label} | " + " | ".join(cells) + f" | {mib(r['peak_rss_bytes'])} | "
                 f"{mib(estimated)} | {r['load_s']:.1f} | "
-                f"batch {batch}{'' if r['settings'].get('batch_size_final') in (None, batch) else ' -> ' + str(r['settings']['batch_size_final'])} |")
+                f"batch {batch}{'' if r['settings'].get('batch_size_final') in (None, batch) else ' -> ' + str(r['settings']['batch_size_final'])}"
+                f"{' ' + r['note'] if r.get('note') else ''} |")
 
     def table(title: str, keys: list[str], parts: tuple[str, ...], names: dict[str, str]) -> None:
         lines.append(f"**{title}**")
@@ -264,6 +265,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         results.append(entry)
     machine["load_average_end"] = os.getloadavg()
+    previous = args.out / "batching.json"
+    if args.only and previous.is_file():
+        # A partial rerun keeps the other configurations' earlier results, each with its own run's
+        # date and machine line.
+        earlier = json.loads(previous.read_text())
+        rerun = {entry["key"] for entry in results}
+        results = [
+            {**entry, "note": f"{entry.get('note', '')} (run of {earlier['date'][:10]}, commit {earlier['machine']['commit'][:10]})".strip()}
+            for entry in earlier["results"] if entry["key"] not in rerun
+        ] + results
     run = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.batching" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": {p: {"files": sum(f.part == p for f in files), "audio_s": sum(f.duration_s for f in files if f.part == p)}
                     for p in ("long", "clips")},
         "distinct_clips": len({f.name.removesuffix("_pad") for f in files if f.part == "clips"}),
-        "batch_size": BATCH, "sweep": SWEEP, "timeout_s": TIMEOUT_S,
+        "batch_size": BATCH, "sweep": SWEEP, "ct2_sweep": CT2_SWEEP, "timeout_s": TIMEOUT_S,
         "results": results,
         "bench_wall_s": time.perf_counter() - started,
     }

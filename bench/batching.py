@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.batching [--model tiny.en] [--out DIR] [--only KEY,KEY]
 
-1. Issue 5, batch sweep: steadyscribe's transformers engine at batch 1, 4, 8, 24 on the same
-   windows (the ten-minute file, then the folder of 30 short clips): peak RSS and throughput.
+1. Issues 5 and 17, batch sweeps: steadyscribe's transformers engine at batch 1, 4, 8, 24 and its
+   ctranslate2 engine (int8) at batch 1, 2, 4, 8, 16, 24 on the same windows (the ten-minute
+   file, then the folder of 30 short clips): peak RSS and throughput.
 2. Issue 5, cross-file batching: on the 30 short clips at batch 8, steadyscribe's transformers
    engine (windows of all files share batches) against transformers' ASR pipeline called file by
    file (word timestamps; a short clip is one chunk, so each of its batches holds one window).
@@ -44,6 +45,7 @@ CLIP_COUNT = 30
 PAD_S = 0.25
 BATCH = 8
 SWEEP = (1, 4, 8, 24)
+CT2_SWEEP = (1, 2, 4, 8, 16, 24)
 TIMEOUT_S = 600  # per configuration; the transformers pipeline is the slow one
 
 TRANSFORMERS = {"profile": "cpu-batched", "engine": "transformers"}
@@ -54,8 +56,8 @@ CONFIGS: dict[str, tuple[str, str, dict, tuple[str, ...], str]] = {
                                  {**TRANSFORMERS, "batch_size": b}, ("long", "clips"), "sweep") for b in SWEEP},
     "hf-pipeline-per-file-b8": ("transformers pipeline, file by file, b8", "HFPipelineRunner",
                                 {"chunk_length_s": 30, "batch_size": BATCH, "per_file": True}, ("clips",), "issue5"),
-    "ss-ctranslate2-b8": ("steadyscribe ctranslate2 int8 b8", "SteadyscribeRunner",
-                          {**CT2, "batch_size": BATCH}, ("clips", "long"), "issue8"),
+    **{f"ss-ctranslate2-b{b}": (f"steadyscribe ctranslate2 int8 b{b}", "SteadyscribeRunner",
+                                {**CT2, "batch_size": b}, ("long", "clips"), "sweep") for b in CT2_SWEEP},
     "faster-whisper-batched-b8": ("faster-whisper BatchedInferencePipeline int8 b8", "FasterWhisperRunner",
                                   {"compute_type": "int8", "batched": True, "batch_size": BATCH}, ("clips", "long"),
                                   "issue8"),
@@ -179,7 +181,8 @@ def write_markdown(run: dict, out: Path) -> None:
         estimated = r["settings"].get("predicted_peak_bytes")  # the plan's estimate: steadyscribe rows only
         return (f"| {label} | " + " | ".join(cells) + f" | {mib(r['peak_rss_bytes'])} | "
                 f"{mib(estimated)} | {r['load_s']:.1f} | "
-                f"batch {batch}{'' if r['settings'].get('batch_size_final') in (None, batch) else ' -> ' + str(r['settings']['batch_size_final'])} |")
+                f"batch {batch}{'' if r['settings'].get('batch_size_final') in (None, batch) else ' -> ' + str(r['settings']['batch_size_final'])}"
+                f"{' ' + r['note'] if r.get('note') else ''} |")
 
     def table(title: str, keys: list[str], parts: tuple[str, ...], names: dict[str, str]) -> None:
         lines.append(f"**{title}**")
@@ -193,6 +196,8 @@ def write_markdown(run: dict, out: Path) -> None:
     names = {"long": "10-min file", "clips": "30 clips"}
     table("Issue 5: steadyscribe transformers engine, batch sweep (each in its own process, same windows)",
           [f"ss-transformers-b{b}" for b in SWEEP], ("long", "clips"), names)
+    table("Issue 17: steadyscribe ctranslate2 engine (int8), batch sweep (each in its own process, same windows)",
+          [f"ss-ctranslate2-b{b}" for b in CT2_SWEEP], ("long", "clips"), names)
     table("Issue 5: cross-file batching on 30 short clips, batch 8",
           ["ss-transformers-b8", "hf-pipeline-per-file-b8"], ("clips",), names)
     table("Issue 8: ctranslate2 int8, batch 8, same CTranslate2 weights",
@@ -260,6 +265,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         results.append(entry)
     machine["load_average_end"] = os.getloadavg()
+    previous = args.out / "batching.json"
+    if args.only and previous.is_file():
+        # A partial rerun keeps the other configurations' earlier results, each with its own run's
+        # date and machine line.
+        earlier = json.loads(previous.read_text())
+        rerun = {entry["key"] for entry in results}
+        results = [
+            {**entry, "note": f"{entry.get('note', '')} (run of {earlier['date'][:10]}, commit {earlier['machine']['commit'][:10]})".strip()}
+            for entry in earlier["results"] if entry["key"] not in rerun
+        ] + results
     run = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.batching" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
@@ -268,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": {p: {"files": sum(f.part == p for f in files), "audio_s": sum(f.duration_s for f in files if f.part == p)}
                     for p in ("long", "clips")},
         "distinct_clips": len({f.name.removesuffix("_pad") for f in files if f.part == "clips"}),
-        "batch_size": BATCH, "sweep": SWEEP, "timeout_s": TIMEOUT_S,
+        "batch_size": BATCH, "sweep": SWEEP, "ct2_sweep": CT2_SWEEP, "timeout_s": TIMEOUT_S,
         "results": results,
         "bench_wall_s": time.perf_counter() - started,
     }

@@ -15,6 +15,9 @@ from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile
 from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, reporting
 
+# Alignment runs on the CTranslate2 engine (tasks/align.py), which this profile picks.
+ALIGN_PROFILE = "cpu-fast"
+
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """Inputs, output and profile: what `run` and `serve` both take."""
@@ -34,6 +37,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, help="override decoding.beam_size for this run (1: greedy)")
     parser.add_argument("--language", help="override decoding.language for this run (a code such as en or de)")
     parser.add_argument("--initial-prompt", help="override decoding.initial_prompt for this run (text that primes each window)")
+    parser.add_argument(
+        "--channels", choices=("mix", "split"),
+        help="override audio.channels for this run: mix to mono, or transcribe each channel as its own speaker",
+    )
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     parser.add_argument("--scheduler", help="run the groups of files on this Dask scheduler (tcp://host:8786), whatever the profile says")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
@@ -44,6 +51,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-file", help="write the run's log lines here (default: $STEADYSCRIBE_LOG_DIR or ~/.local/state/steadyscribe/logs/)"
     )
+
+
+def add_align_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `align` takes: `run`'s arguments, the text files' suffix, and a profile on the aligning engine."""
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--text-suffix", default=".txt",
+        help="each audio file's text is the file of the same name with this suffix instead of its extension (default: .txt)",
+    )
+    parser.set_defaults(profile=ALIGN_PROFILE)
 
 
 def run_job(args: argparse.Namespace) -> int:
@@ -63,6 +80,7 @@ def run_job(args: argparse.Namespace) -> int:
         overrides = {
             "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
             "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
+            "channels": args.channels,
         }
         apply_overrides(load_profile(args.profile), overrides)
         check_writable(args.output)
@@ -76,6 +94,7 @@ def run_job(args: argparse.Namespace) -> int:
                 profile=args.profile,
                 force=args.force,
                 scheduler=args.scheduler,
+                text_suffix=getattr(args, "text_suffix", None),
                 **overrides,
             )
     except FilesFailed as failed:

@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict
 from datetime import datetime, timezone
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -27,12 +28,13 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from steadyscribe.errors import FilesFailed
+from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
-from steadyscribe.profiles import DEFAULT_PROFILE, Profile, load_profile
+from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
+from steadyscribe.tasks.align import ALIGNING_ENGINES
 from steadyscribe.tasks.discover import discover_task
 from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
@@ -53,18 +55,25 @@ def files_per_group(plan: Plan, profile: Profile) -> int:
 
 
 def output_settings(profile: Profile) -> dict:
-    """Profile settings that change the tables' content (a change re-transcribes files)."""
-    return {
+    """Profile settings that change the tables' content (a change re-transcribes files).
+
+    `audio` only when channels are split, so that mixed runs keep the keys they had before the option existed.
+    """
+    settings = {
         "chunking": profile.chunking.model_dump(),
         "vad": profile.vad.model_dump(),
         "stabilization": profile.stabilization.model_dump(),
     }
+    if profile.audio.channels != "mix":
+        settings["audio"] = profile.audio.model_dump()
+    return settings
 
 
 def flow_run_name() -> str:
-    """"transcribe PROFILE → OUTPUT", with any credential in the output URL redacted."""
+    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted."""
     parameters = flow_run.parameters
-    return f"transcribe {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
+    mode = "align" if parameters.get("text_suffix") else "transcribe"
+    return f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
@@ -80,29 +89,39 @@ def transcribe(
     beam_size: int | None = None,
     language: str | None = None,
     initial_prompt: str | None = None,
+    channels: Literal["mix", "split"] | None = None,
+    text_suffix: str | None = None,
 ) -> RunSummary | State:
     """Transcribe every audio input into the Parquet tables under `output`.
 
     Files already transcribed into `output` with the same content and settings are
-    skipped unless `force`. memory_budget, batch_size, model, beam_size, language and
-    initial_prompt override the profile for this run (None: the profile's). Every input ends
+    skipped unless `force`. memory_budget, batch_size, model, beam_size, language,
+    initial_prompt and channels (audio.channels) override the profile for this run (None: the
+    profile's). Every input ends
     in one `files` row: ok, skipped or failed.
     When a file failed, the run still commits the others and then ends Failed; calling
     the flow then raises FilesFailed, which carries the summary. `scheduler` (a Dask
     scheduler address, e.g. tcp://host:8786) runs the groups on that cluster whatever the
     profile's runner says.
+
+    With `text_suffix` (e.g. ".txt") the run aligns instead of transcribing: each audio file's
+    words and times come from the text in the file of the same name with that suffix
+    (tasks/align.py), and its `files` row says mode `align`.
     """
     started = time.perf_counter()
     logger = get_run_logger()
     # Configuration errors stop the run here, before any audio is touched. The CLI refuses
     # credentials in URLs before the flow run exists; this catches deployments and direct callers.
     refuse_credentials_in_urls([*inputs, output])
-    chosen = load_profile(profile)
-    check_writable(output)
     overrides = {
         "memory_budget": memory_budget, "batch_size": batch_size, "model": model,
-        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt,
+        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt, "channels": channels,
     }
+    # The groups read audio.channels from the profile itself.
+    chosen = apply_overrides(load_profile(profile), {"channels": channels})
+    if text_suffix and chosen.audio.channels != "mix":
+        raise PlanError("aligning takes one text per file, for its channels mixed: use audio.channels mix (--channels mix)")
+    check_writable(output)
 
     with task_runner_for(chosen, scheduler) as runner:
         # A worker probes and plans: the plan must fit the machines that run inference, and
@@ -112,14 +131,21 @@ def transcribe(
         probe = runner.submit(probe_task, {"paths": [output], **probe_options}).result()
         plan = runner.submit(select_task, {"profile": chosen, "probe": probe, "overrides": overrides}).result()
         logger.info("plan: %s", plan.reason)
+        if text_suffix and plan.engine not in ALIGNING_ENGINES:
+            raise PlanError(
+                f"aligning a text needs the {' or '.join(ALIGNING_ENGINES)} engine, and profile {chosen.name} planned "
+                f"{plan.engine}; use a profile that picks it (cpu-fast)"
+            )
         create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
 
-        run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, output_settings(chosen)))
+        settings = output_settings(chosen) | ({"align_text_suffix": text_suffix} if text_suffix else {})
+        mode = "align" if text_suffix else "transcribe"
+        run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, settings), mode)
         files = discover_task(inputs)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
         reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
-        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner))
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix)
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
@@ -140,6 +166,7 @@ def _group_jobs(
     overrides: dict,
     done: frozenset[str],
     refit: bool,
+    text_suffix: str | None = None,
 ) -> list[GroupJob]:
     size = files_per_group(run.plan, profile)
     flow_run_id = get_run_context().flow_run.id
@@ -155,6 +182,7 @@ def _group_jobs(
             skip_file_ids=done,
             flow_run_id=flow_run_id,
             refit=refit,
+            text_suffix=text_suffix,
         )
         for first in range(0, len(files), size)
     ]

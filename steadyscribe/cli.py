@@ -7,7 +7,7 @@ import os
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from steadyscribe.flows.job import add_run_arguments, run_job
+    from steadyscribe.flows.job import add_align_arguments, add_run_arguments, run_job
     from steadyscribe.models.cli import register as register_models
     from steadyscribe.profiles_cli import register as register_profiles
     from steadyscribe.serve import register as register_serve
@@ -25,6 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(run)
     run.set_defaults(func=run_job)
+
+    align = commands.add_parser(
+        "align",
+        help="word times for texts you already have: align each audio file to the text beside it",
+        description=(
+            "For each audio input, the text file of the same name (with --text-suffix) holds what was said; its words "
+            "get times from the audio, into the same tables as `run` (files.mode = align). Exit status: 0 all files ok "
+            "or skipped, 1 some file failed (among them a missing text, or a text that does not match its audio), "
+            "2 bad configuration."
+        ),
+    )
+    add_align_arguments(align)
+    align.set_defaults(func=run_job)
 
     register_models(commands)
     register_profiles(commands)

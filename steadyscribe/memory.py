@@ -167,6 +167,9 @@ class EngineCalibration:
     weight_factor: float  # decoding memory that grows with the weights, as a share of them
     activation_factor: float  # measured per-window bytes / analytic per-window bytes
     decode_fixed_bytes: int = 0  # decoding memory that grows with neither the weights nor the batch
+    # Whether the runtime is torch's: already resident in a process that imported torch (the probe's GPU
+    # check). CTranslate2's libraries are not: they load with the engine, whatever the process holds.
+    torch_runtime: bool = True
 
 
 CALIBRATION: dict[str, EngineCalibration] = {
@@ -179,12 +182,14 @@ CALIBRATION: dict[str, EngineCalibration] = {
     # no fixed term; ~35 MiB a window and ~300 MiB in all short.)
     "transformers": EngineCalibration(runtime_bytes=490 * MiB, load_copy_factor=0.53, weight_factor=0.09,
                                       activation_factor=1.04, decode_fixed_bytes=335 * MiB),
-    # Fitted on the engine itself (tiny.en at batch 1 and 8), whose module also imports openai-whisper's
-    # audio and tokenizer (torch): runtime ~300 MiB, not CTranslate2's own ~45. One model measured: its
-    # weight_factor is really a fixed ~70 MiB, scaled with the weights to stay safe. (The first calibration,
-    # generate and align alone: runtime 50 MiB, weight_factor 0.29, activation_factor 0.52.)
-    "ctranslate2": EngineCalibration(runtime_bytes=300 * MiB, load_copy_factor=0.06, weight_factor=0.5,
-                                     activation_factor=0.56),
+    # Fitted on the engine itself (tiny.en at batch 1 and 8), which imports neither torch nor openai-whisper:
+    # import 56 MiB, and loading touches ~140 MiB of library pages beyond the weights (runtime 189 MiB). One
+    # model measured: its weight_factor is really a fixed ~70 MiB, scaled with the weights to stay safe.
+    # (Before, the engine imported torch for log-mel features and the tokenizer: runtime 300 MiB, fitted when
+    # loading touched less; the same engine measured beside this one: peak 807 MiB at batch 1, 1286 at 8,
+    # against 473 and 970 now. The first calibration, generate and align alone: runtime 50 MiB.)
+    "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.5,
+                                     activation_factor=0.5, torch_runtime=False),
 }
 
 

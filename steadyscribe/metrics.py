@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
+import re
+from difflib import SequenceMatcher
+
 import numpy as np
 from whisper.normalizers import EnglishTextNormalizer
 
@@ -146,6 +149,22 @@ def align_words(
     return pairs
 
 
+def _literal(word: Mapping[str, Any] | Any) -> str:
+    """A word's lower-cased letters, digits and apostrophes."""
+    return re.sub(r"[^\w']|_", "", str(_field(word, "word")).lower())
+
+
+def align_words_literally(
+    reference_words: Sequence[Mapping[str, Any] | Any],
+    hypothesis_words: Sequence[Mapping[str, Any] | Any],
+) -> list[tuple[int, int]]:
+    """Pairs (reference index, hypothesis index) of words equal in their lower-cased letters, digits
+    and apostrophes, matched in order by difflib's SequenceMatcher: the real-speech set's scoring
+    rule (../shared/realspeech/README.md). Unlike align_words, fillers (um, uh) count as words."""
+    matcher = SequenceMatcher(None, [_literal(w) for w in reference_words], [_literal(w) for w in hypothesis_words], autojunk=False)
+    return [(block.a + k, block.b + k) for block in matcher.get_matching_blocks() for k in range(block.size)]
+
+
 @dataclass(frozen=True)
 class BoundaryStats:
     """How well hypothesis word times agree with reference word times."""
@@ -163,9 +182,11 @@ def boundary_errors(
     reference_words: Sequence[Mapping[str, Any] | Any],
     hypothesis_words: Sequence[Mapping[str, Any] | Any],
     tolerance: float = 0.2,
+    literal: bool = False,
 ) -> BoundaryStats:
-    """Start/end errors of the hypothesis words matched to reference words (see `align_words`)."""
-    pairs = align_words(reference_words, hypothesis_words)
+    """Start/end errors of the hypothesis words matched to reference words (see `align_words`;
+    with `literal`, `align_words_literally`)."""
+    pairs = (align_words_literally if literal else align_words)(reference_words, hypothesis_words)
     errors = np.array(
         [
             [

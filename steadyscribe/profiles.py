@@ -149,6 +149,11 @@ class _Strict(BaseModel):
 class Chunking(_Strict):
     max_window_s: float = Field(30.0, gt=0, le=30)  # Whisper sees 30 s at most
     min_pause_s: float = Field(0.3, ge=0)
+    # Short files share 30-second windows, `pack_gap_s` of silence apart (tasks/pack.py). Only
+    # where the language is known before decoding (English-only model, or `decoding.language`).
+    # Off: on tiny.en it costs 2.6-4.4 WER points on unrelated short clips (docs/benchmark.md).
+    pack_files: bool = False
+    pack_gap_s: float = Field(0.5, gt=0, le=10)
 
 
 _VAD = VadThresholds()
@@ -256,6 +261,25 @@ class Decoding(_Strict):
         )
 
 
+class Audio(_Strict):
+    """How an input's channels are transcribed (tasks/channels.py).
+
+    mix: down-mixed to mono, one transcript per file. split: each channel transcribed on its own,
+    its rows tagged with `channel` and `speaker` (the name at the channel's position in `speakers`,
+    else ch0, ch1, ...); a silent channel or a copy of another is detected and not transcribed.
+    """
+
+    channels: Literal["mix", "split"] = "mix"
+    speakers: list[str] | None = None
+
+    @field_validator("speakers")
+    @classmethod
+    def _distinct_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not all(name.strip() for name in value) or len(set(value)) < len(value)):
+            raise ValueError("expected distinct, non-empty speaker names, one per channel in order (e.g. [agent, customer])")
+        return value
+
+
 class Output(_Strict):
     sidecars: list[Sidecar] = Field(default_factory=list)
     row_group_size: int = Field(10_000, ge=1)
@@ -287,6 +311,7 @@ class Profile(_Strict):
     batch_size: BatchSize = "auto"
     memory_budget: BudgetText = "80%"
     decoding: Decoding = Field(default_factory=Decoding)
+    audio: Audio = Field(default_factory=Audio)
     chunking: Chunking = Field(default_factory=Chunking)
     vad: Vad = Field(default_factory=Vad)
     stabilization: Stabilization = Field(default_factory=Stabilization)
@@ -471,6 +496,7 @@ OVERRIDE_KEYS = {
     "beam_size": ("decoding", "beam_size"),
     "language": ("decoding", "language"),
     "initial_prompt": ("decoding", "initial_prompt"),
+    "channels": ("audio", "channels"),
 }
 
 

@@ -29,7 +29,9 @@ class DecodedAudio:
     source: str
     status: Status
     file_id: str | None = None  # sha256 of the input's bytes
-    pcm_path: str | None = None  # raw little-endian float32 samples
+    pcm_path: str | None = None  # raw little-endian float32 samples (the mono mix)
+    # audio.channels: split: one such file per channel instead of the mix (tasks/channels.py).
+    channel_paths: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     decode_s: float = 0.0
     error: str | None = None
@@ -63,6 +65,8 @@ class Segment:
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     compression_ratio: float | None = None
+    channel: int = 0  # the input channel it was heard on (0 when the channels were mixed)
+    speaker: str | None = None  # the channel's speaker name (None when the channels were mixed)
 
 
 @dataclass

@@ -30,6 +30,12 @@ def _schema(table: TableName, fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields, metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION, TABLE_KEY: table})
 
 
+# Who spoke (profile audio.channels). Nullable: tables written before these columns existed lack them.
+CHANNEL_FIELDS = [
+    pa.field("channel", pa.int32()),  # the input channel the words were heard on; 0 when the channels were mixed
+    pa.field("speaker", pa.string()),  # the channel's speaker name (audio.speakers, else ch0, ch1, ...); null when mixed
+]
+
 FILES_SCHEMA = _schema(
     "files",
     [
@@ -59,6 +65,9 @@ FILES_SCHEMA = _schema(
         pa.field("finished_at", UTC_TIMESTAMP),
         pa.field("settings_key", pa.string(), nullable=False),
         pa.field("worker", pa.string()),  # host:pid that transcribed the file (null: skipped, or never reached a worker)
+        pa.field("mode", pa.string()),  # transcribe | align (word times for a given text: `steadyscribe align`)
+        # align mode: share of the text's words aligned with confidence (null when transcribed or failed).
+        pa.field("aligned_share", pa.float64()),
     ],
 )
 
@@ -76,6 +85,7 @@ SEGMENTS_SCHEMA = _schema(
         pa.field("no_speech_prob", pa.float64()),
         pa.field("compression_ratio", pa.float64()),
         pa.field("language", pa.string()),
+        *CHANNEL_FIELDS,
     ],
 )
 
@@ -91,6 +101,7 @@ WORDS_SCHEMA = _schema(
         pa.field("start", pa.float64(), nullable=False),
         pa.field("end", pa.float64(), nullable=False),
         pa.field("probability", pa.float64()),
+        *CHANNEL_FIELDS,
     ],
 )
 

@@ -1,5 +1,8 @@
 """Decode stage: any audio (or video) input → 16 kHz mono float32 PCM on local disk.
 
+With the profile's `audio.channels: split`, each channel goes to its own PCM file instead of
+the mono mix (tasks/channels.py then decides which channels to transcribe).
+
 Decoding streams frame by frame into a raw file, and later stages read that file in
 slices (PcmSamples), so memory does not grow with the input's length.
 
@@ -11,11 +14,12 @@ far as it goes and its record carries a "truncated: ..." warning.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import av
 import fsspec
@@ -101,11 +105,23 @@ def load_pcm(pcm_path: str | Path) -> PcmSamples:
     return PcmSamples(pcm_path)
 
 
-def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collection[str] = ()) -> DecodedAudio:
+def channel_pcm_path(pcm_path: Path, channel: int) -> Path:
+    """Where channel `channel` of a split input is decoded to, beside the path of its mix."""
+    return pcm_path.with_suffix(f".ch{channel}.f32")
+
+
+def decode_input(
+    item: InputFile,
+    work_dir: str | Path,
+    skip_file_ids: Collection[str] = (),
+    channels: Literal["mix", "split"] = "mix",
+) -> DecodedAudio:
     """Decode one input; a bad input yields a `failed` record with a helpful error, never an exception.
 
     Content already transcribed (its hash in `skip_file_ids`) is not decoded: it gets a `skipped` record.
     Transient storage errors are retried with back-off (storage.with_retries) before the file fails.
+    `channels`: mix writes one mono PCM (`pcm_path`); split writes one PCM per channel
+    (`channel_paths`, a single one for a mono input) and no mix.
     """
     started = time.perf_counter()
     source = item.source
@@ -115,6 +131,8 @@ def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collectio
     def failed(error: str) -> DecodedAudio:
         if pcm_path is not None:
             pcm_path.unlink(missing_ok=True)
+            for channel_path in pcm_path.parent.glob(f"{file_id}.ch*.f32"):
+                channel_path.unlink(missing_ok=True)
         return DecodedAudio(source, "failed", file_id=file_id, error=error, decode_s=time.perf_counter() - started)
 
     try:
@@ -122,7 +140,7 @@ def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collectio
         if file_id in skip_file_ids:
             return DecodedAudio(source, "skipped", file_id=file_id, decode_s=time.perf_counter() - started)
         pcm_path = Path(work_dir) / f"{file_id}.f32"
-        samples_n, warnings = with_retries(lambda: _decode_to_raw(source, pcm_path))
+        samples_n, warnings, paths = with_retries(lambda: _decode_to_raw(source, pcm_path, split=channels == "split"))
     except DecodeError as error:
         return failed(str(error))
     except FileNotFoundError:
@@ -144,14 +162,19 @@ def decode_input(item: InputFile, work_dir: str | Path, skip_file_ids: Collectio
             f"{source}: only {duration_s * 1000:.0f} ms of audio, shorter than the "
             f"{MIN_DURATION_S * 1000:.0f} ms minimum; nothing to transcribe"
         )
+    split = channels == "split"
     return DecodedAudio(
-        source, "ok", file_id=file_id, pcm_path=str(pcm_path),
+        source, "ok", file_id=file_id, pcm_path=None if split else str(pcm_path),
+        channel_paths=[str(p) for p in paths] if split else [],
         duration_s=duration_s, decode_s=time.perf_counter() - started, warnings=warnings,
     )
 
 
-def _decode_to_raw(source: str, pcm_path: Path) -> tuple[int, list[str]]:
-    """Stream-decode `source` into `pcm_path`; return the number of samples written and any warnings."""
+def _decode_to_raw(source: str, pcm_path: Path, split: bool = False) -> tuple[int, list[str], list[Path]]:
+    """Stream-decode `source` into `pcm_path` (split: one file per channel beside it).
+
+    Returns the number of samples written (per channel), any warnings and the files written.
+    """
     with fsspec.open(source, "rb") as raw:
         head = raw.read(_SNIFF_BYTES)
         if not head:
@@ -164,11 +187,17 @@ def _decode_to_raw(source: str, pcm_path: Path) -> tuple[int, list[str]]:
                 f"{source}: not a readable audio or video file ({_reason(error)}{_looks_like(head)}); "
                 "check that it is not truncated and that its extension matches its content"
             ) from error
-        with container, open(pcm_path, "wb") as out:
-            return _decode_stream(source, container, head, out)
+        with container, contextlib.ExitStack() as files:
+            stream = _audio_stream(source, container, head)
+            channels_n = max(1, len(stream.codec_context.layout.channels)) if split else 1
+            paths = [channel_pcm_path(pcm_path, n) for n in range(channels_n)] if split else [pcm_path]
+            outs = [files.enter_context(open(path, "wb")) for path in paths]
+            samples_n, warnings = _decode_stream(source, container, stream, head, outs)
+            return samples_n, warnings, paths
 
 
-def _decode_stream(source: str, container: av.container.InputContainer, head: bytes, out: BinaryIO) -> int:
+def _audio_stream(source: str, container: av.container.InputContainer, head: bytes) -> av.AudioStream:
+    """The input's first audio stream, when FFmpeg can decode it."""
     if not container.streams.audio:
         held = ", ".join(f"{s.type} ({s.codec_context.name if s.codec_context else 'unknown codec'})" for s in container.streams)
         raise DecodeError(
@@ -178,14 +207,24 @@ def _decode_stream(source: str, container: av.container.InputContainer, head: by
     stream = container.streams.audio[0]
     if stream.codec_context is None:
         raise DecodeError(f"{source}: the audio codec is not supported (FFmpeg has no decoder for it); {CONVERT_HINT}")
+    return stream
+
+
+def _decode_stream(
+    source: str, container: av.container.InputContainer, stream: av.AudioStream, head: bytes, outs: list[BinaryIO]
+) -> tuple[int, list[str]]:
+    """Decode `stream` into `outs`: one file gets the mono mix, several get one channel each."""
     codec = stream.codec_context.name
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    if len(outs) == 1:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    else:
+        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=SAMPLE_RATE)
     samples_n = 0
     stopped_by = None  # the decoder's error, when it failed after some audio
     try:
         for frame in container.decode(stream):
             for resampled in resampler.resample(frame):
-                samples_n += _write_frame(resampled, out)
+                samples_n += _write_frame(resampled, outs)
     except av.error.DecoderNotFoundError as error:
         raise DecodeError(f"{source}: the {codec} audio codec is not supported ({_reason(error)}); {CONVERT_HINT}") from error
     except av.FFmpegError as error:
@@ -196,7 +235,7 @@ def _decode_stream(source: str, container: av.container.InputContainer, head: by
             ) from error
         stopped_by = _reason(error)
     for resampled in resampler.resample(None):
-        samples_n += _write_frame(resampled, out)
+        samples_n += _write_frame(resampled, outs)
     if samples_n == 0:
         raise DecodeError(f"{source}: no audio could be decoded from the {codec} stream; the file is probably corrupt")
     decoded_s = samples_n / SAMPLE_RATE
@@ -260,10 +299,12 @@ def _looks_like(head: bytes) -> str:
     return "; it looks like a text file" if all(c.isprintable() or c.isspace() for c in text) else ""
 
 
-def _write_frame(frame: av.AudioFrame, out: BinaryIO) -> int:
-    samples = frame.to_ndarray().reshape(-1).astype("<f4", copy=False)
-    out.write(samples.tobytes())
-    return samples.size
+def _write_frame(frame: av.AudioFrame, outs: list[BinaryIO]) -> int:
+    """Write a resampled frame (packed mono, or planar with one plane per file); returns samples per file."""
+    planes = frame.to_ndarray().reshape(len(outs), -1).astype("<f4", copy=False)
+    for plane, out in zip(planes, outs, strict=True):
+        out.write(plane.tobytes())
+    return planes.shape[1]
 
 
 # decode_input never raises for a bad or unreachable input (it retries transient storage
@@ -271,5 +312,7 @@ def _write_frame(frame: av.AudioFrame, out: BinaryIO) -> int:
 # task runner's threads, which Prefect cannot interrupt (it only warned), and a stalled read is
 # bounded by the storage backend's own timeouts.
 @task(name="decode", task_run_name="decode {item.source}")
-def decode_task(item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset()) -> DecodedAudio:
-    return decode_input(item, work_dir, skip_file_ids)
+def decode_task(
+    item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset(), channels: Literal["mix", "split"] = "mix"
+) -> DecodedAudio:
+    return decode_input(item, work_dir, skip_file_ids, channels)

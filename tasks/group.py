@@ -34,10 +34,12 @@ from steadyscribe.errors import PlanError
 from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
-from steadyscribe.records import FileOutcome, InputFile, Plan
+from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
+from steadyscribe.tasks.align import align_group, read_texts
+from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channel_files
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
-from steadyscribe.tasks.infer import infer_task
+from steadyscribe.tasks.infer import Packing, infer_task
 from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
@@ -67,6 +69,8 @@ class GroupJob:
     # Choose batch size and threads again on the worker (other machines); False where the
     # groups run in the process that made the plan.
     refit: bool = True
+    # Align mode (tasks/align.py): each file's text is the file beside it with this suffix; None: transcribe.
+    text_suffix: str | None = None
 
     @property
     def part(self) -> str:
@@ -135,13 +139,17 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
     work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{job.part}-")
     try:
         logger.info("%s on worker %s, work directory %s", job.label, worker, work_dir)
-        decoded = [decode_task(item, work_dir, job.skip_file_ids) for item in job.files]
+        audio = job.profile.audio
+        decoded = [decode_task(item, work_dir, job.skip_file_ids, audio.channels) for item in job.files]
         check_cancelled()
         # Identical content under two names is transcribed once and written under both.
+        texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         vad = job.profile.vad.model_dump()
+        splits = {file_id: channels_task(d, audio.speakers, vad) for file_id, d in todo.items() if d.channel_paths}
+        units = transcription_units(todo, splits)
         chunked = {
-            file_id: chunk_task(d, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) for file_id, d in todo.items()
+            unit_id: chunk_task(u, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) for unit_id, u in units.items()
         }
         windows = [w for file_windows in chunked.values() for w in file_windows]
         reporter().group_started(job.label, len(job.files), len(windows))
@@ -149,16 +157,24 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         stable_paths: dict[str, str] = {}
         infer_s: dict[str, float] = {}
         try:
-            if todo:
+            if units:
                 plan = worker_plan(job) if job.refit else job.run.plan
-                infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
-                inference = infer(plan, todo, windows, work_dir, f"Windows transcribed, {job.label} (percent)", check_cancelled)
-                infer_s = {file_id: result.infer_s for file_id, result in inference.items()}
                 settings = job.profile.stabilization.model_dump()
-                stable_paths = {
-                    file_id: stabilize_task(inference[file_id].transcript_path, d, chunked[file_id], settings, vad)
-                    for file_id, d in todo.items()
-                }
+                if job.text_suffix:  # one text per file: the flow refuses split channels in align mode
+                    stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad)
+                else:
+                    infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
+                    description = f"Windows transcribed, {job.label} (percent)"
+                    packing = packing_for(plan, job.profile)
+                    inference = infer(plan, units, windows, work_dir, description, check_cancelled, packing)
+                    infer_s = {unit_id: result.infer_s for unit_id, result in inference.items()}
+                    stable_paths = {
+                        unit_id: stabilize_task(inference[unit_id].transcript_path, u, chunked[unit_id], settings, vad)
+                        for unit_id, u in units.items()
+                    }
+            for file_id, split in splits.items():
+                stable_paths[file_id] = join_channel_files(split, stable_paths, work_dir)
+                infer_s[file_id] = sum(infer_s.get(u.file_id, 0.0) for u in split.transcribe.values())
         except GroupCancelled:
             raise
         except Exception as error:
@@ -170,11 +186,31 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
             stable_paths, infer_s = {}, {}
         check_cancelled()
         write = write_task.with_options(task_run_name=f"write {job.label}")
+        file_paths = {file_id: path for file_id, path in stable_paths.items() if file_id in todo}
         return write(
-            job.output, job.run, decoded, stable_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
+            job.output, job.run, decoded, file_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def packing_for(plan: Plan, profile: Profile) -> Packing | None:
+    """How short files share windows, when the profile packs and every window's language is known."""
+    if not profile.chunking.pack_files:
+        return None
+    if plan.language is None:
+        get_run_logger().info("files are not packed into shared windows: %s detects each file's language", plan.model)
+        return None
+    return Packing(plan.chunk_s, profile.chunking.pack_gap_s)
+
+
+def transcription_units(todo: Mapping[str, DecodedAudio], splits: Mapping[str, ChannelSplit]) -> dict[str, DecodedAudio]:
+    """What the engine transcribes, by id: each mixed file whole, each channel of a split file that is to be transcribed."""
+    units: dict[str, DecodedAudio] = {}
+    for file_id, decoded in todo.items():
+        parts = splits[file_id].transcribe.values() if file_id in splits else [decoded]
+        units.update((unit.file_id, unit) for unit in parts)
+    return units
 
 
 def _engine_failure(error: Exception, plan: Plan, worker: str) -> str:

@@ -8,6 +8,7 @@ Transcripts go to JSON files in the group's work directory; only their paths tra
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -19,11 +20,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import Engine, WindowAudio, WindowResult, load_engine
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
+from steadyscribe.tasks.pack import PackedWindow, pack_windows, packed_stream, unpack_result
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (windows done, windows total)
 
@@ -60,20 +63,19 @@ def loaded_engines() -> list[tuple]:
     return list(_engines)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Cross-file window packing (profile `chunking.pack_files`): windows up to `max_window_s`, `gap_s` between files."""
+
+    max_window_s: float
+    gap_s: float
+
+
 @dataclass
 class InferenceResult:
     file_id: str
     transcript_path: str
     infer_s: float  # this file's share of the engine's wall time, by audio duration
-
-
-def window_stream(decoded: dict[str, DecodedAudio], windows: list[Window]) -> Iterator[WindowAudio]:
-    """Windows with their samples, sliced lazily from each file's memory-mapped PCM."""
-    pcm = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
-    for window in windows:
-        samples = pcm[window.file_id]
-        first, last = int(window.start * SAMPLE_RATE), int(window.end * SAMPLE_RATE)
-        yield WindowAudio(window, samples[first:last])
 
 
 def transcribe_files(
@@ -82,15 +84,40 @@ def transcribe_files(
     windows: list[Window],
     work_dir: str | Path,
     on_progress: ProgressCallback | None = None,
+    packing: Packing | None = None,
 ) -> dict[str, InferenceResult]:
-    """Run `engine` over all windows and write one transcript JSON per file (files with no speech too)."""
+    """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
+
+    With `packing`, single-window files share windows (tasks/pack.py). A packed window in which a
+    file got no words is decoded again file by file: the model had stopped early (it may end its
+    text at a pause between files), and the words it did write may be stretched over the rest.
+    """
     started = time.perf_counter()
+    items = pack_windows(windows, packing.max_window_s, packing.gap_s) if packing else windows
+    packs = {item.window: item for item in items if isinstance(item, PackedWindow)}
+    samples_of = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
     results: dict[str, list[WindowResult]] = defaultdict(list)
-    for done, result in enumerate(engine.transcribe(window_stream(decoded, windows)), start=1):
-        results[result.window.file_id].append(result)
-        reporter().windows_done(1, result.window.end - result.window.start)
+    unpacked_again: list[Window] = []
+    packs_redone = 0
+    done = 0
+    for result in engine.transcribe(packed_stream(items, samples_of)):
+        pack = packs.get(result.window)
+        file_results = unpack_result(pack, result) if pack else [result]
+        if pack and not all(r.segments for r in file_results):
+            unpacked_again += [member.window for member in pack.members]
+            packs_redone += 1
+            file_results = []
+        for file_result in file_results:
+            results[file_result.window.file_id].append(file_result)
+        members = [m.window for m in pack.members] if pack else [result.window]
+        done += len(members)
+        reporter().windows_done(len(members), sum(w.end - w.start for w in members))
         if on_progress:
             on_progress(done, len(windows))
+    if unpacked_again:
+        log.info("%d of %d packed windows decoded again file by file: a file in them got no words", packs_redone, len(packs))
+        for result in engine.transcribe(packed_stream(unpacked_again, samples_of)):
+            results[result.window.file_id].append(result)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out: dict[str, InferenceResult] = {}
@@ -138,6 +165,7 @@ def infer_task(
     work_dir: str,
     progress_description: str = "Windows transcribed (percent)",
     check_cancelled: Callable[[], None] | None = None,
+    packing: Packing | None = None,
 ) -> dict[str, InferenceResult]:
     """Transcribe a group's windows with this process's engine (loaded on first use).
 
@@ -156,4 +184,4 @@ def infer_task(
             how, engine.name, plan.model, plan.batch_size, plan.threads, started - waited, len(windows), len(decoded),
         )
         reporter = _ProgressReporter(logger, progress_description, check_cancelled)
-        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter)
+        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter, packing=packing)

@@ -57,7 +57,7 @@ class Probe:
     disk_free_bytes: dict[str, int | None] = field(default_factory=dict)  # None: remote or missing
     # RSS of the probing process, which also hosts the engine (a thread-runner flow, or a worker).
     process_rss_bytes: int = 0
-    # Whether torch, part of every engine's calibrated runtime, is already in that RSS.
+    # Whether torch (in the calibrated runtime of the torch engines: whisper, transformers) is already in that RSS.
     engine_runtime_resident: bool = True
 
     @property
@@ -232,8 +232,21 @@ def _read_int(path: Path) -> int | None:
 # ---------------------------------------------------------------- accelerators
 
 
+# A GPU torch could use shows one of these: NVIDIA's driver, AMD's ROCm (HIP) or WSL's GPU device.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_driver_present() -> bool:
+    return any(os.path.exists(path) for path in GPU_DRIVER_PATHS)
+
+
 def cuda_devices() -> list[GpuInfo]:
-    """Every CUDA device torch can use, with its free memory now; [] when CUDA does not work."""
+    """Every CUDA device torch can use, with its free memory now; [] when CUDA does not work.
+
+    Without a GPU driver on the machine, [] without importing torch (seconds and ~300 MiB).
+    """
+    if not gpu_driver_present():
+        return []
     try:
         import torch
 

@@ -26,7 +26,14 @@ from steadyscribe.tasks.probe import Probe
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` takes the largest that fits; 24 is transformers' default
+BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` on a GPU takes the largest that fits; 24 is transformers' default
+# On a CPU a larger batch soon buys no speed, only memory. Throughput (audio s / s) per batch size
+# on the benchmark's ten-minute file, 2 cores, tiny.en (bench/results/batching.md): `auto` takes
+# the smallest batch within THROUGHPUT_TOLERANCE of the best of those that fit.
+CPU_THROUGHPUT = {
+    "transformers": {1: 19.3, 4: 28.5, 8: 36.0, 24: 36.7},
+}
+THROUGHPUT_TOLERANCE = 0.05
 BATCH_ONE_ENGINES = {"whisper"}
 INTERPRETER_BYTES = 15 * 2**20  # RSS of a bare Python process, part of every calibrated runtime
 # The transformers engine's peak over a whole run exceeds its one-batch estimate: +7% at batch 4
@@ -44,7 +51,7 @@ class _Target:
     budget_bytes: int
     description: str
     process_rss_bytes: int  # already resident in the process that will host the engine (CPU only)
-    runtime_resident: bool = True  # torch (in every engine's calibrated runtime) is part of process_rss_bytes
+    runtime_resident: bool = True  # torch (the runtime of the torch engines' calibration) is part of process_rss_bytes
 
 
 # (model, engine) → None when the model can be had in that engine's format, else why not.
@@ -135,7 +142,7 @@ def _plan_for(
                 if why_not:
                     _note(notes, f"no {quantization}: {why_not}")
                     continue
-                batch, need = _largest_batch(profile, engine, model, target.device, dtype, quantization, target)
+                batch, need, batch_note = _choose_batch(profile, engine, model, target.device, dtype, quantization, target)
                 if batch is None:
                     precision = _precision(dtype, quantization)
                     tried.append(f"{engine} {model} {precision} needs ~{format_bytes(need)} at batch 1")
@@ -145,7 +152,7 @@ def _plan_for(
                     + [
                         f"{model} with {engine} in {_precision(dtype, quantization)} needs "
                         f"~{format_bytes(need)} at batch {batch} -> chose {_engine_choice(profile, engine)}{model}, "
-                        f"batch {batch}"
+                        f"batch {batch}{batch_note}"
                     ]
                 )
                 decoding = profile.decoding.options(language)
@@ -269,12 +276,14 @@ def _quantization_unusable(quantization: str, engine: str, device: str, probe: P
     return None if probe.bitsandbytes_nf4_cpu else "bitsandbytes nf4 does not work on this CPU"
 
 
-def _largest_batch(
+def _choose_batch(
     profile: Profile, engine: str, model: str, device: str, dtype: str, quantization: str, target: _Target
-) -> tuple[int | None, int]:
-    """The largest batch (the profile's, or a smaller one) that fits, and its estimated peak.
+) -> tuple[int | None, int, str]:
+    """The batch to run (the profile's, or a smaller one that fits), its estimated peak, and why.
 
-    When none fits: (None, the estimate at batch 1).
+    The largest that fits; on a CPU with `batch_size: auto`, the smallest within
+    THROUGHPUT_TOLERANCE of the best measured throughput that fits. When none fits: (None, the
+    estimate at batch 1, "").
     """
     if engine in BATCH_ONE_ENGINES:
         sizes: list[int] = [1]
@@ -285,18 +294,30 @@ def _largest_batch(
     # The estimate is calibrated in a bare process whose RSS is the engine's runtime; the host
     # process holds more (Prefect, the VAD, probes): beyond that runtime where torch is already
     # imported, all of it but the interpreter where the engine's libraries are still to come.
-    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident else INTERPRETER_BYTES
+    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident and CALIBRATION[engine].torch_runtime else INTERPRETER_BYTES
     host_overhead = max(0, target.process_rss_bytes - runtime_held)
     margin = 1 + RUN_MARGIN.get(engine, 0.0) if device == "cpu" else 1
-    need = 0
-    for batch in sizes:
-        need = host_overhead + int(margin * estimate_peak_bytes(
+    needs = {
+        batch: host_overhead + int(margin * estimate_peak_bytes(
             model, engine=engine, device=device, dtype=dtype, quantization=quantization, batch_size=batch,
             beam_size=profile.decoding.beam_size,
         ))
-        if need <= target.budget_bytes:
-            return batch, need
-    return None, need
+        for batch in sizes
+    }
+    fitting = [batch for batch in sizes if needs[batch] <= target.budget_bytes]
+    if not fitting:
+        return None, needs[sizes[-1]], ""
+    measured = {b: t for b, t in CPU_THROUGHPUT.get(engine, {}).items() if b in fitting}
+    if device != "cpu" or profile.batch_size != "auto" or not measured:
+        return fitting[0], needs[fitting[0]], ""
+    best = max(measured, key=measured.__getitem__)
+    batch = min(b for b, t in measured.items() if t >= (1 - THROUGHPUT_TOLERANCE) * measured[best])
+    if batch == fitting[0]:
+        return batch, needs[batch], ""
+    return batch, needs[batch], (
+        f" (not {fitting[0]}: on a CPU batch {batch} is within {THROUGHPUT_TOLERANCE:.0%} of the best measured "
+        f"throughput, batch {best}, for {format_bytes(needs[fitting[0]] - needs[batch])} less)"
+    )
 
 
 def _note(notes: list[str], note: str) -> None:

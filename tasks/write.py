@@ -71,6 +71,7 @@ class RunInfo:
     run_date: date
     plan: Plan
     settings_key: str
+    mode: str = "transcribe"  # or "align": word times for a given text (tasks/align.py)
 
     def __post_init__(self) -> None:
         if not _SAFE_RUN_ID.fullmatch(self.run_id):
@@ -160,7 +161,15 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "finished_at": _utc(result.finished_at),
         "settings_key": run.settings_key,
         "worker": result.worker,
+        "mode": run.mode,
+        "aligned_share": _aligned_share(transcript) if transcript and run.mode == "align" else None,
     }
+
+
+def _aligned_share(transcript: Transcript) -> float:
+    """Confidently aligned words over the text's words (tasks/align.py counts both)."""
+    counts = transcript.stabilization
+    return counts.get("words_aligned", 0) / counts["text_words"] if counts.get("text_words") else 0.0
 
 
 def _transcribed(results: Iterable[FileResult]) -> Iterable[tuple[FileResult, Transcript]]:
@@ -185,6 +194,8 @@ def segment_rows(run: RunInfo, results: Iterable[FileResult]) -> list[dict[str, 
             "no_speech_prob": s.no_speech_prob,
             "compression_ratio": s.compression_ratio,
             "language": transcript.language,
+            "channel": s.channel,
+            "speaker": s.speaker,
         }
         for result, transcript in _transcribed(results)
         for i, s in enumerate(transcript.segments)
@@ -203,6 +214,8 @@ def word_rows(run: RunInfo, results: Iterable[FileResult]) -> list[dict[str, Any
             "start": w.start,
             "end": w.end,
             "probability": w.probability,
+            "channel": s.channel,
+            "speaker": s.speaker,
         }
         for result, transcript in _transcribed(results)
         for i, s in enumerate(transcript.segments)
@@ -334,11 +347,12 @@ def _timestamp(seconds: float, decimal_separator: str) -> str:
 
 
 def _cues(transcript: Transcript, decimal_separator: str) -> list[tuple[str, str]]:
-    """(timing line, text) per segment that has text; '-->' would end a cue's text early."""
+    """(timing line, text) per segment that has text, led by its speaker where channels were split;
+    '-->' would end a cue's text early."""
     return [
         (
             f"{_timestamp(s.start, decimal_separator)} --> {_timestamp(s.end, decimal_separator)}",
-            s.text.strip().replace("-->", "->"),
+            (f"{s.speaker}: " if s.speaker else "") + s.text.strip().replace("-->", "->"),
         )
         for s in transcript.segments
         if s.text.strip()

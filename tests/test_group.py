@@ -45,8 +45,8 @@ def test_an_engine_is_loaded_once_per_process_and_replaced_only_for_another_plan
 def test_a_worker_refits_batch_and_threads_but_keeps_what_the_settings_key_holds():
     profile = load_profile("cpu-batched")
     plan = select_plan(profile, machine(ram_gib=24, cpus=8), {"transformers"})
-    assert plan.batch_size == 24 and plan.threads == 8
-    small = refit_plan(plan, profile, machine(ram_gib=4, cpus=2))
+    assert plan.batch_size == 8 and plan.threads == 8  # on a CPU, the smallest batch near the best throughput
+    small = refit_plan(plan, profile, machine(ram_gib=3, cpus=2))
     assert (small.engine, small.model, small.dtype, small.quantization) == (plan.engine, plan.model, plan.dtype, plan.quantization)
     assert small.batch_size < plan.batch_size and small.threads == 2
     with pytest.raises(PlanError):

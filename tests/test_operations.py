@@ -7,6 +7,7 @@ the pipeline runs in subprocesses pointed at it, as an operator would run them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -164,7 +165,9 @@ def deployed(api_url, api_env, tmp_path_factory):
     run([BIN / "prefect", "work-pool", "create", POOL, "--type", "process"], env)
     run([BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
     with client_for(api_url) as client:
-        deployments = {name: client.read_deployment_by_name(f"{FLOW_NAME}/{name}") for name in ("nightly", "backfill")}
+        deployments = {
+            name: client.read_deployment_by_name(f"{FLOW_NAME}/{name}") for name in ("nightly", "backfill", "align")
+        }
         schedules = {name: client.read_deployment_schedules(d.id) for name, d in deployments.items()}
     return deployments, schedules, inputs, output
 
@@ -177,6 +180,7 @@ def test_deploy_all_registers_nightly_and_backfill(deployed):
     assert schedules["backfill"] == []
     assert nightly.parameters == {"inputs": [str(inputs)], "output": str(output), "profile": "cpu-small"}
     assert backfill.parameters["force"] is False
+    assert deployments["align"].parameters["text_suffix"] == ".txt" and schedules["align"] == []
     for deployment in deployments.values():
         assert deployment.work_pool_name == POOL and deployment.entrypoint == "steadyscribe.flows.transcribe:transcribe"
         assert deployment.enforce_parameter_schema
@@ -186,7 +190,7 @@ def test_deploy_all_registers_nightly_and_backfill(deployed):
         ]
         assert set(deployment.parameter_openapi_schema["properties"]) == {
             "inputs", "output", "profile", "memory_budget", "batch_size", "force", "scheduler",
-            "model", "beam_size", "language", "initial_prompt",
+            "model", "beam_size", "language", "initial_prompt", "channels", "text_suffix",
         }
 
 
@@ -214,6 +218,26 @@ def test_worker_runs_the_deployed_backfill(api_url, api_env, deployed):
         finished = client.read_flow_run(flow_run.id)
     assert finished.state.is_completed(), finished.state
     assert [row["status"] for row in table_rows(output, "files")] == ["ok"]
+
+
+def test_worker_runs_the_deployed_align(api_url, api_env, deployed, tmp_path):
+    """The `align` deployment: a real recording aligned to its own text, on the bundled tiny.en."""
+    deployments, *_ = deployed
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    recording = FIXTURES / "real" / "r09_librivox_austen.flac"
+    shutil.copy(recording, inputs)
+    (inputs / "r09_librivox_austen.txt").write_text(json.loads(recording.with_suffix(".json").read_text())["text"])
+    parameters = {"inputs": [str(inputs)], "output": str(output), "model": "tiny.en"}
+    with client_for(api_url) as client:
+        flow_run = client.create_flow_run_from_deployment(deployments["align"].id, parameters=parameters)
+    run([BIN / "prefect", "worker", "start", "--pool", POOL, "--run-once"], api_env, timeout_s=300, cwd=inputs)
+    with client_for(api_url) as client:
+        finished = client.read_flow_run(flow_run.id)
+    assert finished.state.is_completed(), finished.state
+    [row] = table_rows(output, "files")
+    assert (row["status"], row["mode"], row["aligned_share"]) == ("ok", "align", 1.0)
+    assert len(table_rows(output, "words")) == row["words_n"] == 71
 
 
 # ---------------------------------------------------------------- steadyscribe serve

@@ -125,3 +125,22 @@ def test_real_probe_sees_the_gpu():
         pytest.skip("no CUDA device")
     probe = probe_resources([])
     assert probe.cuda_available and probe.gpus[0].total_bytes > 0
+    from steadyscribe.tasks.probe import gpu_driver_present
+
+    assert gpu_driver_present()  # else the probe would not even look
+
+
+def test_without_a_gpu_driver_the_probe_does_not_import_torch():
+    import subprocess
+    import sys
+
+    from steadyscribe.tasks.probe import gpu_driver_present
+
+    if gpu_driver_present():
+        pytest.skip("this machine has a GPU driver")
+    code = (
+        "import sys; from steadyscribe.tasks.probe import probe_resources; "
+        "p = probe_resources([], bitsandbytes_devices=()); "
+        "assert not p.cuda_available and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

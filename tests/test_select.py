@@ -131,12 +131,29 @@ def test_no_available_engine_is_an_error():
         plan_for("cpu-small", machine(), set())
 
 
-def test_auto_batch_is_the_largest_that_fits():
-    plan = plan_for("cpu-batched", machine(ram_gib=16), ALL_ENGINES)
-    assert plan.engine == "transformers" and plan.batch_size in (1, 2, 4, 8, 16, 24)
+def test_auto_batch_on_a_gpu_is_the_largest_that_fits():
+    plan = plan_for("gpu-24gb", machine(gpu_gib=24), ALL_ENGINES)
+    assert plan.device == "cuda" and plan.batch_size in (1, 2, 4, 8, 16, 24)
     bigger = {1: 2, 2: 4, 4: 8, 8: 16, 16: 24}.get(plan.batch_size)
     if bigger:
-        assert estimate_peak_bytes(plan.model, engine="transformers", batch_size=bigger) > plan.memory_budget_bytes
+        estimate = estimate_peak_bytes(plan.model, engine=plan.engine, device="cuda", dtype=plan.dtype,
+                                       quantization=plan.quantization, batch_size=bigger,
+                                       beam_size=plan.decoding.beam_size)
+        assert estimate > plan.memory_budget_bytes
+
+
+@pytest.mark.parametrize(
+    ("ram_gib", "expect_batch"),
+    [
+        (16, 8),  # 24 fits, but batch 8 is within 5% of its throughput (36.0 against 36.7 audio s / s)
+        (3.2, 4),  # 8 does not fit at 60% of 3.2 GiB: the best of what fits is batch 4
+    ],
+)
+def test_auto_batch_on_a_cpu_is_the_smallest_near_the_best_throughput(ram_gib, expect_batch):
+    plan = plan_for("cpu-batched", machine(ram_gib=ram_gib), ALL_ENGINES)
+    assert (plan.engine, plan.batch_size) == ("transformers", expect_batch)
+    if ram_gib == 16:
+        assert "not 24: on a CPU batch 8 is within 5% of the best measured throughput" in plan.reason
 
 
 def test_overrides_set_budget_and_batch_for_one_run():

@@ -6,6 +6,10 @@ timestamp tokens; again without them where they cut a window short: see __init__
 fallback, window by window and seeded, for windows that look like hallucinations -> DTW word
 alignment of every window's text in one call. The
 encoder output is reused by every step; only the rare partial re-runs (fallback) encode again.
+
+Nothing here imports torch, numba or openai-whisper: features are computed with numpy
+(steadyscribe.engines.features), the tokenizer is the checkpoint's tokenizer.json
+(steadyscribe.engines.tokenizer) and CTranslate2 does the alignment's DTW itself.
 """
 
 from __future__ import annotations
@@ -16,12 +20,11 @@ from pathlib import Path
 
 import ctranslate2
 import numpy as np
-import torch
-from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
-from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
 from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, stops_in_empty_segment, window_seed
+from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from steadyscribe.engines.tokenizer import WhisperTokenizer, whisper_tokenizer
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
     compression_ratio,
@@ -30,7 +33,7 @@ from steadyscribe.engines.word_timing import (
     window_segments,
     word_timings,
 )
-from steadyscribe.records import Plan, Segment, Window
+from steadyscribe.records import Plan, Segment, Window, Word
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
 
@@ -44,6 +47,21 @@ def compute_type_for(plan: Plan) -> str:
     if plan.quantization == "none":
         return plan.dtype if on_cuda else "float32"
     raise ValueError(f"CTranslate2 has no {plan.quantization!r} quantization; use none or int8")
+
+
+def fit_text(text: str, tokenizer: WhisperTokenizer) -> tuple[list[int], list[str]]:
+    """The text's tokens, whole words only, as many as the decoder's context holds; and the words left over."""
+    tokens = tokenizer.encode(" " + " ".join(text.split())) if text.strip() else []
+    room = MAX_LENGTH - len(tokenizer.sot_sequence) - 2  # start sequence, <|notimestamps|>, end of text
+    if len(tokens) <= room:
+        return tokens, []
+    words, word_tokens = tokenizer.split_to_word_tokens(tokens)
+    kept = 0
+    for count, piece in enumerate(word_tokens):
+        if kept + len(piece) > room:
+            return tokens[:kept], [word.strip() for word in words[count:]]
+        kept += len(piece)
+    return tokens, []
 
 
 class CTranslate2Engine:
@@ -78,9 +96,7 @@ class CTranslate2Engine:
         self.options = plan.decoding
         self.with_timestamps = with_timestamps
         self.compute_type = compute_type_for(plan)
-        # torch only computes log-mel features here: on one thread that is 6x faster than on two,
-        # and its idle pool no longer spins against CTranslate2's threads (encoder ~10% faster).
-        torch.set_num_threads(1)
+        self.model_dir = str(model_dir)
         device, _, index = plan.device.partition(":")  # "cuda:1" -> CT2's device and device_index
         self.model = ctranslate2.models.Whisper(
             str(model_dir),
@@ -120,10 +136,57 @@ class CTranslate2Engine:
             segments = [] if silent else self._segments(item, tokenizers[i], decodings[i], alignments[i])
             yield WindowResult(window=item.window, language=languages[i], segments=segments)
 
+    def align(self, items: Iterable[tuple[WindowAudio, str]]) -> Iterator[WindowResult]:
+        """Word times for known text: each window's text tokens aligned to its audio, nothing decoded.
+
+        The same DTW over the alignment heads that times transcribed words. Each word's
+        probability is the mean probability the model gives its tokens after the text before
+        them: low where the audio does not say the word. Words past the decoder's context
+        (a window's text too long to fit) come back at the window's end with probability 0.
+        Segments are the text's sentences.
+        """
+        pending = iter(items)
+        while batch := list(islice(pending, self.batch_size)):
+            mel = np.stack([self._log_mel(item.samples) for item, _ in batch])
+            encoded = self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+            languages = self._languages(encoded, [item for item, _ in batch])
+            tokenizers = [self._tokenizer(language) for language in languages]
+            fitted = [fit_text(text, tokenizer) for (_, text), tokenizer in zip(batch, tokenizers)]
+            num_frames = [min(len(item.samples), N_SAMPLES) // HOP_LENGTH for item, _ in batch]
+            text_tokens = [tokens for tokens, _ in fitted]
+            alignments = self._align(encoded, mel, tokenizers, text_tokens, num_frames, no_timestamps=True)
+            for (item, _), tokenizer, (tokens, overflow), alignment, language in zip(
+                batch, tokenizers, fitted, alignments, languages
+            ):
+                segments = self._aligned_segments(item, tokenizer, tokens, overflow, alignment)
+                yield WindowResult(window=item.window, language=language, segments=segments)
+
+    def _aligned_segments(
+        self,
+        item: WindowAudio,
+        tokenizer: WhisperTokenizer,
+        tokens: list[int],
+        overflow: list[str],
+        alignment: ctranslate2.models.WhisperAlignmentResult,
+    ) -> list[Segment]:
+        span = min(item.window.end - item.window.start, len(item.samples) / SAMPLE_RATE)
+        path = np.array(alignment.alignments, dtype=np.int64).reshape(-1, 2)
+        words = word_timings(tokenizer, tokens, path[:, 0], path[:, 1], alignment.text_token_probs) if tokens else []
+        probs = np.clip(np.asarray(alignment.text_token_probs, dtype=np.float64)[: len(tokens)], 1e-10, 1.0)
+        avg_logprob = float(np.log(probs).mean()) if tokens else None
+        segments = window_segments(item.window, span, tokenizer, sentence_spans(words), words, avg_logprob=avg_logprob)
+        segments = [segment for segment in segments if segment.words]
+        if overflow:
+            end = item.window.start + span
+            segments.append(
+                Segment(end, end, " ".join(overflow), words=[Word(word, end, end, 0.0) for word in overflow], avg_logprob=None)
+            )
+        return segments
+
     def _log_mel(self, samples: np.ndarray) -> np.ndarray:
         # Per window, not per batch: log_mel_spectrogram normalizes by the loudest frame of its input.
         audio = pad_or_trim(np.asarray(samples, dtype=np.float32), N_SAMPLES)
-        return log_mel_spectrogram(audio, self.model.n_mels).numpy()
+        return log_mel_spectrogram(audio, self.model.n_mels)
 
     def _languages(self, encoded: ctranslate2.StorageView, batch: list[WindowAudio]) -> list[str]:
         """Each window's language: the plan's, or its file's, detected from the file's first window seen."""
@@ -139,17 +202,12 @@ class CTranslate2Engine:
                 self.file_languages.setdefault(item.window.file_id, language)
         return [self.file_languages[item.window.file_id] for item in batch]
 
-    def _tokenizer(self, language: str) -> Tokenizer:
-        # get_tokenizer is cached: one instance per language.
-        return get_tokenizer(
-            multilingual=self.model.is_multilingual,
-            num_languages=self.model.num_languages,
-            language=language,
-            task=self.options.task,
-        )
+    def _tokenizer(self, language: str) -> WhisperTokenizer:
+        # Cached: one instance per language.
+        return whisper_tokenizer(self.model_dir, self.model.is_multilingual, language, self.options.task)
 
     def _decode(
-        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[Tokenizer], windows: list[Window]
+        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[WhisperTokenizer], windows: list[Window]
     ) -> list[Decoding]:
         """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do; a
         window whose decoding stops in an empty segment well before its end (the model would go on
@@ -187,7 +245,7 @@ class CTranslate2Engine:
         self,
         features: ctranslate2.StorageView,
         prompts: list[list[int]],
-        tokenizers: list[Tokenizer],
+        tokenizers: list[WhisperTokenizer],
         temperature: float,
     ) -> list[Decoding]:
         options = self.options
@@ -222,15 +280,21 @@ class CTranslate2Engine:
         self,
         encoded: ctranslate2.StorageView,
         mel: np.ndarray,
-        tokenizers: list[Tokenizer],
+        tokenizers: list[WhisperTokenizer],
         text_tokens: list[list[int]],
         num_frames: list[int],
+        no_timestamps: bool = False,
     ) -> list[ctranslate2.models.WhisperAlignmentResult]:
-        """Align every window's text tokens to its audio, one call per start sequence (language)."""
+        """Align every window's text tokens to its audio, one call per start sequence (language).
+
+        `no_timestamps` ends the start sequence with <|notimestamps|>, as openai-whisper's own
+        word timing does (known text: 90.2% of real words within 200 ms with it, 88.1% without).
+        """
         alignments: list = [None] * len(tokenizers)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, tokenizer in enumerate(tokenizers):
-            groups.setdefault(tokenizer.sot_sequence, []).append(i)
+            start = tokenizer.sot_sequence + ((tokenizer.no_timestamps,) if no_timestamps else ())
+            groups.setdefault(start, []).append(i)
         for start_sequence, indices in groups.items():
             results = self.model.align(
                 self._features_of(indices, encoded, mel),
@@ -258,7 +322,7 @@ class CTranslate2Engine:
     def _segments(
         self,
         item: WindowAudio,
-        tokenizer: Tokenizer,
+        tokenizer: WhisperTokenizer,
         decoding: Decoding,
         alignment: ctranslate2.models.WhisperAlignmentResult,
     ) -> list[Segment]:

@@ -30,13 +30,14 @@ import psutil
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, WhisperForConditionalGeneration, WhisperProcessor
 from transformers.modeling_outputs import BaseModelOutput
-from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from whisper.timing import dtw, median_filter
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult
 from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, window_seed
+from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from steadyscribe.engines.word_timing import (
-    alignment_path,
+    MEDIAN_FILTER_WIDTH,
     compression_ratio,
     sentence_spans,
     timestamped_spans,
@@ -50,6 +51,18 @@ logger = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 224  # openai-whisper's sample_len: half the decoder's context
 _ENGLISH_ONLY_VOCAB = 51864
+
+
+def alignment_path(attention: torch.Tensor, medfilt_width: int = MEDIAN_FILTER_WIDTH) -> tuple[np.ndarray, np.ndarray]:
+    """(text indices, time indices) of the DTW path through alignment-head attention.
+
+    `attention`: heads x rows x frames, softmaxed over the window's real frames only; one row per
+    text token plus one for end-of-text. Normalized, smoothed and averaged as openai-whisper does.
+    (CTranslate2 does this inside its own `align`.)
+    """
+    std, mean = torch.std_mean(attention, dim=-2, keepdim=True, unbiased=False)
+    weights = median_filter((attention - mean) / std, medfilt_width)
+    return dtw(-weights.mean(dim=0))
 
 
 def torch_dtype_for(plan: Plan) -> torch.dtype:

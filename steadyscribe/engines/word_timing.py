@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-import torch
-from whisper.audio import TOKENS_PER_SECOND
-from whisper.timing import WordTiming, dtw, median_filter, merge_punctuations
-from whisper.tokenizer import Tokenizer
 
+from steadyscribe.engines.features import TOKENS_PER_SECOND
 from steadyscribe.records import Segment, Window, Word
 
 TIMESTAMP_PRECISION_S = 0.02
@@ -25,6 +23,31 @@ MEDIAN_FILTER_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END_MARKS = ".。!！?？"
+
+
+class Tokenizer(Protocol):
+    """What word timing needs of a tokenizer: openai-whisper's, or steadyscribe.engines.tokenizer's."""
+
+    @property
+    def eot(self) -> int: ...
+
+    @property
+    def timestamp_begin(self) -> int: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+    def split_to_word_tokens(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]: ...
+
+
+@dataclass
+class WordTiming:
+    """A word (its text and tokens) with window-relative times and the model's mean token probability."""
+
+    word: str
+    tokens: list[int]
+    start: float
+    end: float
+    probability: float
 
 
 @dataclass
@@ -77,17 +100,6 @@ def sentence_spans(words: list[WordTiming]) -> list[TokenSpan]:
     ]
 
 
-def alignment_path(attention: torch.Tensor, medfilt_width: int = MEDIAN_FILTER_WIDTH) -> tuple[np.ndarray, np.ndarray]:
-    """(text indices, time indices) of the DTW path through alignment-head attention.
-
-    `attention`: heads x rows x frames, softmaxed over the window's real frames only; one row per
-    text token plus one for end-of-text. Normalized, smoothed and averaged as openai-whisper does.
-    """
-    std, mean = torch.std_mean(attention, dim=-2, keepdim=True, unbiased=False)
-    weights = median_filter((attention - mean) / std, medfilt_width)
-    return dtw(-weights.mean(dim=0))
-
-
 def word_timings(
     tokenizer: Tokenizer,
     text_tokens: list[int],
@@ -113,8 +125,37 @@ def word_timings(
         for word, tokens, i, j in zip(words[:-1], word_tokens[:-1], boundaries[:-1], boundaries[1:])
     ]
     _shorten_overlong_words(timings)
-    merge_punctuations(timings, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+    merge_punctuations(timings)
     return timings
+
+
+def merge_punctuations(timings: list[WordTiming], prepended: str = PREPEND_PUNCTUATIONS, appended: str = APPEND_PUNCTUATIONS) -> None:
+    """Attach opening marks to the word after them and closing marks to the word before, as openai-whisper does.
+
+    A merged mark's entry stays in the list, emptied (no text, no tokens), so that token counts
+    still line up; its times are dropped with it. The checks are openai-whisper's, quirks included
+    (a blank word counts as a prepended mark).
+    """
+    # Opening marks, from the end: a chain of them all lands on the word that follows.
+    following = len(timings) - 1
+    for i in range(len(timings) - 2, -1, -1):
+        mark = timings[i]
+        if mark.word.startswith(" ") and mark.word.strip() in prepended:
+            timings[following].word = mark.word + timings[following].word
+            timings[following].tokens = mark.tokens + timings[following].tokens
+            mark.word, mark.tokens = "", []
+        else:
+            following = i
+    # Closing marks, from the start: a chain of them all lands on the word before.
+    previous = 0
+    for j in range(1, len(timings)):
+        mark = timings[j]
+        if not timings[previous].word.endswith(" ") and mark.word in appended:
+            timings[previous].word += mark.word
+            timings[previous].tokens = timings[previous].tokens + mark.tokens
+            mark.word, mark.tokens = "", []
+        else:
+            previous = j
 
 
 def _shorten_overlong_words(timings: list[WordTiming]) -> None:

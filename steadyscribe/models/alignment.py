@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-def openai_alignment_dumps() -> dict[str, bytes]:
-    import whisper
+from steadyscribe.models.openai_tables import openai_whisper_table
 
-    return whisper._ALIGNMENT_HEADS
+def openai_alignment_dumps() -> dict[str, bytes]:
+    return openai_whisper_table("_ALIGNMENT_HEADS")
 
 
 def decode_openai_heads(name: str) -> list[tuple[int, int]]:

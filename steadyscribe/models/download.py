@@ -16,6 +16,7 @@ from steadyscribe.models import ModelUnavailableError
 from steadyscribe.models.alignment import decode_openai_heads
 from steadyscribe.models.bundled import BUNDLED_MODELS
 from steadyscribe.models.cache import atomic_path, native_path, short_hash
+from steadyscribe.models.openai_tables import openai_whisper_table
 
 OFFLINE_ENVS = ("STEADYSCRIBE_OFFLINE", "HF_HUB_OFFLINE")
 # Probe a host before downloading so an offline machine fails in seconds, not after retries.
@@ -27,9 +28,7 @@ HF_REPO_OF_NAME = {"large": "openai/whisper-large-v3", "turbo": "openai/whisper-
 
 
 def known_names() -> list[str]:
-    import whisper
-
-    return list(whisper._MODELS)
+    return list(openai_whisper_table("_MODELS"))
 
 
 def fetch_url(url: str, cache: Path) -> Path:
@@ -54,7 +53,7 @@ def download_openai(name: str, cache: Path) -> Path:
     import whisper
 
     require_known_name(name)
-    url = whisper._MODELS[name]
+    url = openai_whisper_table("_MODELS")[name]
     require_network(name, urllib.parse.urlparse(url).hostname or "")
     target = native_path(cache, "openai-whisper", name)
     download_dir = cache / "openai-whisper" / f".tmp-download-{uuid.uuid4().hex}"

@@ -1,0 +1,43 @@
+"""faster-whisper as a user would script it for a folder: the peer in bench/whole_run.py.
+
+One WhisperModel (int8, the same tiny.en CTranslate2 weights as steadyscribe's), its
+BatchedInferencePipeline (Silero VAD, batch 8), called file by file with word timestamps; the
+words of every file go to one JSON file.
+
+    python -m bench.faster_whisper_run FOLDER_OR_FILE --out words.json [--beam-size 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path)
+    parser.add_argument("--model-dir", required=True, help="a CTranslate2 Whisper checkpoint")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--beam-size", type=int, default=5)
+    args = parser.parse_args()
+    paths = sorted(p for p in args.input.rglob("*") if p.suffix in AUDIO_SUFFIXES) if args.input.is_dir() else [args.input]
+    model = WhisperModel(args.model_dir, device="cpu", compute_type="int8", cpu_threads=len(os.sched_getaffinity(0)))
+    pipeline = BatchedInferencePipeline(model)
+    words = {}
+    for path in paths:
+        segments, _ = pipeline.transcribe(
+            str(path), batch_size=args.batch_size, beam_size=args.beam_size, language="en", word_timestamps=True
+        )
+        words[path.name] = [{"word": w.word, "start": w.start, "end": w.end} for s in segments for w in s.words]
+    args.out.write_text(json.dumps(words))
+
+
+if __name__ == "__main__":
+    main()

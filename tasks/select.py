@@ -32,6 +32,7 @@ BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` on a GPU takes the largest that fit
 # the smallest batch within THROUGHPUT_TOLERANCE of the best of those that fit.
 CPU_THROUGHPUT = {
     "transformers": {1: 19.3, 4: 28.5, 8: 36.0, 24: 36.7},
+    "ctranslate2": {1: 34.1, 2: 33.1, 4: 34.9, 8: 37.7, 16: 36.7, 24: 37.7},  # int8
 }
 THROUGHPUT_TOLERANCE = 0.05
 BATCH_ONE_ENGINES = {"whisper"}

@@ -39,8 +39,10 @@ BATCH_ONE_ENGINES = {"whisper"}
 INTERPRETER_BYTES = 15 * 2**20  # RSS of a bare Python process, part of every calibrated runtime
 # The transformers engine's peak over a whole run exceeds its one-batch estimate: +7% at batch 4
 # and 8 (bench.batching), +9% in a fresh-clone budget test at batch 4 (beside it, the VAD's
-# onnxruntime session and the next group decoding while one is in inference).
-RUN_MARGIN = {"transformers": 0.10}  # openai-whisper decodes one window at a time
+# onnxruntime session and the next group decoding while one is in inference), and +17% (1787 MiB
+# against 1526) in a fresh clone's venv, where the same run held 155 MiB more than in the
+# development venv (cause not found yet).
+RUN_MARGIN = {"transformers": 0.20}  # openai-whisper decodes one window at a time
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ def test_a_host_without_the_engine_runtime_yet_counts_all_it_holds():
     resident, not_yet = machine(), machine()
     resident.process_rss_bytes = not_yet.process_rss_bytes = 600 * 2**20
     not_yet.engine_runtime_resident = False
-    overrides = {"memory_budget": "2.5GiB"}
+    overrides = {"memory_budget": "2.5GiB", "batch_size": 4}
     with_runtime = plan_for("cpu-batched", resident, {"transformers"}, overrides)
     without_runtime = plan_for("cpu-batched", not_yet, {"transformers"}, overrides)
     assert (without_runtime.engine, without_runtime.model) == (with_runtime.engine, with_runtime.model)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from steadyscribe.engines import Engine, WindowAudio, WindowResult, load_engine
+from steadyscribe.engines import Engine, WindowResult, load_engine
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm

@@ -13,7 +13,8 @@ recordings (tests/fixtures/real) and on the synthetic fixtures alike:
 2. takes out the steady lag of DTW word times (they trail the audio by about 90 ms);
 3. moves an edge that lies in a pause the VAD found onto that pause's edge, and where a pause
    lies inside one word, gives the word the larger side of it (the rest was a pause or a
-   filler the model left out of the text). Edges never leave the window the engine decoded;
+   filler the model left out of the text). A word that DTW collapsed to an instant right after
+   a pause starts again at the speech onset. Edges never leave the window the engine decoded;
 4. re-splits segments at long pauses.
 
 Nothing here depends on the engine: it needs only a Transcript, the file's samples (or the VAD's
@@ -69,6 +70,9 @@ class StabilizeOptions:
     # wrong there, not the model: every word is kept and the file gets a warning.
     max_drop_share: float = 0.1
     split_pause_s: float = 1.0  # a pause this long between words starts a new segment
+    # A word DTW collapsed to an instant after a pause gets back at most twice the median word
+    # length (capped at this) before its end.
+    max_word_median_s: float = 0.35
 
 
 def stabilize(
@@ -178,13 +182,36 @@ def _place_in_window(
 ) -> None:
     """Re-place one window's words (in text order), in place: lag out, edges out of pauses, in order."""
     lag = options.dtw_lag_s
+    collapsed = [word.end - word.start < options.min_word_s for word in words]
     for word in words:
         word.start, word.end = word.start - lag, word.end - lag
     _order_in_window(words, window_start, window_end, options.min_word_s)
     near = [(a, b) for a, b in pauses if b > window_start and a < window_end]
     for word in words:
         _snap_to_pauses(word, near, window_start, window_end, options)
+    _reopen_collapsed_onsets(words, collapsed, near, window_start, options)
     _order_in_window(words, window_start, window_end, options.min_word_s)
+
+
+def _reopen_collapsed_onsets(
+    words: list[Word], collapsed: list[bool], pauses: list[tuple[float, float]], window_start: float, options: StabilizeOptions
+) -> None:
+    """Give a word that DTW collapsed to an instant, right after a pause, the speech from the pause's end.
+
+    DTW squeezes the first word of a turn into the next one's onset (a zero-length "And" 0.5 s
+    after the speech resumed); its end is right, its start is not. The start goes back to the
+    VAD's onset, but never more than twice the window's median word length before its end
+    (openai-whisper caps first words of segments the same way) nor before the previous word.
+    """
+    lengths = [w.end - w.start for w, squeezed in zip(words, collapsed) if not squeezed]
+    longest = 2 * min(float(np.median(lengths)) if lengths else options.max_word_median_s, options.max_word_median_s)
+    previous_end = window_start
+    for word, squeezed in zip(words, collapsed):
+        # The pauses between the previous word and this one; the word may start on the last one's end.
+        between = [b for a, b in pauses if a >= previous_end - options.min_pause_s and b <= word.start + options.onset_lead_s]
+        if squeezed and between:
+            word.start = min(word.start, max(between[-1] - options.onset_lead_s, word.end - longest, previous_end))
+        previous_end = word.end
 
 
 def _snap_to_pauses(

@@ -75,6 +75,21 @@ def test_a_pause_inside_a_word_leaves_it_its_larger_side():
     assert result.words[1].end == pytest.approx(2.6, abs=FRAME)
 
 
+def test_a_word_collapsed_after_a_pause_gets_the_speech_from_the_onset():
+    # DTW squeezed "and", the first word after a 1.3 s pause, into an instant 0.5 s after the
+    # speech resumed (measured on the stereo call fixture's customer channel).
+    words = [("one", 1.0, 1.3), ("two", 1.3, 1.6), ("and", 3.4, 3.4), ("here", 3.4, 3.7), ("is", 3.7, 3.9)]
+    raw = _transcript([(w, s + LAG, e + LAG) for w, s, e in words])
+    result = _run(raw, [(0.9, 1.6), (2.9, 3.9)], 5.0)
+    one, two, squeezed, here, _ = result.words
+    lead = StabilizeOptions().onset_lead_s
+    median = 0.3  # the window's uncollapsed words
+    assert squeezed.start == pytest.approx(max(2.9 - lead, squeezed.end - 2 * median), abs=FRAME)
+    assert squeezed.end <= here.start
+    # A collapsed word inside speech, with no pause before it, keeps its place.
+    assert two.start == pytest.approx(1.3, abs=FRAME)
+
+
 def test_times_stay_ordered_inside_the_window_with_a_minimum_duration():
     raw = _transcript([("a", 1.0, 1.0), ("b", 1.0, 1.0), ("c", 0.9, 1.2), ("d", 3.95, 4.3)])
     options = StabilizeOptions()

@@ -58,6 +58,7 @@ DEFAULT_RUNS = [
     # The engines themselves (steadyscribe.engines): what the transformers and CTranslate2 constants are fitted on.
     ("ctranslate2", "tiny.en", 1, True, "engine"),
     ("ctranslate2", "tiny.en", 8, True, "engine"),
+    ("ctranslate2", "tiny.en", 24, True, "engine"),
     ("transformers", "tiny.en", 1, True, "engine"),
     ("transformers", "tiny.en", 8, True, "engine"),
     ("transformers", "tiny.en", 24, True, "engine"),
@@ -259,15 +260,15 @@ def _run_ctranslate2_engine(model_name: str, batch: int, speech: Path, beam_size
     generated: list[int] = []
     phases: dict[str, dict[str, int]] = {}
 
-    def worst_case_decode(encoded, mel, tokenizers, windows):
+    def worst_case_decode(encoded, tokenizers, windows):
         # As for transformers: all windows, then every window but one again at the next temperature
-        # (a partial batch is encoded again from its log-mel features).
+        # (a partial batch: its encoder outputs sliced on the CPU, encoded again on a GPU).
         everything = list(range(len(tokenizers)))
         prompts = [list(tokenizer.sot_sequence) for tokenizer in tokenizers]
-        decodings = engine._generate(engine._features_of(everything, encoded, mel), prompts, tokenizers, 0.0)
+        decodings = engine._generate(encoded.of(everything), prompts, tokenizers, 0.0)
         if len(tokenizers) > 1:
             rest = everything[1:]
-            engine._generate(engine._features_of(rest, encoded, mel), prompts[1:], tokenizers[1:], 0.2)
+            engine._generate(encoded.of(rest), prompts[1:], tokenizers[1:], 0.2)
         generated.extend(len(d.tokens) for d in decodings)
         phases["decoded"] = _snapshot()
         return decodings
@@ -362,7 +363,7 @@ def fit(csv_path: Path) -> dict[str, dict[str, float]]:
     """Per-engine constants for steadyscribe.memory.CALIBRATION from the rows that decode as the engine does.
 
     Decoding memory (decoding_bytes) is modelled as
-    [fixed +] weight_factor x weights + batch x activation_factor x analytic window bytes, fitted by
+    [fixed +] weight_factor x weights + activation_factor x analytic bytes of the batch, fitted by
     least squares; for FIXED_TERM_ENGINES the fixed term is then raised to cover every row.
     """
     import numpy as np
@@ -376,7 +377,7 @@ def fit(csv_path: Path) -> dict[str, dict[str, float]]:
     for engine in sorted({r["engine"] for r in rows}):
         mine = [r for r in rows if r["engine"] == engine]
         weights = np.array([weight_bytes(r["model"]) for r in mine], dtype=float)
-        window = np.array([int(r["batch"]) * architecture(r["model"]).window_elements(engine) * 4 for r in mine], float)
+        window = np.array([architecture(r["model"]).batch_elements(engine, int(r["batch"])) * 4 for r in mine], float)
         decoding = np.array([decoding_bytes(r) for r in mine])
         fixed = 0.0
         if engine in FIXED_TERM_ENGINES:

@@ -1,13 +1,12 @@
 """Peak-memory estimates for running a Whisper model, calibrated on measurements.
 
 peak = runtime overhead + weights + max(load transient, decoding)
-decoding = fixed decoding memory + weight factor x weights + batch x per-window activations
+decoding = fixed decoding memory + weight factor x weights + activations of a batch
 
 Weights come from the architecture (parameter count x bytes per parameter for the dtype or
-quantization). Per-window activations are an analytic count of the tensors one 30 s window
+quantization). Activations are an analytic count of the tensors a batch of 30 s windows
 keeps alive (encoder scratch, cross- and self-attention caches, the word-alignment pass),
-scaled by a per-engine factor
-fitted from docs/memory-calibration.md (bench/measure_memory.py).
+scaled by a per-engine factor fitted from docs/memory-calibration.md (bench/measure_memory.py).
 """
 
 from __future__ import annotations
@@ -60,19 +59,23 @@ class Architecture:
         d = self.width
         return self.encoder_layers * 12 * d * d + self.decoder_layers * 16 * d * d
 
-    def window_elements(self, engine: str) -> int:
-        """Activation tensor elements one 30 s window keeps alive at peak (before calibration)."""
+    def batch_elements(self, engine: str, batch_size: int, device: str = "cpu") -> int:
+        """Activation tensor elements a batch of 30 s windows keeps alive at peak (before calibration)."""
         d, h, t = self.width, self.heads, AUDIO_CTX
         caches = 2 * self.decoder_layers * (t + TEXT_CTX) * d  # cross- and self-attention keys/values
         if engine == "transformers":
             # SDPA never materializes attention maps; word timing is one teacher-forced decoder pass
             # that keeps the alignment layers' cross-attention queries and keys.
-            return 10 * t * d + caches + self.decoder_layers * (DECODE_TOKENS + t) * d
+            return batch_size * (10 * t * d + caches + self.decoder_layers * (DECODE_TOKENS + t) * d)
         encoder_scratch = 10 * t * d + 2 * h * t * t  # one layer's projections, MLP and attention map
         if engine == "whisper":
             # Word alignment reruns the decoder over all tokens: full logits and cross-attention maps.
-            return encoder_scratch + caches + DECODE_TOKENS * (self.vocab + self.decoder_layers * h * t)
-        return encoder_scratch + caches
+            return batch_size * (encoder_scratch + caches + DECODE_TOKENS * (self.vocab + self.decoder_layers * h * t))
+        if device == "cpu":
+            # CTranslate2 on the CPU encodes and aligns one window at a time: only the decoder's
+            # caches grow with the batch (steadyscribe.engines.ctranslate2_engine._Encoded).
+            return encoder_scratch + batch_size * (t * d + caches)
+        return batch_size * (encoder_scratch + caches)
 
     def beam_elements(self) -> int:
         """Elements each further beam hypothesis of a window holds in the transformers engine: its
@@ -182,21 +185,21 @@ CALIBRATION: dict[str, EngineCalibration] = {
     # no fixed term; ~35 MiB a window and ~300 MiB in all short.)
     "transformers": EngineCalibration(runtime_bytes=490 * MiB, load_copy_factor=0.53, weight_factor=0.09,
                                       activation_factor=1.04, decode_fixed_bytes=335 * MiB),
-    # Fitted on the engine itself (tiny.en at batch 1 and 8), which imports neither torch nor openai-whisper:
-    # import 56 MiB, and loading touches ~140 MiB of library pages beyond the weights (runtime 189 MiB). One
-    # model measured: its weight_factor is really a fixed ~70 MiB, scaled with the weights to stay safe.
-    # (Before, the engine imported torch for log-mel features and the tokenizer: runtime 300 MiB, fitted when
-    # loading touched less; the same engine measured beside this one: peak 807 MiB at batch 1, 1286 at 8,
-    # against 473 and 970 now. The first calibration, generate and align alone: runtime 50 MiB.)
-    "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.5,
-                                     activation_factor=0.5, torch_runtime=False),
+    # Fitted on the engine itself (tiny.en at batch 1, 8 and 24), which imports neither torch nor openai-whisper
+    # and, on the CPU, encodes and aligns window by window: 456 / 611 / 1087 MiB worst case (decoding to the
+    # length limit), where encoding the batch at once peaked 473 / 970 at batch 1 / 8. Loading touches ~140 MiB
+    # of library pages beyond the weights (runtime 190 MiB). One model measured: the least-squares fit puts
+    # nothing on the weights; a quarter of them is kept so that larger models stay over-, not underestimated.
+    "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25,
+                                     activation_factor=1.1, torch_runtime=False),
 }
 
 
 # Engines whose peak grows with the beam. transformers' generate copies each window's encoder output
 # and cross-attention cache per hypothesis: bench/beam_memory.py, tiny.en at batch 8 on real speech,
-# 1474 MiB at beam 1 and 2033 MiB at beam 5 (+38%). CTranslate2's peak is its encoder's: beam 5
-# added 11 MiB (+0.8%) to 1436 MiB, so it is left out. openai-whisper (batch 1) was not measured.
+# 1474 MiB at beam 1 and 2033 MiB at beam 5 (+38%). CTranslate2's is not: 758 MiB at beam 1 and at
+# beam 5 (window-by-window encoding; before it, beam 5 added 11 MiB to 1436), so it is left out.
+# openai-whisper (batch 1) was not measured.
 BEAM_STATE_ENGINES = {"transformers"}
 
 
@@ -222,8 +225,8 @@ def estimate_peak_bytes(
     """Peak memory (CPU RSS, or GPU memory on cuda) of loading `model` and decoding one batch.
 
     peak = runtime + weights + max(load transient, decoding), where
-    decoding = fixed + weight_factor x weights + batch x activation_factor x analytic window bytes;
-    with beam search, the transformers engine's window bytes hold beam_size hypotheses
+    decoding = fixed + weight_factor x weights + activation_factor x analytic bytes of the batch;
+    with beam search, the transformers engine's windows hold beam_size hypotheses
     (BEAM_STATE_ENGINES).
     """
     if engine not in CALIBRATION:
@@ -233,11 +236,11 @@ def estimate_peak_bytes(
     weights = weight_bytes(model, dtype, quantization)
     # dynamic-int8 is built layer by layer (steadyscribe.models.quantize), never holding the fp32 model.
     load_copy = weights * calibration.load_copy_factor
-    elements = arch.window_elements(engine)
+    elements = arch.batch_elements(engine, batch_size, device)
     if engine in BEAM_STATE_ENGINES:
-        elements += (beam_size - 1) * arch.beam_elements()
-    window = elements * DTYPE_BYTES[dtype] * calibration.activation_factor
-    decoding = calibration.decode_fixed_bytes + calibration.weight_factor * weights + batch_size * window
+        elements += batch_size * (beam_size - 1) * arch.beam_elements()
+    activations = elements * DTYPE_BYTES[dtype] * calibration.activation_factor
+    decoding = calibration.decode_fixed_bytes + calibration.weight_factor * weights + activations
     runtime = CUDA_CONTEXT_BYTES if device == "cuda" else calibration.runtime_bytes
     return int(runtime + weights + max(load_copy, decoding))
 

@@ -222,6 +222,7 @@ def test_a_multilingual_file_keeps_the_language_of_its_first_window():
         is_multilingual=True, detect_language=lambda _: [[(f"<|{code}|>", 0.9)] for code in next(detections)]
     )
     item = lambda file_id, index: SimpleNamespace(window=Window(file_id, index, 0.0, 1.0))  # noqa: E731
-    assert engine._languages(None, [item("a", 0), item("a", 1), item("b", 0)]) == ["de", "de", "it"]
-    assert engine._languages(None, [item("b", 1), item("c", 0)]) == ["it", "en"]
-    assert engine._languages(None, [item("a", 2)]) == ["de"]  # no new file: no detection
+    encoded = SimpleNamespace(whole=None)  # the encoder output: the stub model never reads it
+    assert engine._languages(encoded, [item("a", 0), item("a", 1), item("b", 0)]) == ["de", "de", "it"]
+    assert engine._languages(encoded, [item("b", 1), item("c", 0)]) == ["it", "en"]
+    assert engine._languages(encoded, [item("a", 2)]) == ["de"]  # no new file: no detection

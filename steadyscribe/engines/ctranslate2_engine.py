@@ -1,11 +1,11 @@
 """Whisper on CTranslate2: windows from many files decoded together, word times from alignment heads.
 
-Per batch: log-mel features -> one encoder pass -> language (multilingual models: once per file,
+Per batch: log-mel features -> the encoder (window by window on the CPU, see _Encoded) -> language (multilingual models: once per file,
 from its first window) -> greedy or beam decoding with the plan's decoding options (with
 timestamp tokens; again without them where they cut a window short: see __init__) -> temperature
 fallback, window by window and seeded, for windows that look like hallucinations -> DTW word
 alignment of every window's text in one call. The
-encoder output is reused by every step; only the rare partial re-runs (fallback) encode again.
+encoder output is reused by every step (on a GPU, the rare partial re-runs of fallback encode again).
 
 Nothing here imports torch, numba or openai-whisper: features are computed with numpy
 (steadyscribe.engines.features), the tokenizer is the checkpoint's tokenizer.json
@@ -15,6 +15,7 @@ Nothing here imports torch, numba or openai-whisper: features are computed with 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -36,6 +37,29 @@ from steadyscribe.engines.word_timing import (
 from steadyscribe.records import Plan, Segment, Window, Word
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A batch's encoder output, and where its sub-batches come from.
+
+    On the CPU the encoder runs one window at a time and its outputs are stacked on the host: its
+    attention maps (about 55 MiB a window for tiny) then never pile up with the batch, which made
+    a batch of 8 peak ~500 MiB higher for no speed (the encoder's matrices are already large at
+    batch 1: encoding 8 windows one by one took the same CPU time, `bench/results/whole_run.md`).
+    The decoder, which gains from batching, still gets the whole batch. On a GPU, one batched pass
+    whose output stays on the device; a sub-batch there is encoded again from its mel features.
+    """
+
+    whole: ctranslate2.StorageView
+    host: np.ndarray | None  # the stacked outputs (CPU), else None
+    mel: np.ndarray
+
+    def of(self, indices: list[int]) -> ctranslate2.StorageView:
+        if len(indices) == len(self.mel):
+            return self.whole
+        rows = self.host if self.host is not None else self.mel
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[indices]))
 
 
 def compute_type_for(plan: Plan) -> str:
@@ -119,18 +143,17 @@ class CTranslate2Engine:
             yield from self._transcribe_batch(batch)
 
     def _transcribe_batch(self, batch: list[WindowAudio]) -> Iterator[WindowResult]:
-        mel = np.stack([self._log_mel(item.samples) for item in batch])
-        encoded = self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+        encoded = self._encode(np.stack([self._log_mel(item.samples) for item in batch]))
         languages = self._languages(encoded, batch)
         tokenizers = [self._tokenizer(language) for language in languages]
-        decodings = self._decode(encoded, mel, tokenizers, [item.window for item in batch])
+        decodings = self._decode(encoded, tokenizers, [item.window for item in batch])
         # Silence gets no segments, so nothing of it to align.
         text_tokens = [
             [] if d.is_silence else [t for t in d.tokens if t < tokenizer.eot]
             for d, tokenizer in zip(decodings, tokenizers)
         ]
         num_frames = [min(len(item.samples), N_SAMPLES) // HOP_LENGTH for item in batch]
-        alignments = self._align(encoded, mel, tokenizers, text_tokens, num_frames)
+        alignments = self._align(encoded, tokenizers, text_tokens, num_frames)
         for i, item in enumerate(batch):
             silent = decodings[i].is_silence
             segments = [] if silent else self._segments(item, tokenizers[i], decodings[i], alignments[i])
@@ -147,14 +170,13 @@ class CTranslate2Engine:
         """
         pending = iter(items)
         while batch := list(islice(pending, self.batch_size)):
-            mel = np.stack([self._log_mel(item.samples) for item, _ in batch])
-            encoded = self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+            encoded = self._encode(np.stack([self._log_mel(item.samples) for item, _ in batch]))
             languages = self._languages(encoded, [item for item, _ in batch])
             tokenizers = [self._tokenizer(language) for language in languages]
             fitted = [fit_text(text, tokenizer) for (_, text), tokenizer in zip(batch, tokenizers)]
             num_frames = [min(len(item.samples), N_SAMPLES) // HOP_LENGTH for item, _ in batch]
             text_tokens = [tokens for tokens, _ in fitted]
-            alignments = self._align(encoded, mel, tokenizers, text_tokens, num_frames, no_timestamps=True)
+            alignments = self._align(encoded, tokenizers, text_tokens, num_frames, no_timestamps=True)
             for (item, _), tokenizer, (tokens, overflow), alignment, language in zip(
                 batch, tokenizers, fitted, alignments, languages
             ):
@@ -188,7 +210,13 @@ class CTranslate2Engine:
         audio = pad_or_trim(np.asarray(samples, dtype=np.float32), N_SAMPLES)
         return log_mel_spectrogram(audio, self.model.n_mels)
 
-    def _languages(self, encoded: ctranslate2.StorageView, batch: list[WindowAudio]) -> list[str]:
+    def _encode(self, mel: np.ndarray) -> _Encoded:
+        if self.model.device == "cuda":
+            return _Encoded(self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False), None, mel)
+        host = np.concatenate([np.array(self.model.encode(ctranslate2.StorageView.from_array(mel[i : i + 1]))) for i in range(len(mel))])
+        return _Encoded(ctranslate2.StorageView.from_array(host), host, mel)
+
+    def _languages(self, encoded: _Encoded, batch: list[WindowAudio]) -> list[str]:
         """Each window's language: the plan's, or its file's, detected from the file's first window seen."""
         if not self.model.is_multilingual:
             return ["en"] * len(batch)
@@ -197,7 +225,7 @@ class CTranslate2Engine:
         if any(item.window.file_id not in self.file_languages for item in batch):
             # Each result lists (token "<|xx|>", probability), most probable first. A file's windows
             # arrive in order, so the first of a new file in this batch is its first.
-            detected = [ranked[0][0][2:-2] for ranked in self.model.detect_language(encoded)]
+            detected = [ranked[0][0][2:-2] for ranked in self.model.detect_language(encoded.whole)]
             for item, language in zip(batch, detected):
                 self.file_languages.setdefault(item.window.file_id, language)
         return [self.file_languages[item.window.file_id] for item in batch]
@@ -207,7 +235,7 @@ class CTranslate2Engine:
         return whisper_tokenizer(self.model_dir, self.model.is_multilingual, language, self.options.task)
 
     def _decode(
-        self, encoded: ctranslate2.StorageView, mel: np.ndarray, tokenizers: list[WhisperTokenizer], windows: list[Window]
+        self, encoded: _Encoded, tokenizers: list[WhisperTokenizer], windows: list[Window]
     ) -> list[Decoding]:
         """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do; a
         window whose decoding stops in an empty segment well before its end (the model would go on
@@ -225,7 +253,7 @@ class CTranslate2Engine:
                 chosen = [rows[j] for j in picked]
                 if temperature > 0:  # decode_with_fallback samples one window at a time
                     ctranslate2.set_random_seed(window_seed(windows[chosen[0]]))
-                features = self._features_of(chosen, encoded, mel)
+                features = encoded.of(chosen)
                 return self._generate(features, [prompts[j] for j in picked], [tokenizers[i] for i in chosen], temperature)
 
             decodings = decode_with_fallback(generate, len(rows), self.options.temperatures)
@@ -278,26 +306,27 @@ class CTranslate2Engine:
 
     def _align(
         self,
-        encoded: ctranslate2.StorageView,
-        mel: np.ndarray,
+        encoded: _Encoded,
         tokenizers: list[WhisperTokenizer],
         text_tokens: list[list[int]],
         num_frames: list[int],
         no_timestamps: bool = False,
     ) -> list[ctranslate2.models.WhisperAlignmentResult]:
-        """Align every window's text tokens to its audio, one call per start sequence (language).
+        """Align every window's text tokens to its audio: on a GPU one call per start sequence
+        (language), on the CPU one call per window (its attention maps of every head then never
+        pile up with the batch: a batch of 8 peaked ~130 MiB lower, in less CPU time).
 
         `no_timestamps` ends the start sequence with <|notimestamps|>, as openai-whisper's own
         word timing does (known text: 90.2% of real words within 200 ms with it, 88.1% without).
         """
         alignments: list = [None] * len(tokenizers)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[tuple[int, ...], int | None], list[int]] = {}
         for i, tokenizer in enumerate(tokenizers):
             start = tokenizer.sot_sequence + ((tokenizer.no_timestamps,) if no_timestamps else ())
-            groups.setdefault(start, []).append(i)
-        for start_sequence, indices in groups.items():
+            groups.setdefault((start, None if encoded.host is None else i), []).append(i)
+        for (start_sequence, _), indices in groups.items():
             results = self.model.align(
-                self._features_of(indices, encoded, mel),
+                encoded.of(indices),
                 list(start_sequence),
                 [text_tokens[i] for i in indices],
                 [num_frames[i] for i in indices],
@@ -306,18 +335,6 @@ class CTranslate2Engine:
             for i, result in zip(indices, results):
                 alignments[i] = result
         return alignments
-
-    def _features_of(
-        self, indices: list[int], encoded: ctranslate2.StorageView, mel: np.ndarray
-    ) -> ctranslate2.StorageView:
-        """Features for a sub-batch: the shared encoder output when it is the whole batch, else mel.
-
-        The encoder output may live on the GPU, where it cannot be sliced without another array
-        library; the model re-encodes mel features itself, and partial batches are rare.
-        """
-        if len(indices) == len(mel):
-            return encoded
-        return ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[indices]))
 
     def _segments(
         self,

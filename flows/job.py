@@ -64,44 +64,51 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration."""
-    # Imported here so that building the CLI's parser does not load Prefect and the stages.
-    from steadyscribe.flows.transcribe import transcribe
-    from steadyscribe.run_log import default_log_path, logs_to_file
-    from steadyscribe.storage import StorageError, check_writable
-    from steadyscribe.tasks.report import summary_text
-    from steadyscribe.url_credentials import refuse_credentials_in_urls
+    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration
+    (or no Prefect server)."""
+    from steadyscribe.prefect_server import ServerStartError, temporary_server, using
 
-    log_path = None if args.verbose else Path(args.log_file) if args.log_file else default_log_path()
-    try:
-        # Bad configuration is reported before a Prefect server is even started, and a credential
-        # in a URL before it could become a flow-run parameter on the server.
-        refuse_credentials_in_urls([*args.inputs, args.output])
-        overrides = {
-            "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
-            "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
-            "channels": args.channels,
-        }
-        apply_overrides(load_profile(args.profile), overrides)
-        check_writable(args.output)
-        with contextlib.ExitStack() as terminal:
-            if log_path is not None:
-                terminal.enter_context(logs_to_file(log_path))
-            terminal.enter_context(reporting(terminal_progress(args.verbose)))
-            summary = transcribe(
-                inputs=args.inputs,
-                output=args.output,
-                profile=args.profile,
-                force=args.force,
-                scheduler=args.scheduler,
-                text_suffix=getattr(args, "text_suffix", None),
-                **overrides,
-            )
-    except FilesFailed as failed:
-        summary = failed.summary
-    except (ProfileError, PlanError, StorageError) as error:
-        print(f"steadyscribe: {error}", file=sys.stderr)
-        return 2
+    # Without a configured Prefect API, a temporary server boots while the stages are imported and
+    # the configuration is checked (steadyscribe.prefect_server).
+    with temporary_server() as server:
+        # Imported here so that building the CLI's parser does not load Prefect and the stages.
+        from steadyscribe.flows.transcribe import transcribe
+        from steadyscribe.run_log import default_log_path, logs_to_file
+        from steadyscribe.storage import StorageError, check_writable
+        from steadyscribe.tasks.report import summary_text
+        from steadyscribe.url_credentials import refuse_credentials_in_urls
+
+        log_path = None if args.verbose else Path(args.log_file) if args.log_file else default_log_path()
+        try:
+            # Bad configuration is reported before the flow starts, and a credential in a URL
+            # before it could become a flow-run parameter on the server.
+            refuse_credentials_in_urls([*args.inputs, args.output])
+            overrides = {
+                "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
+                "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
+                "channels": args.channels,
+            }
+            apply_overrides(load_profile(args.profile), overrides)
+            check_writable(args.output)
+            with contextlib.ExitStack() as terminal:
+                terminal.enter_context(using(server))
+                if log_path is not None:
+                    terminal.enter_context(logs_to_file(log_path))
+                terminal.enter_context(reporting(terminal_progress(args.verbose)))
+                summary = transcribe(
+                    inputs=args.inputs,
+                    output=args.output,
+                    profile=args.profile,
+                    force=args.force,
+                    scheduler=args.scheduler,
+                    text_suffix=getattr(args, "text_suffix", None),
+                    **overrides,
+                )
+        except FilesFailed as failed:
+            summary = failed.summary
+        except (ProfileError, PlanError, StorageError, ServerStartError) as error:
+            print(f"steadyscribe: {error}", file=sys.stderr)
+            return 2
     print(summary_text(summary))
     if log_path is not None:
         print(f"log: {log_path}")

@@ -125,6 +125,59 @@ class TimedWhisper:
             return self._model.align(features, *args, **kwargs)
 
 
+def compressed_pauses(
+    path: Path, longest_pause_s: float, confident: bool = False
+) -> tuple[Path, list[tuple[float, float, float]]]:
+    """An experiment, not a product path: the file with every pause between speech (the VAD's
+    speech frames) longer than `longest_pause_s` cut to that length, as faster-whisper's VAD
+    chunking drops non-speech; and the kept pieces as (start in the new file, start in the file, length).
+    `confident`: cut only confident silence instead (the probability, averaged over
+    SMOOTHING_FRAMES, below the profile's silence_threshold: what the chunk stage may leave out)."""
+    import wave
+
+    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.records import InputFile
+    from steadyscribe.speech import true_runs
+    from steadyscribe.vad import FRAME_S, SMOOTHING_FRAMES, VadThresholds, file_probabilities, speech_frames
+
+    work = Path(tempfile.mkdtemp(prefix="long-compressed-"))
+    decoded = decode_input(InputFile(str(path)), work)
+    samples = np.asarray(load_pcm(decoded.pcm_path))
+    probs = file_probabilities(decoded.pcm_path, samples)
+    if confident:
+        smoothed = np.convolve(probs, np.ones(SMOOTHING_FRAMES) / SMOOTHING_FRAMES, mode="same")
+        mask = smoothed >= VadThresholds().silence_threshold
+    else:
+        mask = speech_frames(probs)
+    keep = np.ones(len(samples), dtype=bool)
+    half = longest_pause_s / 2
+    for start, end in true_runs(~mask):
+        first, last = start * FRAME_S + (half if start else 0.0), end * FRAME_S - (half if end < len(mask) else 0.0)
+        if last > first:
+            keep[round(first * SAMPLE_RATE): round(last * SAMPLE_RATE)] = False
+    pieces, at = [], 0.0
+    for start, end in true_runs(keep):
+        pieces.append((at, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE))
+        at += (end - start) / SAMPLE_RATE
+    out = work / "compressed.wav"
+    with wave.open(str(out), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(SAMPLE_RATE)
+        handle.writeframes((np.clip(samples[keep], -1, 1) * 32767).astype("<i2").tobytes())
+    return out, pieces
+
+
+def to_file_time(words: list[dict], pieces: list[tuple[float, float, float]]) -> list[dict]:
+    """Words of the compressed file in the original file's time (each by the piece its start lies in)."""
+    starts = np.array([piece[0] for piece in pieces])
+    out = []
+    for word in words:
+        at, origin, _ = pieces[max(0, int(np.searchsorted(starts, word["start"], side="right")) - 1)]
+        out.append({**word, "start": word["start"] - at + origin, "end": word["end"] - at + origin})
+    return out
+
+
 def steadyscribe_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
     """Our stages, as a group runs them; (words of the file, facts)."""
     with clock.stage("imports (steadyscribe stages)"):
@@ -212,18 +265,29 @@ def faster_whisper_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
                    "plan": f"faster-whisper BatchedInferencePipeline int8 batch 8 beam 1, {THREADS} threads"}
 
 
-def long_file_truth() -> tuple[str, list[dict]]:
-    """The long file's reference text, and the reference words (file times) of its recordings that have them."""
+def long_file_truth() -> tuple[list[tuple[str, float, str]], list[dict]]:
+    """The long file's recordings as (name, start in the file, reference text), and the reference
+    words (file times) of those that have them."""
     from bench.clips import _read_real
 
     names = [flac.stem for flac in sorted(REAL_SOURCE_DIR.glob("*.flac"))] * LONG_ROUNDS
-    texts, words, offset = [], [], 0.0
+    recordings, words, offset = [], [], 0.0
     for name in names:
         samples, truth = _read_real(name)
-        texts.append(truth["text"])
+        recordings.append((name, offset, truth["text"]))
         words += [{**w, "start": w["start"] + offset, "end": w["end"] + offset, "recording": offset} for w in truth.get("words", [])]
         offset += len(samples) / SAMPLE_RATE + LONG_PAUSE_S
-    return " ".join(texts), words
+    return recordings, words
+
+
+def wer_per_recording(recordings: list[tuple[str, float, str]], words: list[dict]) -> dict[str, float]:
+    """WER of each recording name (its three copies pooled), words assigned by start time."""
+    starts = [start - LONG_PAUSE_S / 2 for _, start, _ in recordings] + [float("inf")]
+    pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for i, (name, _, reference) in enumerate(recordings):
+        text = " ".join(w["word"] for w in words if starts[i] <= w["start"] < starts[i + 1])
+        pairs[name].append((reference, text))
+    return {name: round(corpus_wer(texts), 3) for name, texts in pairs.items()}
 
 
 def timing(reference: list[dict], hypothesis: list[dict]) -> dict:
@@ -243,16 +307,24 @@ def timing(reference: list[dict], hypothesis: list[dict]) -> dict:
             "mean_abs_error_s": round(float(errors_all.mean()), 4)}
 
 
-def measure(system: str, data: Path) -> dict:
+def measure(system: str, data: Path, longest_pause_s: float | None = None, confident: bool = False) -> dict:
     imports_s = time.process_time() - IMPORT_STARTED
     (name, _), = long_file(data).items()
     path = data / name
+    pieces = None
+    if longest_pause_s is not None:
+        path, pieces = compressed_pauses(path, longest_pause_s, confident)
     clock = Clock()
     clock.cpu_s["imports (bench, numpy)"] = imports_s
     started = time.process_time()
     words, facts = (steadyscribe_run if system == "steadyscribe" else faster_whisper_run)(path, clock)
+    if pieces is not None:
+        words = to_file_time(words, pieces)
+        facts["pauses_cut_to_s"] = longest_pause_s
+        facts["cut"] = "confident silence" if confident else "VAD non-speech"
     total = time.process_time() - started + imports_s
-    reference, reference_words = long_file_truth()
+    recordings, reference_words = long_file_truth()
+    reference = " ".join(text for _, _, text in recordings)
     return {
         "system": system, **facts, "threads": THREADS, "process_cpu_s": round(total, 2),
         "stages": {k: round(v, 2) for k, v in clock.cpu_s.items()},
@@ -260,13 +332,27 @@ def measure(system: str, data: Path) -> dict:
         "calls": dict(clock.calls),
         "wer": round(corpus_wer([(reference, " ".join(w["word"] for w in words))]), 4),
         "words": len(words), "timing": timing(reference_words, words),
+        "wer_per_recording": wer_per_recording(recordings, words),
         "load_average": round(os.getloadavg()[0], 1),
     }
 
 
+# The table's rows, in pipeline order; the inference stages are parts of "inference, all".
+STAGE_ORDER = (
+    "imports (bench, numpy)", "imports (steadyscribe stages)", "imports (faster-whisper)", "plan (probe, select)",
+    "decode", "VAD", "chunk", "chunk (collect_chunks)", "engine load", "log-mel features", "encoder",
+    "generate, with timestamp tokens", "generate, without timestamp tokens",
+    "generate, without timestamp tokens, re-encoding", "generate: fallback (higher temperature)",
+    "generate: fallback (higher temperature), re-encoding", "align (DTW)", "word timing, segments (Python)",
+    "word timing (add_word_timestamps, DTW included)", "inference, all (transcribe_files)",
+    "inference, all (transcribe + segments)", "stabilize", "write",
+)
+
+
 def table(runs: list[dict]) -> str:
     """One column per run: CPU seconds per stage, then totals, windows, WER and word times."""
-    stages = list(dict.fromkeys(stage for run in runs for stage in run["stages"]))
+    seen = {stage for run in runs for stage in run["stages"]}
+    stages = [s for s in STAGE_ORDER if s in seen] + sorted(seen - set(STAGE_ORDER))
     header = "| stage (process CPU s) | " + " | ".join(run.get("label", run["system"]) for run in runs) + " |"
     lines = [header, "|---|" + "--:|" * len(runs)]
     for stage in stages:
@@ -295,12 +381,14 @@ def main() -> None:
     parser.add_argument("--label", help="the run's column title in --table")
     parser.add_argument("--out", type=Path, help="write the run's JSON here too")
     parser.add_argument("--table", type=Path, nargs="+", help="runs' JSON files to tabulate")
+    parser.add_argument("--cut-pauses", type=float, help="experiment: cut every pause between speech to this many seconds first")
+    parser.add_argument("--confident", action="store_true", help="with --cut-pauses: cut only confident silence")
     args = parser.parse_args()
     if args.table:
         print(table([json.loads(p.read_text()) for p in args.table]))
         return
     args.data.mkdir(parents=True, exist_ok=True)
-    record = measure(args.system, args.data) | ({"label": args.label} if args.label else {})
+    record = measure(args.system, args.data, args.cut_pauses, args.confident) | ({"label": args.label} if args.label else {})
     text = json.dumps(record)
     if args.out:
         args.out.write_text(text)

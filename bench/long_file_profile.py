@@ -17,6 +17,10 @@ its CTranslate2 model, and its decode, VAD, chunking and feature extractor are t
     .venv/bin/python -m bench.long_file_profile --system steadyscribe   # one JSON line
     .venv/bin/python -m bench.long_file_profile --system faster-whisper
     .venv/bin/python -m bench.long_file_profile --table RUN.json [RUN.json ...]   # markdown table
+
+Experiments (not product paths): `--cut-pauses S` first cuts every pause between the VAD's speech
+frames to S seconds, as faster-whisper's VAD chunking drops non-speech (`--confident`: only
+confident silence, what the chunk stage may leave out), and maps the words back to the file's time.
 """
 
 from __future__ import annotations

@@ -154,6 +154,17 @@ def test_cross_file_batch_gives_the_same_text_as_batch_one(float32_results, spee
         assert [s.text for s in batched.segments] == [s.text for s in alone[batched.window].segments]
 
 
+def test_a_partial_batch_reuses_the_batch_encoder_output(speech_windows):
+    """Windows decoded again (without timestamps, or at a higher temperature) take their rows of
+    the batch's encoder output: the features their own encoding gives, without encoding again."""
+    ct2 = engine(batch_size=4)
+    mel = np.stack([ct2._log_mel(w.samples) for w in speech_windows[:3]])
+    sub_batch = ct2._encode(mel).of([2, 0])
+    alone = np.asarray(ct2.model.encode(ctranslate2.StorageView.from_array(mel[[2, 0]])))
+    assert list(sub_batch.shape) == list(alone.shape)  # encoder states, not mel to encode again
+    np.testing.assert_allclose(np.asarray(sub_batch), alone, atol=1e-3)
+
+
 def test_no_speech_gives_no_words(tmp_path):
     silence = decode_fixture("no_speech", tmp_path)
     window = window_audio(Window("no_speech", 0, 0.0, silence.size / SAMPLE_RATE), silence)

@@ -144,7 +144,9 @@ def transcribe(
         files = discover_task(inputs)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
-        reporter().run_started(len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}")
+        reporter().run_started(
+            len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"
+        )
         jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix)
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 

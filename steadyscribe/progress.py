@@ -36,6 +36,7 @@ class RunProgress:
         self._broken = False
         self.started = time.monotonic()
         self.files_total = 0
+        self.action = "transcribing"
         self.files_finished = 0
         self.windows_total = 0  # of the groups started so far
         self.windows_finished = 0
@@ -47,10 +48,11 @@ class RunProgress:
 
     # --- what the stages call ----------------------------------------------------------------
 
-    def run_started(self, files_total: int, plan: str) -> None:
+    def run_started(self, files_total: int, plan: str, action: str = "transcribing") -> None:
         with self._lock:
             self.started = time.monotonic()
             self.files_total = files_total
+            self.action = action
             self._show(self._show_run_started, plan)
 
     def group_started(self, label: str, files: int, windows: int) -> None:
@@ -134,7 +136,7 @@ class PlainProgress(RunProgress):
         print(line, file=self.stream, flush=True)
 
     def _show_run_started(self, plan: str) -> None:
-        self._print(f"transcribing {self.files_total} file{'' if self.files_total == 1 else 's'}: {plan}")
+        self._print(f"{self.action} {self.files_total} file{'' if self.files_total == 1 else 's'}: {plan}")
 
     def _show_files_done(self, ok: int, failed: int, skipped: int) -> None:
         self._print(f"{self.group_label}: {ok} ok, {failed} failed, {skipped} skipped · {self.stats_text()}")

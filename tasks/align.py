@@ -39,7 +39,7 @@ from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
 from steadyscribe.tasks.decode import load_pcm
-from steadyscribe.tasks.infer import InferenceResult, _inference_lock, cached_engine, transcribe_files
+from steadyscribe.tasks.infer import InferenceResult, cached_engine, inference_lock, transcribe_files
 from steadyscribe.tasks.pack import packed_stream
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
@@ -331,7 +331,7 @@ def align_task(
     work_dir: str,
 ) -> dict[str, InferenceResult]:
     """Align a group's texts with this process's engine (loaded on first use, shared with inference)."""
-    with _inference_lock:
+    with inference_lock:
         engine = cached_engine(plan)
         get_run_logger().info("aligning the texts of %d files (%d windows) with %s", len(decoded), len(windows), plan.model)
         return align_files(engine, decoded, windows, texts, work_dir)

@@ -38,7 +38,7 @@ ENGINE_FIELDS = (
 _engines: dict[tuple, Engine] = {}
 # One inference at a time per process: one copy of the model in memory, and the engine's own
 # threads get the CPUs. Groups in flight meanwhile decode, chunk, stabilize and write.
-_inference_lock = threading.Lock()
+inference_lock = threading.Lock()
 
 
 def engine_key(plan: Plan) -> tuple:
@@ -48,7 +48,7 @@ def engine_key(plan: Plan) -> tuple:
 def cached_engine(plan: Plan) -> Engine:
     """The engine for `plan`, loaded on first use in this process and kept for every later group.
 
-    Call with `_inference_lock` held. An engine for another plan is dropped first, so a process
+    Call with `inference_lock` held. An engine for another plan is dropped first, so a process
     never holds two models.
     """
     key = engine_key(plan)
@@ -173,7 +173,7 @@ def infer_task(
     """
     logger = get_run_logger()
     waited = time.perf_counter()
-    with _inference_lock:
+    with inference_lock:
         reused = engine_key(plan) in _engines
         started = time.perf_counter()
         engine = cached_engine(plan)

@@ -37,6 +37,12 @@ def test_plain_progress_prints_one_line_per_group():
     assert all("audio-h/h · ETA " in line for line in lines[1:])
 
 
+def test_an_alignment_run_says_it_aligns():
+    out = io.StringIO()
+    PlainProgress(out).run_started(1, "tiny.en with ctranslate2, batch 8", "aligning")
+    assert out.getvalue() == "aligning 1 file: tiny.en with ctranslate2, batch 8\n"
+
+
 def test_fraction_counts_the_running_groups_windows_and_the_eta_follows():
     progress = RunProgress()
     progress.run_started(4, "plan")

@@ -35,8 +35,8 @@ QUIET_SEARCH_S = 10.0
 LOUDNESS_HOP_S = 0.02
 # Whisper starts a window's text within its first second (max_initial_timestamp): a window that
 # opens with a longer pause makes it start with later speech, and the first sentence may be left
-# out (base, beam 5, the benchmark's ten-minute file). A window is not let open with more pause
-# than this before its speech.
+# out (base, beam 5, the benchmark's ten-minute file). A window is not let open with more
+# confidently silent pause than this before its speech.
 MAX_LEADING_PAUSE_S = 1.0
 
 
@@ -61,7 +61,8 @@ def plan_windows(
     while True:
         # After a cut, not at the file's start: there every peer's first window opens the same way.
         if len(bounds) > 1 and (speech_start := _speech_after_long_pause(mask, bounds[-1], max_window_s)) is not None:
-            bounds.append(speech_start)  # the pause becomes a window of its own (dropped if silent)
+            if confidently_silent(probs, bounds[-1], speech_start, thresholds):
+                bounds.append(speech_start)  # the pause becomes a window of its own, dropped below
         if duration - bounds[-1] <= max_window_s:
             break
         bounds.append(
@@ -85,7 +86,9 @@ def _speech_after_long_pause(mask: np.ndarray, start_s: float, max_window_s: flo
     speech), when it would open with more than MAX_LEADING_PAUSE_S of pause: that happens where
     the previous window had to end (its 30 s were up) inside a long pause.
     None when the pause is short, when no speech follows, or when the pause alone would be longer
-    than a window (then the pause is cut into windows of its own first).
+    than a window (then the pause is cut into windows of its own first). plan_windows splits the
+    pause off only where the VAD is sure it is silent: a doubtful pause stays with its speech
+    rather than become a short window of its own to decode.
     """
     first = int(start_s / FRAME_S)
     speech = np.flatnonzero(mask[first:])

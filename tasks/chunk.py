@@ -36,7 +36,9 @@ LOUDNESS_HOP_S = 0.02
 # Whisper starts a window's text within its first second (max_initial_timestamp): a window that
 # opens with a longer pause makes it start with later speech, and the first sentence may be left
 # out (base, beam 5, the benchmark's ten-minute file). A window is not let open with more
-# confidently silent pause than this before its speech.
+# confidently silent pause than this before its speech: the pause is split off as a window of
+# its own, and decoded all the same (on the whole-run benchmark's long_real.wav such a pause
+# held whispered speech: dropping it lost a sentence).
 MAX_LEADING_PAUSE_S = 1.0
 
 
@@ -58,20 +60,24 @@ def plan_windows(
     probs = speech_probabilities(samples) if probabilities is None else probabilities
     mask = speech_frames(probs, thresholds)
     bounds = [0.0]
+    split_pauses = set()  # starts of the pauses split off a window's start
     while True:
         # After a cut, not at the file's start: there every peer's first window opens the same way.
         if len(bounds) > 1 and (speech_start := _speech_after_long_pause(mask, bounds[-1], max_window_s)) is not None:
             if confidently_silent(probs, bounds[-1], speech_start, thresholds):
-                bounds.append(speech_start)  # the pause becomes a window of its own, dropped below
+                split_pauses.add(bounds[-1])
+                bounds.append(speech_start)
         if duration - bounds[-1] <= max_window_s:
             break
         bounds.append(
             _best_cut(samples, mask, bounds[-1] + min_window_s, bounds[-1] + max_window_s, min_pause_s)
         )
     bounds.append(duration)
-    windows = []
+    windows: list[Window] = []
     for start, end in zip(bounds, bounds[1:]):
-        if not confidently_silent(probs, start, end, thresholds):
+        # A split-off pause is kept after a window that is (it was part of the next one before).
+        follows_speech = start in split_pauses and bool(windows) and windows[-1].end == round(start, 3)
+        if follows_speech or not confidently_silent(probs, start, end, thresholds):
             windows.append(Window(file_id, len(windows), round(start, 3), round(end, 3)))
     return windows
 
@@ -87,8 +93,8 @@ def _speech_after_long_pause(mask: np.ndarray, start_s: float, max_window_s: flo
     the previous window had to end (its 30 s were up) inside a long pause.
     None when the pause is short, when no speech follows, or when the pause alone would be longer
     than a window (then the pause is cut into windows of its own first). plan_windows splits the
-    pause off only where the VAD is sure it is silent: a doubtful pause stays with its speech
-    rather than become a short window of its own to decode.
+    pause off only where the VAD is sure it is silent, as a window it keeps; a doubtful pause
+    stays with its speech.
     """
     first = int(start_s / FRAME_S)
     speech = np.flatnonzero(mask[first:])

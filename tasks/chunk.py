@@ -33,6 +33,13 @@ CUT_LEAD_S = 0.3
 QUIET_STRETCH_S = 0.1
 QUIET_SEARCH_S = 10.0
 LOUDNESS_HOP_S = 0.02
+# Whisper starts a window's text within its first second (max_initial_timestamp): a window that
+# opens with a longer pause makes it start with later speech, and the first sentence may be left
+# out (base, beam 5, the benchmark's ten-minute file). A window is not let open with more
+# confidently silent pause than this before its speech: the pause is split off as a window of
+# its own, and decoded all the same (on the whole-run benchmark's long_real.wav such a pause
+# held whispered speech: dropping it lost a sentence).
+MAX_LEADING_PAUSE_S = 1.0
 
 
 def plan_windows(
@@ -53,14 +60,24 @@ def plan_windows(
     probs = speech_probabilities(samples) if probabilities is None else probabilities
     mask = speech_frames(probs, thresholds)
     bounds = [0.0]
-    while duration - bounds[-1] > max_window_s:
+    split_pauses = set()  # starts of the pauses split off a window's start
+    while True:
+        # After a cut, not at the file's start: there every peer's first window opens the same way.
+        if len(bounds) > 1 and (speech_start := _speech_after_long_pause(mask, bounds[-1], max_window_s)) is not None:
+            if confidently_silent(probs, bounds[-1], speech_start, thresholds):
+                split_pauses.add(bounds[-1])
+                bounds.append(speech_start)
+        if duration - bounds[-1] <= max_window_s:
+            break
         bounds.append(
             _best_cut(samples, mask, bounds[-1] + min_window_s, bounds[-1] + max_window_s, min_pause_s)
         )
     bounds.append(duration)
-    windows = []
+    windows: list[Window] = []
     for start, end in zip(bounds, bounds[1:]):
-        if not confidently_silent(probs, start, end, thresholds):
+        # A split-off pause is kept after a window that is (it was part of the next one before).
+        follows_speech = start in split_pauses and bool(windows) and windows[-1].end == round(start, 3)
+        if follows_speech or not confidently_silent(probs, start, end, thresholds):
             windows.append(Window(file_id, len(windows), round(start, 3), round(end, 3)))
     return windows
 
@@ -68,6 +85,25 @@ def plan_windows(
 def skipped_seconds(duration_s: float, windows: list[Window]) -> float:
     """Seconds of a file that no window covers (windows judged to hold no speech)."""
     return max(0.0, duration_s - sum(w.end - w.start for w in windows))
+
+
+def _speech_after_long_pause(mask: np.ndarray, start_s: float, max_window_s: float) -> float | None:
+    """Where a window starting at `start_s` should start instead (CUT_LEAD_S before its first
+    speech), when it would open with more than MAX_LEADING_PAUSE_S of pause: that happens where
+    the previous window had to end (its 30 s were up) inside a long pause.
+    None when the pause is short, when no speech follows, or when the pause alone would be longer
+    than a window (then the pause is cut into windows of its own first). plan_windows splits the
+    pause off only where the VAD is sure it is silent, as a window it keeps; a doubtful pause
+    stays with its speech.
+    """
+    first = int(start_s / FRAME_S)
+    speech = np.flatnonzero(mask[first:])
+    if speech.size == 0:
+        return None
+    speech_start = (first + int(speech[0])) * FRAME_S - CUT_LEAD_S
+    if MAX_LEADING_PAUSE_S < speech_start - start_s <= max_window_s:
+        return round(speech_start, 3)
+    return None
 
 
 def _best_cut(samples: np.ndarray, mask: np.ndarray, earliest_s: float, latest_s: float, min_pause_s: float) -> float:

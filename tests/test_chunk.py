@@ -59,6 +59,36 @@ def test_the_latest_real_pause_wins_over_a_longer_earlier_one(speech_at):
     assert windows[0].end == pytest.approx(27.25, abs=FRAME_S)  # the 0.5 s pause, not the 2 s one at 12 s
 
 
+def test_a_window_does_not_open_with_the_rest_of_a_long_pause(speech_at):
+    # Speech until 26 s, a 10 s pause that runs past the first window's 30 s, speech from 36 s.
+    # Cut at 29.7 s, the next window would open with 6 s of pause: Whisper starts a window's text
+    # in its first second, and base at beam 5 then left the sentence at 36 s out. The pause is a
+    # window of its own instead, decoded all the same (the VAD calls whispered speech silent).
+    speech = [(s, s + 2.0) for s in np.arange(0.0, 25.0, 2.2)] + [(s, s + 2.0) for s in np.arange(36.0, 58.0, 2.2)]
+    speech_at(speech)
+    windows = plan_windows(audible(60.0), "f")
+    assert [bound for w in windows[:2] for bound in (w.start, w.end)] == pytest.approx([0.0, 29.7, 29.7, 35.7], abs=FRAME_S)
+    assert windows[2].start == pytest.approx(36.0 - chunk.CUT_LEAD_S, abs=FRAME_S) and windows[-1].end == 60.0
+    assert skipped_seconds(60.0, windows) == 0.0
+
+
+def test_a_long_pause_that_may_hold_speech_stays_with_the_speech_after_it(monkeypatch):
+    # Doubtful frames (0.3: not speech, not surely silent) in the pause: no short window of its own.
+    def probabilities(samples):
+        times = (np.arange(-(-len(samples) // 512)) + 0.5) * FRAME_S
+        return np.where((times < 25.0) | (times >= 36.0), 0.9, 0.3)
+
+    monkeypatch.setattr(chunk, "speech_probabilities", probabilities)
+    windows = plan_windows(audible(59.0), "f")
+    assert [bound for w in windows for bound in (w.start, w.end)] == pytest.approx([0.0, 29.7, 29.7, 59.0], abs=FRAME_S)
+
+
+def test_a_file_that_opens_with_a_pause_keeps_it_in_its_first_window(speech_at):
+    # As every peer's first window does: only pauses left by our own cuts are split off.
+    speech_at([(3.0, 20.0)])
+    assert [(w.start, w.end) for w in plan_windows(audible(20.0), "f")] == [(0.0, 20.0)]
+
+
 def test_without_real_pauses_the_longest_short_gap_is_used(speech_at):
     speech_at([(0.0, 15.0), (15.2, 25.0), (25.1, 40.0)])
     windows = plan_windows(audible(40.0), "f")

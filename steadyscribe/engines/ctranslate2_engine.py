@@ -1,11 +1,12 @@
 """Whisper on CTranslate2: windows from many files decoded together, word times from alignment heads.
 
-Per batch: log-mel features -> the encoder (window by window on the CPU, see _Encoded) -> language (multilingual models: once per file,
-from its first window) -> greedy or beam decoding with the plan's decoding options (with
-timestamp tokens; again without them where they cut a window short: see __init__) -> temperature
-fallback, window by window and seeded, for windows that look like hallucinations -> DTW word
-alignment of every window's text in one call. The
-encoder output is reused by every step (on a GPU, the rare partial re-runs of fallback encode again).
+Per batch: log-mel features -> the encoder (window by window on the CPU, see _Encoded) ->
+language (multilingual models: once per file, from its first window) -> greedy or beam decoding
+of the whole batch with the plan's decoding options (with timestamp tokens; again without them
+where they cut a window short: see __init__) -> temperature fallback, window by window and
+seeded, for windows that look like hallucinations -> DTW word alignment of every window's text
+(window by window on the CPU). The encoder output is reused by every step (on a GPU, the rare
+partial re-runs of fallback encode again).
 
 Nothing here imports torch, numba or openai-whisper: features are computed with numpy
 (steadyscribe.engines.features), the tokenizer is the checkpoint's tokenizer.json
@@ -46,7 +47,7 @@ class _Encoded:
     On the CPU the encoder runs one window at a time and its outputs are stacked on the host: its
     attention maps (about 55 MiB a window for tiny) then never pile up with the batch, which made
     a batch of 8 peak ~500 MiB higher for no speed (the encoder's matrices are already large at
-    batch 1: encoding 8 windows one by one took the same CPU time, `bench/results/whole_run.md`).
+    batch 1: encoding 8 windows one by one took the same CPU time, docs/memory-calibration.md).
     The decoder, which gains from batching, still gets the whole batch. On a GPU, one batched pass
     whose output stays on the device; a sub-batch there is encoded again from its mel features.
     """
@@ -213,7 +214,8 @@ class CTranslate2Engine:
     def _encode(self, mel: np.ndarray) -> _Encoded:
         if self.model.device == "cuda":
             return _Encoded(self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False), None, mel)
-        host = np.concatenate([np.array(self.model.encode(ctranslate2.StorageView.from_array(mel[i : i + 1]))) for i in range(len(mel))])
+        outputs = [self.model.encode(ctranslate2.StorageView.from_array(mel[i : i + 1])) for i in range(len(mel))]
+        host = np.concatenate([np.array(output) for output in outputs])
         return _Encoded(ctranslate2.StorageView.from_array(host), host, mel)
 
     def _languages(self, encoded: _Encoded, batch: list[WindowAudio]) -> list[str]:

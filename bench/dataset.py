@@ -180,14 +180,22 @@ def _concatenate(pieces: list[_Piece]) -> _Piece:
     return _Piece(np.concatenate([p.samples for p in pieces]), words)
 
 
-def _write(data_dir: Path, relative: str, part: str, piece: _Piece) -> BenchFile:
-    path = data_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    """A 16 kHz mono 16-bit WAV: int16 samples as they are, float samples in [-1, 1] scaled."""
+    if samples.dtype != np.int16:
+        samples = np.clip(samples, -1, 1) * 32767
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(SAMPLE_RATE)
-        out.writeframes(piece.samples.astype("<i2").tobytes())
+        out.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+def _write(data_dir: Path, relative: str, part: str, piece: _Piece) -> BenchFile:
+    path = data_dir / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(path, piece.samples)
     return BenchFile(
         name=Path(relative).stem,
         part=part,

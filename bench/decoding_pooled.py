@@ -32,12 +32,11 @@ import platform
 import subprocess
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
-from bench.dataset import build_dataset
+from bench.dataset import SAMPLE_RATE, build_dataset, write_wav
 from bench.run import DEFAULT_DATA
 from bench.decoding_wer import REAL, transcribe_faster_whisper, transcribe_reference, with_pink_noise
 from steadyscribe.memory import process_peak_rss_bytes
@@ -55,7 +54,6 @@ PARTS = ("real", "real_noisy", "varied", "clips", "long")
 REAL_NOISY = ROOT / "tests" / "fixtures" / "real"  # mixes named RECORDING__NOISE_SNR.flac
 ENGINES = ("ctranslate2", "transformers", "whisper")
 PEERS = ("faster-whisper", "openai-transcribe")
-SAMPLE_RATE = 16000
 
 
 def speech_files(data_dir: Path, parts: list[str]) -> list[tuple[str, str, Path, str]]:
@@ -69,15 +67,6 @@ def speech_files(data_dir: Path, parts: list[str]) -> list[tuple[str, str, Path,
     synthetic = [f for f in build_dataset(data_dir, "full") if f.part in parts]
     files += [(f.part, f.name, f.absolute_path(data_dir), f.text) for f in synthetic]
     return files
-
-
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def run_engine(plan: Plan, inputs: dict[str, Path], work: Path) -> tuple[dict[str, str], dict[str, str], float, float]:

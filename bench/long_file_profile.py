@@ -39,7 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE  # noqa: E402
+from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE, write_wav  # noqa: E402
 from bench.whole_run import LONG_PAUSE_S, LONG_ROUNDS, long_file  # noqa: E402
 from steadyscribe.metrics import boundary_errors, corpus_wer  # noqa: E402
 
@@ -137,8 +137,6 @@ def compressed_pauses(
     chunking drops non-speech; and the kept pieces as (start in the new file, start in the file, length).
     `confident`: cut only confident silence instead (the probability, averaged over
     SMOOTHING_FRAMES, below the profile's silence_threshold: what the chunk stage may leave out)."""
-    import wave
-
     from steadyscribe.tasks.decode import decode_input, load_pcm
     from steadyscribe.records import InputFile
     from steadyscribe.speech import true_runs
@@ -163,13 +161,7 @@ def compressed_pauses(
     for start, end in true_runs(keep):
         pieces.append((at, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE))
         at += (end - start) / SAMPLE_RATE
-    out = work / "compressed.wav"
-    with wave.open(str(out), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLE_RATE)
-        handle.writeframes((np.clip(samples[keep], -1, 1) * 32767).astype("<i2").tobytes())
-    return out, pieces
+    return write_wav(work / "compressed.wav", samples[keep]), pieces
 
 
 def to_file_time(words: list[dict], pieces: list[tuple[float, float, float]]) -> list[dict]:

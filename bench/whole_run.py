@@ -34,14 +34,13 @@ import sys
 import tempfile
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from bench.clips import build_clips
-from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE
+from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE, write_wav
 from bench.run import machine_info
 from steadyscribe.metrics import corpus_wer
 
@@ -76,11 +75,7 @@ def long_file(data_dir: Path) -> dict[str, str]:
         pieces += [samples, pause]
         texts.append(truth["text"])
     if not path.is_file():
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(SAMPLE_RATE)
-            out.writeframes(np.concatenate(pieces).astype("<i2").tobytes())
+        write_wav(path, np.concatenate(pieces))
     return {path.name: " ".join(texts)}
 
 

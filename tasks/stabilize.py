@@ -14,7 +14,8 @@ recordings (tests/fixtures/real) and on the synthetic fixtures alike:
 3. moves an edge that lies in a pause the VAD found onto that pause's edge, and where a pause
    lies inside one word, gives the word the larger side of it (the rest was a pause or a
    filler the model left out of the text). A word that DTW collapsed to an instant right after
-   a pause starts again at the speech onset. Edges never leave the window the engine decoded;
+   a pause starts again at the speech onset; a word too long at a sentence boundary (a filler
+   beside it) is cut on that side. Edges never leave the window the engine decoded;
 4. re-splits segments at long pauses.
 
 Nothing here depends on the engine: it needs only a Transcript, the file's samples (or the VAD's
@@ -70,9 +71,12 @@ class StabilizeOptions:
     # wrong there, not the model: every word is kept and the file gets a warning.
     max_drop_share: float = 0.1
     split_pause_s: float = 1.0  # a pause this long between words starts a new segment
-    # A word DTW collapsed to an instant after a pause gets back at most twice the median word
-    # length (capped at this) before its end.
+    # A word lasts at most twice its window's median word length (the median capped at this):
+    # a word DTW collapsed after a pause gets that much back, one at a sentence boundary is cut to it.
     max_word_median_s: float = 0.35
+
+
+SENTENCE_ENDS = (".", "!", "?", "。", "！", "？")
 
 
 def stabilize(
@@ -189,22 +193,51 @@ def _place_in_window(
     near = [(a, b) for a, b in pauses if b > window_start and a < window_end]
     for word in words:
         _snap_to_pauses(word, near, window_start, window_end, options)
-    _reopen_collapsed_onsets(words, collapsed, near, window_start, options)
+    longest = _longest_word_s(words, collapsed, options)
+    _reopen_collapsed_onsets(words, collapsed, near, window_start, longest, options)
+    _truncate_at_sentence_ends(words, longest)
     _order_in_window(words, window_start, window_end, options.min_word_s)
 
 
+def _longest_word_s(words: list[Word], collapsed: list[bool], options: StabilizeOptions) -> float:
+    """How long a word of this window may plausibly last: twice its median word length (the
+    median capped at `max_word_median_s`), as openai-whisper's timing bounds words."""
+    lengths = [w.end - w.start for w, squeezed in zip(words, collapsed) if not squeezed]
+    median = float(np.median(lengths)) if lengths else options.max_word_median_s
+    return 2 * min(median, options.max_word_median_s)
+
+
+def _truncate_at_sentence_ends(words: list[Word], longest: float) -> None:
+    """Cut a word longer than `longest` on its side that faces a sentence boundary.
+
+    Whisper writes no fillers, so DTW gives the "uh" after "one." to "one." and the "um" before
+    "So" to "So". A sentence's last word keeps its start, the next sentence's first word keeps its
+    end (openai-whisper's timing does the same; the batched engines' alignment does not).
+    """
+    for previous, word in zip([None, *words], words):
+        if word.end - word.start <= longest:
+            continue
+        if word.word.rstrip().endswith(SENTENCE_ENDS):
+            word.end = word.start + longest
+        elif previous is not None and previous.word.rstrip().endswith(SENTENCE_ENDS):
+            word.start = word.end - longest
+
+
 def _reopen_collapsed_onsets(
-    words: list[Word], collapsed: list[bool], pauses: list[tuple[float, float]], window_start: float, options: StabilizeOptions
+    words: list[Word],
+    collapsed: list[bool],
+    pauses: list[tuple[float, float]],
+    window_start: float,
+    longest: float,
+    options: StabilizeOptions,
 ) -> None:
     """Give a word that DTW collapsed to an instant, right after a pause, the speech from the pause's end.
 
     DTW squeezes the first word of a turn into the next one's onset (a zero-length "And" 0.5 s
     after the speech resumed); its end is right, its start is not. The start goes back to the
-    VAD's onset, but never more than twice the window's median word length before its end
-    (openai-whisper caps first words of segments the same way) nor before the previous word.
+    VAD's onset, but never more than `longest` before its end (openai-whisper caps first words
+    of segments the same way) nor before the previous word.
     """
-    lengths = [w.end - w.start for w, squeezed in zip(words, collapsed) if not squeezed]
-    longest = 2 * min(float(np.median(lengths)) if lengths else options.max_word_median_s, options.max_word_median_s)
     previous_end = window_start
     for word, squeezed in zip(words, collapsed):
         # The pauses between the previous word and this one; the word may start on the last one's end.

@@ -30,11 +30,10 @@ TRUTH = json.loads(CALL.with_suffix(".json").read_text())
 # A channel's WER may trail its recording's own (mono) WER by this much: its windows are cut
 # elsewhere (the customer's channel starts with 14 s of silence), which moves a word or two.
 WER_MARGIN = 0.05
-# Issue 20 asks for 0.5 s. Measured: agent +0.17 s, customer +0.56 s (was -0.54 s before
-# collapsed first words after pauses got their onsets back): the customer's words now cover the
-# time of fillers next to them ("uh so", "one uh"), which the reference leaves out. Open: this
-# bound records where it stands; it is not the target.
-TALK_TIME_TOLERANCE_S = 0.6
+# Issue 20 asks for 0.5 s. Measured: agent +0.17 s, customer +0.41 s. What is left is filler
+# time: Whisper writes no "uh", so its words take the fillers' time beside them, and the customer's
+# congested voice hides them from the VAD too.
+TALK_TIME_TOLERANCE_S = 0.5
 TURN_PAUSE_S = 0.5  # the documented talk-time query's turn break
 
 

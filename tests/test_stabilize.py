@@ -90,6 +90,20 @@ def test_a_word_collapsed_after_a_pause_gets_the_speech_from_the_onset():
     assert two.start == pytest.approx(1.3, abs=FRAME)
 
 
+def test_a_word_stretched_over_a_filler_at_a_sentence_boundary_is_cut_on_that_side():
+    # Whisper writes no "uh": DTW gives its time to "one." before it and to "So" after it
+    # (measured on the stereo call fixture's customer channel, speech without pauses).
+    words = [("the", 1.0, 1.3), ("original", 1.3, 1.6), ("one.", 1.6, 2.5), ("So", 2.5, 3.4), ("this", 3.4, 3.7),
+             ("is", 3.7, 4.0), ("slow", 4.0, 4.9)]
+    raw = _transcript([(w, s + LAG, e + LAG) for w, s, e in words])
+    the, original, one, so, this, _, slow = _run(raw, [(0.9, 5.0)], 5.0).words
+    longest = 2 * 0.3  # twice the window's median word length
+    assert (one.start, one.end) == pytest.approx((1.6, 1.6 + longest), abs=FRAME)
+    assert (so.start, so.end) == pytest.approx((3.4 - longest, 3.4), abs=FRAME)
+    # A long word inside a sentence keeps its time: it may be drawn out, or hold a filler on either side.
+    assert (slow.start, slow.end) == pytest.approx((4.0, 4.9), abs=FRAME)
+
+
 def test_times_stay_ordered_inside_the_window_with_a_minimum_duration():
     raw = _transcript([("a", 1.0, 1.0), ("b", 1.0, 1.0), ("c", 0.9, 1.2), ("d", 3.95, 4.3)])
     options = StabilizeOptions()

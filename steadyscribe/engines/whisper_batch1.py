@@ -2,8 +2,8 @@
 
 Each window goes through openai-whisper's own `transcribe` with the plan's decoding options.
 A file's windows are decoded in order; as `transcribe` does within a long file, each window is
-prompted with the text of the windows before it (decoding.condition_on_previous_text), except the
-text of a window that looks like a hallucination (see _carried_tokens).
+prompted with the text of the windows before it (decoding.condition_on_previous_text), unless a
+window's text looks like a hallucination (see _carried_tokens), which is then not carried on.
 The language of a multilingual model is detected once per file, from its first window with
 speech, unless the profile sets it.
 """
@@ -87,15 +87,12 @@ class WhisperBatch1Engine:
 
 
 def _carried_tokens(previous: list[int], raw_segments: list[dict], eot: int) -> list[int]:
-    """The prompt for a file's next window: the text so far, without a suspect window's text.
+    """The prompt for a file's next window: the text so far, or nothing after a suspect window.
 
     Text decoded at a high fallback temperature, repetitive or improbable text, and text over
     what the model calls silence is where hallucinations come from; carrying it into the next
-    window's prompt lets the model repeat it there. Such a window's text is left out, but the
-    text before it is still carried: a window decoded without any prompt after a noise-only
-    one heard "The dog waited by the door" as "E. Dog, weighted by E. Dore" (base, the
-    benchmark's ten-minute file), where the earlier text kept it right. Windows without
-    segments leave the prompt as it was.
+    window's prompt lets the model repeat it there (openai-whisper itself resets the prompt after
+    a temperature above 0.5). Windows without segments leave the prompt as it was.
     """
     suspect = any(
         raw["temperature"] > CARRY_MAX_TEMPERATURE
@@ -105,7 +102,7 @@ def _carried_tokens(previous: list[int], raw_segments: list[dict], eot: int) -> 
         for raw in raw_segments
     )
     if suspect:
-        return previous
+        return []
     return (previous + [t for raw in raw_segments for t in raw["tokens"] if t < eot])[-MAX_PROMPT_TOKENS:]
 
 

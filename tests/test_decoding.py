@@ -93,10 +93,14 @@ def test_previous_text_is_on_by_default_only_for_the_batch_one_engine():
 
 
 def test_a_suspect_window_is_not_carried_into_the_next_prompt():
-    good = {"temperature": 0.0, "compression_ratio": 1.2, "avg_logprob": -0.3, "no_speech_prob": 0.1, "tokens": [5, 6, 99]}
+    good = {"temperature": 0.0, "compression_ratio": 1.2, "avg_logprob": -0.3, "no_speech_prob": 0.1,
+            "text": " Yes.", "tokens": [5, 6, 99]}
     assert _carried_tokens([1], [good], eot=50) == [1, 5, 6]
     for bad in ({"temperature": 0.8}, {"compression_ratio": 3.0}, {"avg_logprob": -1.5}, {"no_speech_prob": 0.9}):
         assert _carried_tokens([1], [good, {**good, **bad}], eot=50) == []
+    # An empty segment over what the model calls silence is no hallucination: the text goes on.
+    silence = {**good, "no_speech_prob": 0.9, "avg_logprob": -1.5, "text": "", "tokens": []}
+    assert _carried_tokens([1], [good, silence], eot=50) == [1, 5, 6]
 
 
 def test_seeds_depend_on_file_and_window_only():

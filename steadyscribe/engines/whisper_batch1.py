@@ -92,7 +92,10 @@ def _carried_tokens(previous: list[int], raw_segments: list[dict], eot: int) -> 
     Text decoded at a high fallback temperature, repetitive or improbable text, and text over
     what the model calls silence is where hallucinations come from; carrying it into the next
     window's prompt lets the model repeat it there (openai-whisper itself resets the prompt after
-    a temperature above 0.5). Windows without segments leave the prompt as it was.
+    a temperature above 0.5). Only segments with text are judged: an empty segment that the
+    model calls silence is the model being right, and resetting the prompt for it left the next
+    window without context (base heard "The dog waited by the door" as "E. Dog, weighted by
+    E. Dore" after a noise-only window). Windows without segments leave the prompt as it was.
     """
     suspect = any(
         raw["temperature"] > CARRY_MAX_TEMPERATURE
@@ -100,6 +103,7 @@ def _carried_tokens(previous: list[int], raw_segments: list[dict], eot: int) -> 
         or raw["avg_logprob"] < LOGPROB_THRESHOLD
         or raw["no_speech_prob"] > NO_SPEECH_THRESHOLD
         for raw in raw_segments
+        if raw["text"].strip()
     )
     if suspect:
         return []

@@ -9,7 +9,8 @@ recordings (tests/fixtures/real) and on the synthetic fixtures alike:
 1. drops a word as a hallucination only when two independent signals agree: the VAD
    (steadyscribe.vad) is confident that no speech lies under the whole word, and the model's
    own evidence is weak. When that would drop more than `max_drop_share` of a file's words,
-   the VAD is wrong there (whispered speech, for one): all are kept and the file says so;
+   the VAD is wrong there (whispered speech, for one): all are kept and the file says so.
+   A segment whose words the alignment stacked on one instant (no audio holds them) is dropped;
 2. takes out the steady lag of DTW word times (they trail the audio by about 90 ms);
 3. moves an edge that lies in a pause the VAD found onto that pause's edge, and where a pause
    lies inside one word, gives the word the larger side of it (the rest was a pause or a
@@ -70,6 +71,10 @@ class StabilizeOptions:
     # When the filter would remove more than this share of a file's words, the detector is
     # wrong there, not the model: every word is kept and the file gets a warning.
     max_drop_share: float = 0.1
+    # A segment of at least this many words most of which (unheard_share) the alignment stacked
+    # on one instant is text the audio does not hold: dropped whatever the VAD says.
+    min_unheard_words: int = 3
+    unheard_share: float = 0.8
     split_pause_s: float = 1.0  # a pause this long between words starts a new segment
     # A word lasts at most twice its window's median word length (the median capped at this):
     # a word DTW collapsed after a pause gets that much back, one at a sentence boundary is cut to it.
@@ -144,6 +149,10 @@ def _drop_hallucinations(
     Returns the kept segments and, when the filter was overruled because it would remove too
     large a share of the file's words, a warning for the file's row.
     """
+    unheard = [_unheard(segment, options) for segment in segments]
+    counts["words_dropped"] += sum(len(s.words) for s, drop in zip(segments, unheard) if drop)
+    counts["segments_dropped"] += sum(unheard)
+    segments = [segment for segment, drop in zip(segments, unheard) if not drop]
     total = sum(len(s.words) for s in segments)
     keep = [
         [w for w in segment.words if not _disowned(w, segment, probs, thresholds, options)] for segment in segments
@@ -163,6 +172,14 @@ def _drop_hallucinations(
         elif segment.words:
             counts["segments_dropped"] += 1
     return kept_segments, None
+
+
+def _unheard(segment: Segment, options: StabilizeOptions) -> bool:
+    """Whether the alignment found no audio for most of the segment's words (it stacks them on one
+    instant): a decoding that went on past the speech, typically repeating its prompt's last
+    sentence at a window's end (base, beam 5, a 3.7 s last window of real speech)."""
+    stacked = sum(w.end - w.start < options.min_word_s for w in segment.words)
+    return len(segment.words) >= options.min_unheard_words and stacked >= options.unheard_share * len(segment.words)
 
 
 def _disowned(

@@ -171,6 +171,21 @@ def test_the_filter_is_overruled_when_it_would_empty_much_of_a_file():
     assert len(result.warnings) == 1 and "kept 3 of 3 words" in result.warnings[0]
 
 
+def test_a_segment_whose_words_the_alignment_stacked_on_one_instant_is_dropped():
+    # Base at beam 5 went on past a real recording's last sentence and said it twice more; the
+    # alignment found no audio for those words and stacked them on the window's end, over speech
+    # the VAD heard (so the VAD filter alone would keep them).
+    said = [("The", 0.5, 0.7), ("girl", 0.7, 1.0), ("sold", 1.0, 1.3), ("bonds.", 1.3, 1.8)]
+    repeated = [("The", 1.8, 3.6)] + [(w, 3.64, 3.64) for w in ("girl", "sold", "bonds.", "The", "girl", "sold", "bonds.")]
+    raw = _transcript(said, repeated)
+    result = _run(raw, [(0.4, 3.7)], 3.7)
+    assert [w.word for w in result.words] == ["The", "girl", "sold", "bonds."]
+    assert result.stabilization["words_dropped"] == 8 and result.stabilization["segments_dropped"] == 1
+    # Two stacked words of a real segment are DTW squeezing fast speech, not text without audio.
+    squeezed = [("but", 0.5, 0.8), ("you", 0.8, 0.8), ("see", 0.8, 0.8), ("it", 0.8, 1.1), ("works", 1.1, 1.6)]
+    assert len(_run(_transcript(squeezed), [(0.4, 1.7)], 2.0).words) == 5
+
+
 def test_words_never_leave_their_window():
     windows = [Window("file", 0, 0.0, 2.0), Window("file", 1, 2.0, 4.0)]
     # The second word was decoded in the window that starts at 2.0 s; its speech starts at 1.9 s.

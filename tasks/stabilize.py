@@ -111,6 +111,7 @@ def stabilize(
 
     original = {id(w): (w.start, w.end) for s in segments for w in s.words}
     if options.drop_hallucinations:
+        segments = _drop_unheard(segments, options, counts)
         segments, warning = _drop_hallucinations(segments, probs, thresholds, options, counts)
         warnings += [warning] if warning else []
     words = [w for s in segments for w in s.words]
@@ -149,10 +150,6 @@ def _drop_hallucinations(
     Returns the kept segments and, when the filter was overruled because it would remove too
     large a share of the file's words, a warning for the file's row.
     """
-    unheard = [_unheard(segment, options) for segment in segments]
-    counts["words_dropped"] += sum(len(s.words) for s, drop in zip(segments, unheard) if drop)
-    counts["segments_dropped"] += sum(unheard)
-    segments = [segment for segment, drop in zip(segments, unheard) if not drop]
     total = sum(len(s.words) for s in segments)
     keep = [
         [w for w in segment.words if not _disowned(w, segment, probs, thresholds, options)] for segment in segments
@@ -174,12 +171,24 @@ def _drop_hallucinations(
     return kept_segments, None
 
 
-def _unheard(segment: Segment, options: StabilizeOptions) -> bool:
-    """Whether the alignment found no audio for most of the segment's words (it stacks them on one
-    instant): a decoding that went on past the speech, typically repeating its prompt's last
+def _drop_unheard(segments: list[Segment], options: StabilizeOptions, counts: dict[str, int]) -> list[Segment]:
+    """Remove the segments for most of whose words the alignment found no audio (it stacks them on
+    one instant): a decoding that went on past the speech, typically repeating its prompt's last
     sentence at a window's end (base, beam 5, a 3.7 s last window of real speech)."""
-    stacked = sum(w.end - w.start < options.min_word_s for w in segment.words)
-    return len(segment.words) >= options.min_unheard_words and stacked >= options.unheard_share * len(segment.words)
+    kept = []
+    for segment in segments:
+        stacked = sum(_collapsed(w, options) for w in segment.words)
+        if len(segment.words) >= options.min_unheard_words and stacked >= options.unheard_share * len(segment.words):
+            counts["words_dropped"] += len(segment.words)
+            counts["segments_dropped"] += 1
+        else:
+            kept.append(segment)
+    return kept
+
+
+def _collapsed(word: Word, options: StabilizeOptions) -> bool:
+    """Whether DTW gave the word (next to) no time."""
+    return word.end - word.start < options.min_word_s
 
 
 def _disowned(
@@ -203,7 +212,7 @@ def _place_in_window(
 ) -> None:
     """Re-place one window's words (in text order), in place: lag out, edges out of pauses, in order."""
     lag = options.dtw_lag_s
-    collapsed = [word.end - word.start < options.min_word_s for word in words]
+    collapsed = [_collapsed(word, options) for word in words]
     for word in words:
         word.start, word.end = word.start - lag, word.end - lag
     _order_in_window(words, window_start, window_end, options.min_word_s)

@@ -214,8 +214,9 @@ class CTranslate2Engine:
     def _encode(self, mel: np.ndarray) -> _Encoded:
         if self.model.device == "cuda":
             return _Encoded(self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False), None, mel)
-        outputs = [self.model.encode(ctranslate2.StorageView.from_array(mel[i : i + 1])) for i in range(len(mel))]
-        host = np.concatenate([np.array(output) for output in outputs])
+        windows = (ctranslate2.StorageView.from_array(mel[i : i + 1]) for i in range(len(mel)))
+        # Each output is copied to the host as it comes, so the encoder's buffers do not pile up beside the copies.
+        host = np.concatenate([np.array(self.model.encode(window)) for window in windows])
         return _Encoded(ctranslate2.StorageView.from_array(host), host, mel)
 
     def _languages(self, encoded: _Encoded, batch: list[WindowAudio]) -> list[str]:

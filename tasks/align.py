@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import time
 from difflib import SequenceMatcher
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from steadyscribe.progress import reporter
@@ -337,8 +337,7 @@ def align_task(
         return align_files(engine, decoded, windows, texts, work_dir)
 
 
-@task(name="judge-alignment", task_run_name="judge alignment {decoded.source}")
-def judge_task(
+def judge_file(
     transcript_path: str, decoded: DecodedAudio, text: str, vad: Mapping[str, Any] | None = None
 ) -> tuple[str, str | None]:
     """Judge one file's stabilized alignment: (path of the judged transcript, error when the text does not match)."""
@@ -346,6 +345,14 @@ def judge_task(
     probabilities = file_probabilities(decoded.pcm_path, load_pcm(decoded.pcm_path))
     judged, error = judge_alignment(transcript, len(text.split()), probabilities, VadThresholds(**dict(vad or {})))
     return judged.save(Path(transcript_path).with_suffix(".judged.json")), error
+
+
+@task(name="judge-alignment")
+def judge_task(
+    transcript_paths: Mapping[str, str], decoded: Mapping[str, DecodedAudio], texts: Mapping[str, str], vad: Mapping[str, Any] | None = None
+) -> dict[str, tuple[str, str | None]]:
+    """judge_file for each file of a group (one task run per group), by file id."""
+    return {file_id: judge_file(transcript_paths[file_id], item, texts[file_id], vad) for file_id, item in decoded.items()}
 
 
 def align_group(
@@ -356,18 +363,22 @@ def align_group(
     work_dir: str,
     stabilization: Mapping[str, Any],
     vad: Mapping[str, Any],
+    named: Callable[[Task], Task],
 ) -> tuple[dict[str, str], dict[str, float]]:
     """A group's align mode, after chunking: align, stabilize, judge. Returns (transcript paths, infer seconds) per file.
 
+    `named` names each stage's task run after the group.
+
     A file whose text does not match its audio is marked failed here (its DecodedAudio), with the reason.
     """
-    aligned = align_task(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
+    aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
     # The given text is judged by judge_alignment, not by the hallucination filter.
     settings = {**stabilization, "drop_hallucinations": False}
+    stable = named(stabilize_task)({file_id: result.transcript_path for file_id, result in aligned.items()}, decoded, windows, settings, vad)
+    judged = named(judge_task)(stable, decoded, texts, vad)
     paths = {}
     for file_id, item in decoded.items():
-        stable = stabilize_task(aligned[file_id].transcript_path, item, windows[file_id], settings, vad)
-        paths[file_id], error = judge_task(stable, item, texts[file_id], vad)
+        paths[file_id], error = judged[file_id]
         if error and not windows[file_id]:
             error = "the VAD is confident the audio holds no speech at all: none of the text's words were placed on it"
         if error:

@@ -171,6 +171,10 @@ def join_channel_files(split: ChannelSplit, transcript_paths: Mapping[str, str],
     return join_channels(split, transcripts).save(Path(work_dir) / f"{split.file_id}.channels.json")
 
 
-@task(name="channels", task_run_name="channels {decoded.source}")
-def channels_task(decoded: DecodedAudio, speakers: list[str] | None, vad: Mapping[str, Any] | None = None) -> ChannelSplit:
-    return split_channels(decoded, speakers, VadThresholds(**dict(vad or {})))
+@task(name="channels")
+def channels_task(
+    decoded: Mapping[str, DecodedAudio], speakers: list[str] | None, vad: Mapping[str, Any] | None = None
+) -> dict[str, ChannelSplit]:
+    """split_channels for each file of a group that has channel files (one task run per group), by file id."""
+    thresholds = VadThresholds(**dict(vad or {}))
+    return {file_id: split_channels(d, speakers, thresholds) for file_id, d in decoded.items() if d.channel_paths}

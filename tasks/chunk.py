@@ -148,13 +148,13 @@ def thresholds_from_profile(settings: Mapping[str, Any] | None) -> VadThresholds
     return VadThresholds(**dict(settings or {}))
 
 
-@task(name="chunk", task_run_name="chunk {decoded.source}")
-def chunk_task(
+def chunk_file(
     decoded: DecodedAudio,
     max_window_s: float = 30.0,
     min_pause_s: float = 0.3,
     vad: Mapping[str, Any] | None = None,
 ) -> list[Window]:
+    """plan_windows over a decoded file, with its VAD probabilities (computed once per file and cached beside its PCM)."""
     samples = load_pcm(decoded.pcm_path)
     return plan_windows(
         samples,
@@ -164,3 +164,14 @@ def chunk_task(
         probabilities=file_probabilities(decoded.pcm_path, samples),
         thresholds=thresholds_from_profile(vad),
     )
+
+
+@task(name="chunk")
+def chunk_task(
+    units: Mapping[str, DecodedAudio],
+    max_window_s: float = 30.0,
+    min_pause_s: float = 0.3,
+    vad: Mapping[str, Any] | None = None,
+) -> dict[str, list[Window]]:
+    """Each unit's windows, by unit id (one task run per group of files)."""
+    return {unit_id: chunk_file(unit, max_window_s, min_pause_s, vad) for unit_id, unit in units.items()}

@@ -311,8 +311,10 @@ def _write_frame(frame: av.AudioFrame, outs: list[BinaryIO]) -> int:
 # errors itself), so a task-level retry would only repeat a bug. No timeout: decode runs in the
 # task runner's threads, which Prefect cannot interrupt (it only warned), and a stalled read is
 # bounded by the storage backend's own timeouts.
-@task(name="decode", task_run_name="decode {item.source}")
+# One task run per group of files, not per file: with a run of many short clips, a task run per
+# file kept the Prefect server busier than the decoding itself.
+@task(name="decode")
 def decode_task(
-    item: InputFile, work_dir: str, skip_file_ids: frozenset[str] = frozenset(), channels: Literal["mix", "split"] = "mix"
-) -> DecodedAudio:
-    return decode_input(item, work_dir, skip_file_ids, channels)
+    items: list[InputFile], work_dir: str, skip_file_ids: frozenset[str] = frozenset(), channels: Literal["mix", "split"] = "mix"
+) -> list[DecodedAudio]:
+    return [decode_input(item, work_dir, skip_file_ids, channels) for item in items]

@@ -26,7 +26,7 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
@@ -140,17 +140,16 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
     try:
         logger.info("%s on worker %s, work directory %s", job.label, worker, work_dir)
         audio = job.profile.audio
-        decoded = [decode_task(item, work_dir, job.skip_file_ids, audio.channels) for item in job.files]
+        named = NamedStages(job.label)
+        decoded = named(decode_task)(job.files, work_dir, job.skip_file_ids, audio.channels)
         check_cancelled()
         # Identical content under two names is transcribed once and written under both.
         texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         vad = job.profile.vad.model_dump()
-        splits = {file_id: channels_task(d, audio.speakers, vad) for file_id, d in todo.items() if d.channel_paths}
+        splits = named(channels_task)(todo, audio.speakers, vad) if any(d.channel_paths for d in todo.values()) else {}
         units = transcription_units(todo, splits)
-        chunked = {
-            unit_id: chunk_task(u, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) for unit_id, u in units.items()
-        }
+        chunked = named(chunk_task)(units, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) if units else {}
         windows = [w for file_windows in chunked.values() for w in file_windows]
         reporter().group_started(job.label, len(job.files), len(windows))
         check_cancelled()
@@ -161,17 +160,15 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
                 plan = worker_plan(job) if job.refit else job.run.plan
                 settings = job.profile.stabilization.model_dump()
                 if job.text_suffix:  # one text per file: the flow refuses split channels in align mode
-                    stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad)
+                    stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad, named)
                 else:
                     infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
                     description = f"Windows transcribed, {job.label} (percent)"
                     packing = packing_for(plan, job.profile)
                     inference = infer(plan, units, windows, work_dir, description, check_cancelled, packing)
                     infer_s = {unit_id: result.infer_s for unit_id, result in inference.items()}
-                    stable_paths = {
-                        unit_id: stabilize_task(inference[unit_id].transcript_path, u, chunked[unit_id], settings, vad)
-                        for unit_id, u in units.items()
-                    }
+                    raw_paths = {unit_id: result.transcript_path for unit_id, result in inference.items()}
+                    stable_paths = named(stabilize_task)(raw_paths, units, chunked, settings, vad)
             for file_id, split in splits.items():
                 stable_paths[file_id] = join_channel_files(split, stable_paths, work_dir)
                 infer_s[file_id] = sum(infer_s.get(u.file_id, 0.0) for u in split.transcribe.values())
@@ -185,13 +182,23 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
                 item.status, item.error = "failed", f"{item.source}: {reason}"
             stable_paths, infer_s = {}, {}
         check_cancelled()
-        write = write_task.with_options(task_run_name=f"write {job.label}")
+        write = named(write_task)
         file_paths = {file_id: path for file_id, path in stable_paths.items() if file_id in todo}
         return write(
             job.output, job.run, decoded, file_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+class NamedStages:
+    """A stage's task with its run named after the group it handles: "decode files 17–32 of 40"."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __call__(self, stage: Task) -> Task:
+        return stage.with_options(task_run_name=f"{stage.name} {self.label}")
 
 
 def packing_for(plan: Plan, profile: Profile) -> Packing | None:

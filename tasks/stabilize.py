@@ -340,8 +340,7 @@ def options_from_profile(settings: Mapping[str, Any]) -> StabilizeOptions:
     return replace(StabilizeOptions(), **{k: v for k, v in settings.items() if v is not None})
 
 
-@task(name="stabilize", task_run_name="stabilize {decoded.source}")
-def stabilize_task(
+def stabilize_file(
     transcript_path: str,
     decoded: DecodedAudio,
     windows: list[Window],
@@ -368,3 +367,17 @@ def stabilize_task(
     skipped_ms = round(1000 * skipped_seconds(decoded.duration_s, windows))
     transcript = replace(transcript, stabilization={**transcript.stabilization, "skipped_ms": skipped_ms})
     return transcript.save(Path(transcript_path).with_suffix(".stable.json"))
+
+
+@task(name="stabilize")
+def stabilize_task(
+    transcript_paths: Mapping[str, str],
+    units: Mapping[str, DecodedAudio],
+    windows: Mapping[str, list[Window]],
+    settings: Mapping[str, Any],
+    vad: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """stabilize_file for each unit of a group (one task run per group); paths of the stabilized transcripts, by unit id."""
+    return {
+        unit_id: stabilize_file(transcript_paths[unit_id], unit, windows[unit_id], settings, vad) for unit_id, unit in units.items()
+    }

@@ -137,9 +137,9 @@ def test_cli_run_reports_to_the_server(api_url, threads_run):
         )
     assert flow_run.state.is_completed()
     names = [t.name for t in task_runs]
-    for stage in ("decode", "chunk", "stabilize"):
-        for fixture in SHORT_FIXTURES:
-            assert f"{stage} {fixture}" in names, names
+    group = f"files 1–{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)}"
+    for stage in ("decode", "chunk", "stabilize", "write"):  # one task run per stage and group, not per file
+        assert names.count(f"{stage} {group}") == 1, names
     assert all(t.state.is_completed() for t in task_runs)
     by_key = {a.key: a for a in artifacts if a.key}
     assert by_key["plan"].type == "markdown" and "tiny.en" in by_key["plan"].data
@@ -314,7 +314,7 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
         flow_run = flow_run_writing_to(client, output)
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     assert flow_run.state.is_completed()
-    assert sum(t.name.startswith("stabilize ") for t in task_runs) == len(SHORT_FIXTURES)
+    assert [t.name for t in task_runs if t.name.startswith("stabilize ")] == [f"stabilize files 1–{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)}"]
     for table in ("files", "segments", "words"):
         dask_rows, threads_rows = table_rows(output, table), table_rows(threads_run, table)
         if table == "files":  # the profile's name is recorded; everything else must match

@@ -40,8 +40,10 @@ def cpu_seconds() -> float:
 def run(engine, decoded, windows_of, packing: Packing | None, work_dir: Path, profile) -> dict:
     windows = [w for file_windows in windows_of.values() for w in file_windows]
     items = pack_windows(windows, packing.max_window_s, packing.gap_s) if packing else windows
+    decoded_windows = []
+    counting = _Counting(engine, decoded_windows)
     cpu, wall = cpu_seconds(), time.perf_counter()
-    inference = transcribe_files(engine, decoded, windows, work_dir, packing=packing)
+    inference = transcribe_files(counting, decoded, windows, work_dir, packing=packing)
     cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
     words = {}
     for file_id, d in decoded.items():
@@ -57,7 +59,20 @@ def run(engine, decoded, windows_of, packing: Packing | None, work_dir: Path, pr
         if isinstance(item, PackedWindow):
             for member in item.members:
                 mates[member.window.file_id] = [m.window.file_id for m in item.members if m is not member]
-    return {"words": words, "encoder_windows": len(items), "engine_cpu_s": cpu, "engine_wall_s": wall, "mates": mates}
+    return {"words": words, "encoder_windows": len(decoded_windows), "engine_cpu_s": cpu, "engine_wall_s": wall, "mates": mates}
+
+
+class _Counting:
+    """The engine, noting every window it decodes (packed files decoded again alone count too)."""
+
+    def __init__(self, engine, decoded_windows: list):
+        self.engine, self.decoded_windows = engine, decoded_windows
+        self.name, self.batch_size = engine.name, engine.batch_size
+
+    def transcribe(self, windows):
+        for result in self.engine.transcribe(windows):
+            self.decoded_windows.append(result.window)
+            yield result
 
 
 def scores(files, ids, result, unpacked_texts: dict[str, str] | None) -> dict:

@@ -11,6 +11,8 @@ scaled by a per-engine factor fitted from docs/memory-calibration.md (bench/meas
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import re
 import sys
 from dataclasses import dataclass
@@ -186,8 +188,9 @@ CALIBRATION: dict[str, EngineCalibration] = {
     "transformers": EngineCalibration(runtime_bytes=490 * MiB, load_copy_factor=0.53, weight_factor=0.09,
                                       activation_factor=1.04, decode_fixed_bytes=335 * MiB),
     # Fitted on the engine itself (tiny.en at batch 1, 8 and 24), which imports neither torch nor openai-whisper
-    # and, on the CPU, encodes and aligns window by window: 456 / 611 / 1087 MiB worst case (decoding to the
-    # length limit), where encoding the batch at once peaked 473 / 970 at batch 1 / 8. Loading touches ~140 MiB
+    # and, on the CPU, encodes and aligns window by window: 507 / 719 / 1134 MiB worst case (decoding to the
+    # length limit; 456 / 611 / 1087 before the engine kept large blocks on the heap, reuse_large_buffers),
+    # where encoding the batch at once peaked 473 / 970 at batch 1 / 8. Loading touches ~140 MiB
     # of library pages beyond the weights (runtime 190 MiB). One model measured: the least-squares fit puts
     # nothing on the weights; a quarter of them is kept so that larger models stay over-, not underestimated.
     "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25,
@@ -287,3 +290,30 @@ def process_peak_rss_bytes() -> int:
     except ImportError:  # Windows
         maxrss = 0
     return max(maxrss, vm_hwm_bytes(), _peak_before_resets)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Above the attention maps of one encoder layer for one window up to Whisper small (12 heads x
+# 1500 x 1500 float32: 103 MiB).
+HEAP_BUFFER_LIMIT = 128 * MiB
+
+
+def reuse_large_buffers(limit_bytes: int = HEAP_BUFFER_LIMIT) -> bool:
+    """Serve allocations up to `limit_bytes` from glibc's heap and keep freed ones for reuse; False where that cannot be set.
+
+    glibc maps every block above its ceiling of 32 MiB afresh, and the kernel zeroes each page on
+    first touch. CTranslate2's encoder allocates and frees such blocks for every window on the
+    CPU (one layer's attention maps: 51 MiB for tiny), so a run of many short clips spent 21 s
+    of system time in those page faults in 51 s (bench/results/whole_run.md). Kept on the heap,
+    they are reused from one window to the next, at the cost of holding up to `limit_bytes`
+    more between windows. Process-wide: it changes where large blocks come from, not what is allocated.
+    """
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
+        return False
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None)
+    if mallopt is None:  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, limit_bytes))

@@ -107,7 +107,9 @@ def using(server: TemporaryServer | None) -> Iterator[None]:
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        # No flow run heartbeats: they let a server notice a crashed run, and this server ends with
+        # the run; the engine's wait for its heartbeat thread cost up to 1 s at every run's end.
+        with temporary_settings({PREFECT_API_URL: server.api_url, "flows.heartbeat_frequency": None}):
             try:
                 yield
             finally:

@@ -24,7 +24,7 @@ from steadyscribe.engines import Engine, WindowResult, load_engine
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
-from steadyscribe.tasks.pack import PackedWindow, pack_windows, packed_stream, unpack_result
+from steadyscribe.tasks.pack import PackedWindow, heard_whole, pack_windows, packed_stream, unpack_result
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,9 @@ def transcribe_files(
 ) -> dict[str, InferenceResult]:
     """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
 
-    With `packing`, single-window files share windows (tasks/pack.py). A packed window in which a
-    file got no words is decoded again file by file: the model had stopped early (it may end its
-    text at a pause between files), and the words it did write may be stretched over the rest.
+    With `packing`, single-window files share windows (tasks/pack.py). A packed file whose words do
+    not reach from its start to its end (`heard_whole`) is decoded again alone: the model may end
+    its text at the pause between two files, or skip the start of the file after it.
     """
     started = time.perf_counter()
     items = pack_windows(windows, packing.max_window_s, packing.gap_s) if packing else windows
@@ -98,15 +98,13 @@ def transcribe_files(
     samples_of = {file_id: load_pcm(d.pcm_path) for file_id, d in decoded.items()}
     results: dict[str, list[WindowResult]] = defaultdict(list)
     unpacked_again: list[Window] = []
-    packs_redone = 0
     done = 0
     for result in engine.transcribe(packed_stream(items, samples_of)):
         pack = packs.get(result.window)
         file_results = unpack_result(pack, result) if pack else [result]
-        if pack and not all(r.segments for r in file_results):
-            unpacked_again += [member.window for member in pack.members]
-            packs_redone += 1
-            file_results = []
+        if pack:
+            unpacked_again += [r.window for r in file_results if not heard_whole(r)]
+            file_results = [r for r in file_results if heard_whole(r)]
         for file_result in file_results:
             results[file_result.window.file_id].append(file_result)
         members = [m.window for m in pack.members] if pack else [result.window]
@@ -115,7 +113,11 @@ def transcribe_files(
         if on_progress:
             on_progress(done, len(windows))
     if unpacked_again:
-        log.info("%d of %d packed windows decoded again file by file: a file in them got no words", packs_redone, len(packs))
+        packed_files = sum(len(pack.members) for pack in packs.values())
+        log.info(
+            "%d of %d packed files decoded again alone: their words did not reach from their start to their end",
+            len(unpacked_again), packed_files,
+        )
         for result in engine.transcribe(packed_stream(unpacked_again, samples_of)):
             results[result.window.file_id].append(result)
     total_s = time.perf_counter() - started

@@ -23,6 +23,9 @@ from steadyscribe.engines.base import WindowAudio, WindowResult
 from steadyscribe.records import Segment, Window, Word
 
 PACK_PREFIX = "pack:"
+# A window opens at most 1 s before its speech (tasks/chunk.py); the rest of the slack is the
+# alignment's own error at a window's edges.
+COVERAGE_SLACK_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,16 @@ def unpack_result(pack: PackedWindow, result: WindowResult) -> list[WindowResult
                 )
             )
     return [WindowResult(member.window, result.language, pieces[member]) for member in pack.members]
+
+
+def heard_whole(result: WindowResult, slack_s: float = COVERAGE_SLACK_S) -> bool:
+    """Whether a packed file's words reach from within `slack_s` of its window's start to within `slack_s` of its end.
+
+    In a packed window the model may skip the first words of a file that follows the pause
+    before it, or stop before a file's end; such a file is decoded again alone.
+    """
+    words = [word for segment in result.segments for word in segment.words]
+    return bool(words) and words[0].start - result.window.start <= slack_s and result.window.end - words[-1].end <= slack_s
 
 
 def _to_file_time(word: Word, member: Member) -> Word:

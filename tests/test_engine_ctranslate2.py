@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -184,3 +187,33 @@ def test_float16_on_cuda(speech_windows, max_wer):
     cuda_engine = engine(batch_size=8, device="cuda", dtype="float16")
     assert cuda_engine.compute_type == "float16"
     assert speech_wer(list(cuda_engine.transcribe(speech_windows))) <= max_wer
+
+
+_LARGE_BLOCK_FAULTS = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "engine":
+    from steadyscribe.engines.ctranslate2_engine import CTranslate2Engine
+    from steadyscribe.records import Plan
+    CTranslate2Engine(Plan(engine="ctranslate2", model="tiny.en", threads=1))
+block = 52 * 2**20 // 8  # one tiny.en encoder layer's attention maps for one window, in float64 elements
+np.ones(block)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    np.ones(block)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_on_the_cpu_the_engine_reuses_large_blocks_instead_of_faulting_in_fresh_pages():
+    """Every window's encoder allocates and frees blocks above glibc's 32 MiB mmap ceiling; the
+    engine keeps them on the heap (steadyscribe.memory.reuse_large_buffers), so the next window
+    reuses the pages instead of having the kernel zero new ones."""
+
+    def page_faults(mode: str) -> int:
+        result = subprocess.run([sys.executable, "-c", _LARGE_BLOCK_FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(result.stdout.split()[-1])
+
+    assert page_faults("plain") > 1000  # each block mapped afresh: its pages faulted in again
+    assert page_faults("engine") < 100

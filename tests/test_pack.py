@@ -120,24 +120,35 @@ def test_packed_files_keep_their_own_words_and_times(kind, tmp_path):
             assert within_packed >= within_alone - 0.05, (within_packed, within_alone)
 
 
-class _StopsAfterFirstFile:
-    """An engine whose text of a packed window is its first file's only (as the model may do at a pause)."""
+class _ScriptedPackEngine:
+    """An engine that hears each packed file from `late_s[file]` seconds after its start to its end,
+    and files listed in `unheard` not at all (as the model may do after the pause between files).
+    A file decoded alone is heard whole."""
 
     name = "scripted"
     batch_size = 4
 
-    def __init__(self):
+    def __init__(self, late_s: dict[str, float], unheard: set[str]):
+        self.late_s, self.unheard = late_s, unheard
         self.decoded: list[Window] = []
 
     def transcribe(self, windows):
         for item in windows:
             self.decoded.append(item.window)
-            first = item.window.file_id.removeprefix("pack:")
-            word = Word(f" {first}", item.window.start, item.window.end, 0.9)
-            yield WindowResult(item.window, "en", [Segment(word.start, word.end, word.word, [word])])
+            if not item.window.file_id.startswith("pack:"):
+                word = Word(f" {item.window.file_id}", item.window.start, item.window.end, 0.9)
+                yield WindowResult(item.window, "en", [Segment(word.start, word.end, word.word, [word])])
+                continue
+            # The members of these tests are 4-second files packed 1 s apart, in name order.
+            words = [
+                Word(f" {name}", 5.0 * i + self.late_s.get(name, 0.0), 5.0 * i + 4.0, 0.9)
+                for i, name in enumerate(("a", "b", "c"))
+                if name not in self.unheard
+            ]
+            yield WindowResult(item.window, "en", [Segment(w.start, w.end, w.word, [w]) for w in words])
 
 
-def test_a_packed_window_where_a_file_got_no_words_is_decoded_again_file_by_file(tmp_path):
+def _packed_run(tmp_path, engine):
     from steadyscribe.records import DecodedAudio, Transcript
     from steadyscribe.tasks.infer import Packing, transcribe_files
 
@@ -147,8 +158,20 @@ def test_a_packed_window_where_a_file_got_no_words_is_decoded_again_file_by_file
         np.zeros(16000 * 4, dtype="<f4").tofile(pcm)
         decoded[name] = DecodedAudio(f"{name}.wav", "ok", name, str(pcm), 4.0)
     windows = [Window(name, 0, 0.0, 4.0) for name in decoded]
-    engine = _StopsAfterFirstFile()
     results = transcribe_files(engine, decoded, windows, tmp_path, packing=Packing(30.0, 1.0))
-    assert [w.file_id for w in engine.decoded] == ["pack:a", "a", "b", "c"]
-    for name, result in results.items():
-        assert Transcript.load(result.transcript_path).segments[0].text == f" {name}"
+    return {name: Transcript.load(result.transcript_path) for name, result in results.items()}
+
+
+def test_a_packed_file_that_got_no_words_is_decoded_again_alone(tmp_path):
+    engine = _ScriptedPackEngine(late_s={}, unheard={"b", "c"})  # the model stopped after the first file
+    transcripts = _packed_run(tmp_path, engine)
+    assert [w.file_id for w in engine.decoded] == ["pack:a", "b", "c"]
+    for name, transcript in transcripts.items():
+        assert [w.word for w in transcript.words] == [f" {name}"]
+
+
+def test_a_packed_file_whose_start_went_unheard_is_decoded_again_alone(tmp_path):
+    engine = _ScriptedPackEngine(late_s={"b": 2.0}, unheard=set())  # b's first 2 s have no words
+    transcripts = _packed_run(tmp_path, engine)
+    assert [w.file_id for w in engine.decoded] == ["pack:a", "b"]
+    assert transcripts["b"].words[0].start == 0.0

@@ -35,6 +35,7 @@ from steadyscribe.engines.word_timing import (
     window_segments,
     word_timings,
 )
+from steadyscribe.memory import reuse_large_buffers
 from steadyscribe.records import Plan, Segment, Window, Word
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
@@ -123,6 +124,8 @@ class CTranslate2Engine:
         self.compute_type = compute_type_for(plan)
         self.model_dir = str(model_dir)
         device, _, index = plan.device.partition(":")  # "cuda:1" -> CT2's device and device_index
+        if device == "cpu":
+            reuse_large_buffers()
         self.model = ctranslate2.models.Whisper(
             str(model_dir),
             device=device,

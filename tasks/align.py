@@ -349,7 +349,10 @@ def judge_file(
 
 @task(name="judge-alignment")
 def judge_task(
-    transcript_paths: Mapping[str, str], decoded: Mapping[str, DecodedAudio], texts: Mapping[str, str], vad: Mapping[str, Any] | None = None
+    transcript_paths: Mapping[str, str],
+    decoded: Mapping[str, DecodedAudio],
+    texts: Mapping[str, str],
+    vad: Mapping[str, Any] | None = None,
 ) -> dict[str, tuple[str, str | None]]:
     """judge_file for each file of a group (one task run per group), by file id."""
     return {file_id: judge_file(transcript_paths[file_id], item, texts[file_id], vad) for file_id, item in decoded.items()}
@@ -374,7 +377,8 @@ def align_group(
     aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
     # The given text is judged by judge_alignment, not by the hallucination filter.
     settings = {**stabilization, "drop_hallucinations": False}
-    stable = named(stabilize_task)({file_id: result.transcript_path for file_id, result in aligned.items()}, decoded, windows, settings, vad)
+    aligned_paths = {file_id: result.transcript_path for file_id, result in aligned.items()}
+    stable = named(stabilize_task)(aligned_paths, decoded, windows, settings, vad)
     judged = named(judge_task)(stable, decoded, texts, vad)
     paths = {}
     for file_id, item in decoded.items():

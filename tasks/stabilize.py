@@ -379,5 +379,6 @@ def stabilize_task(
 ) -> dict[str, str]:
     """stabilize_file for each unit of a group (one task run per group); paths of the stabilized transcripts, by unit id."""
     return {
-        unit_id: stabilize_file(transcript_paths[unit_id], unit, windows[unit_id], settings, vad) for unit_id, unit in units.items()
+        unit_id: stabilize_file(transcript_paths[unit_id], unit, windows[unit_id], settings, vad)
+        for unit_id, unit in units.items()
     }

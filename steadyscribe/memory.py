@@ -12,7 +12,6 @@ scaled by a per-engine factor fitted from docs/memory-calibration.md (bench/meas
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import re
 import sys
 from dataclasses import dataclass
@@ -310,10 +309,10 @@ def reuse_large_buffers(limit_bytes: int = HEAP_BUFFER_LIMIT) -> bool:
     they are reused from one window to the next, at the cost of holding up to `limit_bytes`
     more between windows. Process-wide: it changes where large blocks come from, not what is allocated.
     """
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or name is None:
+    if not sys.platform.startswith("linux"):
         return False
-    mallopt = getattr(ctypes.CDLL(name), "mallopt", None)
+    # The process's own symbols include its C library's (find_library would run ldconfig for its name).
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, limit_bytes))

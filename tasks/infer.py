@@ -103,8 +103,9 @@ def transcribe_files(
         pack = packs.get(result.window)
         file_results = unpack_result(pack, result) if pack else [result]
         if pack:
-            unpacked_again += [r.window for r in file_results if not heard_whole(r)]
-            file_results = [r for r in file_results if heard_whole(r)]
+            heard = [heard_whole(r) for r in file_results]
+            unpacked_again += [r.window for r, whole in zip(file_results, heard) if not whole]
+            file_results = [r for r, whole in zip(file_results, heard) if whole]
         for file_result in file_results:
             results[file_result.window.file_id].append(file_result)
         members = [m.window for m in pack.members] if pack else [result.window]

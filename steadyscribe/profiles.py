@@ -151,7 +151,7 @@ class Chunking(_Strict):
     min_pause_s: float = Field(0.3, ge=0)
     # Short files share 30-second windows, `pack_gap_s` of silence apart (tasks/pack.py). Only
     # where the language is known before decoding (English-only model, or `decoding.language`).
-    # Off: on tiny.en it costs 0.8-2.4 WER points on unrelated short clips (docs/benchmark.md).
+    # Off: on tiny.en it costs 1.6-3.4 WER points on unrelated real-speech clips (docs/benchmark.md).
     pack_files: bool = False
     pack_gap_s: float = Field(0.75, gt=0, le=10)
 

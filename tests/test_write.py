@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import posixpath
 import re
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -116,6 +117,7 @@ def test_local_layout_schema_and_readers(tmp_path):
     assert sorted((r["words_dropped"], r["skipped_s"]) for r in ok) == [(1, 1.5), (2, 1.5)]
     failed = files.filter(pa.compute.equal(files["status"], "failed")).to_pylist()[0]
     assert failed["file_id"] is None and failed["error"] == "No such file" and failed["source"] == "/data/gone.wav"
+    assert failed["duration_s"] is None and {r["duration_s"] for r in ok} == {12.5}
 
     rows = read_words_duckdb(out)
     assert len(rows) == 8 and rows[0][4] == date(2026, 3, 14)
@@ -448,3 +450,18 @@ def test_docs_object_storage_example_runs(s3_bucket, s3_options, capsys):
     block = block.replace("analytics/steadyscribe", f"{s3_bucket}/steadyscribe")
     exec(block, {"s3_options": s3_options})
     assert "/data/meeting.wav" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_readers_skip_files_that_are_not_the_tables_parquet(where, tmp_path, memory_output):
+    out = str(tmp_path / "out") if where == "local" else memory_output
+    results = sample_results()
+    write_file_results(out, make_run(), results)
+    fs, root = filesystem_for(out)
+    for stray in ("files/README.txt", "files/run_date=2026-03-14/notes.md", "words/.DS_Store",
+                  "segments/run_date=2026-03-14/x.parquet.tmp", "words/_scratch/old.parquet", "words/.trash/old.parquet"):
+        fs.makedirs(posixpath.dirname(f"{root}/{stray}"), exist_ok=True)
+        fs.pipe_file(f"{root}/{stray}", b"not a table's part")
+    assert open_table(out, "words").count_rows() == 8
+    assert open_table(out, "segments").count_rows() == 3
+    assert completed_file_keys(out) == {(r.file_id, make_run().settings_key) for r in results if r.status == "ok"}

@@ -40,7 +40,7 @@ from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group
 from steadyscribe.tasks.probe import probe_task
 from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
 from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
-from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key
+from steadyscribe.tasks.write import RunInfo, completed_file_keys, remove_orphan_parts, settings_key
 from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
 
 
@@ -142,6 +142,8 @@ def transcribe(
         mode = "align" if text_suffix else "transcribe"
         run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, settings), mode)
         files = discover_task(inputs)
+        if orphans := remove_orphan_parts(output):
+            logger.info("removed %d files that interrupted commits left behind: %s", len(orphans), orphans)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
         reporter().run_started(

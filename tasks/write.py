@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -33,11 +35,18 @@ from steadyscribe.storage import (
     TEMP_DIR,
     StorageOptions,
     filesystem_for,
+    is_disk_full,
     join,
     source_url,
     with_retries,
     write_bytes_atomic,
 )
+
+log = logging.getLogger(__name__)
+
+# A commit writes its parts one after another within seconds (minutes, with storage retries): a
+# `words` or `segments` file this old that still has no `files` file of its part is an orphan.
+ORPHAN_AGE_S = 3600.0
 
 # Default rows per row group (profiles set output.row_group_size): small enough for readers
 # to skip groups by file_id statistics, large enough to compress well.
@@ -261,22 +270,75 @@ def write_file_results(
     temp_dir = join(root, TEMP_DIR)
     part = part or f"{run.run_id}-{uuid.uuid4().hex[:12]}"
     written: list[str] = []
+    table_parts: list[str] = []  # this commit's words and segments files, named after `part` alone
 
     def put(path: str, data: bytes) -> None:
         with_retries(lambda: write_bytes_atomic(fs, path, data, temp_dir))
         written.append(source_url(fs, path))
 
-    for table, rows in (("words", word_rows(run, results)), ("segments", segment_rows(run, results))):
-        if rows:
-            table_bytes = parquet_bytes(pa.Table.from_pylist(rows, SCHEMAS[table]), row_group_size)
-            put(table_path(root, table, run.run_date, part), table_bytes)
-    for result, transcript in _transcribed(results):
-        for fmt in formats:
-            put(sidecar_path(root, run.run_date, result, fmt), render_sidecar(fmt, run, result, transcript).encode())
-    files = pa.Table.from_pylist([file_row(run, r) for r in results], SCHEMAS["files"])
-    if files.num_rows:
-        put(table_path(root, "files", run.run_date, part), parquet_bytes(files, row_group_size))
+    try:
+        for table, rows in (("words", word_rows(run, results)), ("segments", segment_rows(run, results))):
+            if rows:
+                table_bytes = parquet_bytes(pa.Table.from_pylist(rows, SCHEMAS[table]), row_group_size)
+                table_parts.append(table_path(root, table, run.run_date, part))
+                put(table_parts[-1], table_bytes)
+        for result, transcript in _transcribed(results):
+            for fmt in formats:
+                put(sidecar_path(root, run.run_date, result, fmt), render_sidecar(fmt, run, result, transcript).encode())
+        files = pa.Table.from_pylist([file_row(run, r) for r in results], SCHEMAS["files"])
+        if files.num_rows:
+            put(table_path(root, "files", run.run_date, part), parquet_bytes(files, row_group_size))
+    except Exception:
+        _remove_uncommitted(fs, table_path(root, "files", run.run_date, part), table_parts)
+        raise
     return written
+
+
+def _remove_uncommitted(fs: AbstractFileSystem, files_part: str, table_parts: list[str]) -> None:
+    """After a commit failed part-way (a full disk, say), remove the words and segments files it
+    wrote before its `files` rows, so that they do not linger as orphans. Kept when an earlier
+    commit of the same part (a group run again) stands: its `files` rows need them. Sidecars stay:
+    their names are not the commit's own, and readers find files through the tables."""
+    try:
+        if fs.exists(files_part):
+            return
+        for path in table_parts:
+            if fs.exists(path):
+                fs.rm_file(path)
+    except Exception as error:  # best effort: the next run removes what is left (remove_orphan_parts)
+        log.warning("could not remove the parts of an unfinished commit %s: %r", table_parts, error)
+
+
+def remove_orphan_parts(
+    output: str, storage_options: StorageOptions | None = None, older_than_s: float = ORPHAN_AGE_S
+) -> list[str]:
+    """Remove what interrupted commits left behind: `words` and `segments` files with no `files` file
+    of the same part name, and writers' temporary files under OUT/_tmp/, once older than
+    `older_than_s` (a concurrent run's commit in progress is younger). Returns what was removed."""
+    fs, root = filesystem_for(output, storage_options)
+    fs.invalidate_cache()
+    try:
+        committed = {posixpath.basename(path) for path in table_files(fs, join(root, "files"))}
+        candidates = [
+            path for table in ("words", "segments") for path in table_files(fs, join(root, table))
+            if posixpath.basename(path) not in committed
+        ]
+        temp_dir = join(root, TEMP_DIR)
+        if fs.exists(temp_dir):
+            candidates += [path for path in fs.find(temp_dir) if path.endswith(".tmp")]
+    except Exception as error:  # housekeeping: a listing that fails now is tried again by the next run
+        log.warning("could not look for orphans of interrupted commits in %s: %r", output, error)
+        return []
+    removed = []
+    now = time.time()
+    for path in candidates:
+        try:
+            if now - fs.modified(path).timestamp() >= older_than_s:
+                fs.rm_file(path)
+                removed.append(source_url(fs, path))
+        except Exception as error:  # a backend without modification times, a file gone meanwhile: leave it
+            log.warning("could not check or remove %s: %r", path, error)
+    return removed
 
 
 def write_file_result(
@@ -413,8 +475,17 @@ def render_sidecar(fmt: SidecarFormat, run: RunInfo, result: FileResult, transcr
     return to_json(run, result, transcript)
 
 
+def _retry_unless_disk_full(task, task_run, state) -> bool:
+    """Retry a failed commit, but not onto a full disk: it stays full for the seconds between tries."""
+    try:
+        state.result()
+    except Exception as error:
+        return not is_disk_full(error)
+    return True
+
+
 # No timeout: the group task runs this in a worker thread, where Prefect cannot interrupt it (it only warns).
-@task(name="write", retries=2, retry_delay_seconds=[2, 10])
+@task(name="write", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_unless_disk_full)
 def write_task(
     output: str,
     run: RunInfo,

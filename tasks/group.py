@@ -44,7 +44,7 @@ from steadyscribe.tasks.infer import Packing, infer_task
 from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
-from steadyscribe.tasks.write import FileResult, RunInfo, write_file_results, write_task
+from steadyscribe.tasks.write import CommitFailed, FileResult, RunInfo, write_file_results, write_task
 
 # Threads for this worker's engine when the profile says `auto`: set where several worker
 # processes share a machine (the local Dask cluster sets it to CPUs / workers).
@@ -241,8 +241,10 @@ def commit_lost_group(job: GroupJob, error: BaseException) -> list[FileOutcome]:
     Written under the group's own part name, so they replace whatever the group committed before it was lost.
     When even these rows cannot be written (the output's disk is full), the outcomes say so, for the summary.
     """
-    if is_disk_full(error):
-        reason = f"its rows could not be committed to {job.output}: no space left on its device ({error}); free space, then rerun"
+    if isinstance(error, CommitFailed):
+        reason = f"{error}; {'free space there, then rerun' if error.disk_full else 'rerun to transcribe it'}"
+    elif is_disk_full(error):  # between the stages, in the temporary directory
+        reason = f"its group ({job.label}) stopped: {no_space_in_temp_dir(tempfile.gettempdir(), error)}"
     else:
         reason = f"its group ({job.label}) was lost: {error!r}; rerun to transcribe it"
     results = [FileResult(item.source, "failed", error=f"{item.source}: {reason}") for item in job.files]

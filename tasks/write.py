@@ -288,10 +288,28 @@ def write_file_results(
         files = pa.Table.from_pylist([file_row(run, r) for r in results], SCHEMAS["files"])
         if files.num_rows:
             put(table_path(root, "files", run.run_date, part), parquet_bytes(files, row_group_size))
-    except Exception:
+    except Exception as error:
         _remove_uncommitted(fs, table_path(root, "files", run.run_date, part), table_parts)
+        if isinstance(error, OSError):  # the storage refused; anything else is a bug, raised as it is
+            raise CommitFailed(output, f"{type(error).__name__}: {error}", is_disk_full(error)) from error
         raise
     return written
+
+
+class CommitFailed(Exception):
+    """A commit to the output failed part-way; the words and segments it had written were removed.
+
+    Says whether the output's device (or quota) was full: that crosses process boundaries
+    (a Dask worker's exception reaches the flow pickled, without its cause).
+    """
+
+    def __init__(self, output: str, reason: str, disk_full: bool):
+        super().__init__(output, reason, disk_full)
+        self.output, self.reason, self.disk_full = output, reason, disk_full
+
+    def __str__(self) -> str:
+        full = "no space left on its device: " if self.disk_full else ""
+        return f"could not commit to {self.output}: {full}{self.reason}"
 
 
 def _remove_uncommitted(fs: AbstractFileSystem, files_part: str, table_parts: list[str]) -> None:
@@ -479,8 +497,10 @@ def _retry_unless_disk_full(task, task_run, state) -> bool:
     """Retry a failed commit, but not onto a full disk: it stays full for the seconds between tries."""
     try:
         state.result()
-    except Exception as error:
-        return not is_disk_full(error)
+    except CommitFailed as error:
+        return not error.disk_full
+    except Exception:
+        return True
     return True
 
 

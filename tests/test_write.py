@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import posixpath
 import re
 import time
@@ -27,6 +28,7 @@ from steadyscribe.storage import filesystem_for
 from steadyscribe.tasks.discover import content_sha256, discover_inputs
 from steadyscribe.tasks.write import (
     ORPHAN_AGE_S,
+    CommitFailed,
     FileResult,
     RunInfo,
     completed_file_keys,
@@ -482,16 +484,17 @@ def test_a_commit_onto_a_full_disk_removes_what_it_wrote(tmp_path, monkeypatch):
         return real_write(fs, path, data, temp_dir)
 
     monkeypatch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", full_at_segments)
-    with pytest.raises(OSError) as full:
+    with pytest.raises(CommitFailed) as full:
         write_file_results(str(out), make_run(), sample_results(), part="run-1-g00000")
-    assert storage.is_disk_full(full.value)
+    assert full.value.disk_full and str(full.value).startswith(f"could not commit to {out}: no space left on its device: ")
+    assert pickle.loads(pickle.dumps(full.value)).disk_full  # as a Dask worker's error reaches the flow
     assert list(out.rglob("*.parquet")) == []  # the words written before the segments are gone
 
     # A group run again over its own earlier commit: the words it replaced stay with the files rows that need them.
     monkeypatch.undo()
     write_file_results(str(out), make_run(), sample_results(), part="run-1-g00000")
     monkeypatch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", full_at_segments)
-    with pytest.raises(OSError):
+    with pytest.raises(CommitFailed):
         write_file_results(str(out), make_run(), sample_results(), part="run-1-g00000")
     assert sorted(p.parent.parent.name for p in out.rglob("*.parquet")) == ["files", "segments", "words"]
     assert open_table(str(out), "words").count_rows() == 8

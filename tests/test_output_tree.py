@@ -183,3 +183,18 @@ def test_a_full_temporary_directory_is_reported_as_such(prefect_server, tmp_path
     assert f"FAILED {expected}" in result.stdout
     [row] = files_rows(output)
     assert row["status"] == "failed" and row["error"].startswith(expected) and "TMPDIR" in row["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, where every write fails with ENOSPC")
+def test_a_full_disk_under_the_log_file_or_the_summary_json_is_one_clear_line(prefect_server, tmp_path):
+    output = tmp_path / "out"
+    result = run_cli(
+        [str(SPEECH), "--output", str(output), "--log-file", "/dev/full", "--summary-json", "/dev/full"],
+        env={"PREFECT_LOGGING_LEVEL": "INFO"},  # lines for the log file to lose
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "files: 1 ok, 0 failed, 0 skipped" in result.stdout  # the run itself went through
+    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr, result.stderr
+    assert result.stderr.count("steadyscribe: cannot write the log file /dev/full ([Errno 28] No space left on device)") == 1
+    assert "steadyscribe: could not write the summary to /dev/full: [Errno 28] No space left on device" in result.stderr

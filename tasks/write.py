@@ -259,8 +259,10 @@ def write_file_results(
     Each table gets one new Parquet file named `part` (default <run_id>-<random>), so concurrent
     runs and repeated commits never overwrite one another; a commit repeated under the same
     `part` (a retried group) replaces the earlier one. A failure part-way leaves no partial
-    file; at worst words/segments without their files rows, which readers ignore and which
-    a rerun replaces (the file is transcribed again because it has no ok files row).
+    file: a storage error (a full disk) removes the words and segments this commit wrote and
+    raises CommitFailed; a killed process leaves at worst words/segments without their files
+    rows, which readers ignore, which a rerun replaces (the file is transcribed again because it
+    has no ok files row) and a later run removes (remove_orphan_parts).
     Returns what was written, in commit order, as URLs (plain paths for local output).
     """
     formats = tuple(sidecar_formats)
@@ -500,7 +502,7 @@ def _retry_unless_disk_full(task, task_run, state) -> bool:
     except CommitFailed as error:
         return not error.disk_full
     except Exception:
-        return True
+        pass
     return True
 
 

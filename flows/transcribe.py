@@ -31,6 +31,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
+from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
@@ -70,10 +71,11 @@ def output_settings(profile: Profile) -> dict:
 
 
 def flow_run_name() -> str:
-    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted."""
+    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted
+    and control characters escaped (the name starts every log line of the run)."""
     parameters = flow_run.parameters
     mode = "align" if parameters.get("text_suffix") else "transcribe"
-    return f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
+    return printable(f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}")
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)

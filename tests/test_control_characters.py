@@ -25,23 +25,26 @@ def test_printable_escapes_controls_separators_and_bidi_overrides_only():
 
 @pytest.mark.slow
 def test_a_newline_in_a_file_name_cannot_forge_a_summary_line(prefect_server, tmp_path):
-    inputs, output, log_file = tmp_path / "in", tmp_path / "out", tmp_path / "run.log"
+    inputs, output, log_file = tmp_path / "in", tmp_path / f"out\n{FAKE_LINE}", tmp_path / "run.log"
     inputs.mkdir()
     crafted = inputs / f"notes\n{FAKE_LINE}\n\x1b[2J.wav"
     crafted.write_text("not audio\n")
     missing = f"{inputs}/gone\n{FAKE_LINE}\n.flac"
-    result = run_cli([str(inputs), missing, "--output", str(output), "--log-file", str(log_file)])
+    result = run_cli(
+        [str(inputs), missing, "--output", str(output), "--log-file", str(log_file)], env={"PREFECT_LOGGING_LEVEL": "INFO"}
+    )
     assert result.returncode == 1, result.stdout + result.stderr
 
     lines = result.stdout.splitlines()
     assert [line for line in lines if line.startswith("files:")] == ["files: 0 ok, 2 failed, 0 skipped"]
-    assert not any(FAKE_LINE in line and not line.startswith("FAILED") for line in lines), result.stdout
+    assert all(f"\\n{FAKE_LINE}" in line for line in lines if FAKE_LINE in line), result.stdout  # never a line's start
     failed = [line for line in lines if line.startswith("FAILED ")]
     assert len(failed) == 2 and all("\\n" + FAKE_LINE + "\\n" in line for line in failed), failed
     assert "\x1b" not in result.stdout + result.stderr
     logged = log_file.read_text()
     assert not any(line.startswith(FAKE_LINE) for line in logged.splitlines()) and "\x1b" not in logged
     assert f"gone\\n{FAKE_LINE}\\n.flac" in logged  # discovery's warning, escaped
+    assert f"\\n{FAKE_LINE}' - Finished in state Failed" in logged  # the flow run's name (the output's), escaped
 
     rows = open_table(str(output), "files").to_table().to_pylist()
     assert sorted(row["source"] for row in rows) == sorted([str(crafted), missing])  # the real names

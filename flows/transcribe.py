@@ -31,6 +31,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
+from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
@@ -40,7 +41,7 @@ from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group
 from steadyscribe.tasks.probe import probe_task
 from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
 from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
-from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key
+from steadyscribe.tasks.write import RunInfo, completed_file_keys, remove_orphan_parts, settings_key
 from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
 
 
@@ -70,10 +71,11 @@ def output_settings(profile: Profile) -> dict:
 
 
 def flow_run_name() -> str:
-    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted."""
+    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted
+    and control characters escaped (the name starts every log line of the run)."""
     parameters = flow_run.parameters
     mode = "align" if parameters.get("text_suffix") else "transcribe"
-    return f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
+    return printable(f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}")
 
 
 @flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
@@ -142,6 +144,8 @@ def transcribe(
         mode = "align" if text_suffix else "transcribe"
         run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, settings), mode)
         files = discover_task(inputs)
+        if orphans := remove_orphan_parts(output):
+            logger.info("removed %d files that interrupted commits left behind: %s", len(orphans), orphans)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
         reporter().run_started(

@@ -32,7 +32,7 @@ class DecodedAudio:
     pcm_path: str | None = None  # raw little-endian float32 samples (the mono mix)
     # audio.channels: split: one such file per channel instead of the mix (tasks/channels.py).
     channel_paths: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
+    duration_s: float | None = None  # None: not decoded (failed before its audio was measured, or skipped)
     decode_s: float = 0.0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. the input was truncated

@@ -28,7 +28,7 @@ from prefect import task
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import DecodedAudio, InputFile
-from steadyscribe.storage import is_transient_io_error, protocol_of, with_retries
+from steadyscribe.storage import is_disk_full, is_transient_io_error, no_space_in_temp_dir, protocol_of, with_retries
 from steadyscribe.tasks.discover import content_sha256
 
 MIN_DURATION_S = 0.1
@@ -151,6 +151,8 @@ def decode_input(
     except IsADirectoryError:
         return failed(f"{source}: is a directory, not an audio file; pass the directory itself to transcribe its files")
     except Exception as error:  # anything else fails this file only; the run goes on with the others
+        if is_disk_full(error):
+            return failed(f"{source}: could not be decoded: {no_space_in_temp_dir(Path(work_dir).parent, error)}")
         if is_transient_io_error(error):
             advice = "the storage kept failing after several retries; rerun later to pick this file up"
         else:

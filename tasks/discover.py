@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable
 from fsspec import AbstractFileSystem
 from prefect import task
 
+from steadyscribe.printable import printable
 from steadyscribe.records import InputFile
 from steadyscribe.storage import StorageOptions, filesystem_for, source_url, with_retries
 
@@ -67,7 +68,7 @@ def _expand(spec: str, extensions: Collection[str], storage_options: StorageOpti
     except Exception as error:
         # Wrong credentials, or a storage outage that outlasted the retries: this input gets a
         # `failed` row saying why (decode meets the same error) and the other inputs go on.
-        log.warning("cannot look at %s, it will be recorded as failed: %r", spec, error)
+        log.warning("cannot look at %s, it will be recorded as failed: %r", printable(spec), error)
         return [InputFile(source=source_url(fs, path), size=None)]
 
 
@@ -82,14 +83,14 @@ def _list(fs: AbstractFileSystem, path: str, spec: str, extensions: Collection[s
             else:
                 files[match] = info
         if not files:
-            log.warning("no files match %s", spec)
+            log.warning("no files match %s", printable(spec))
     elif with_retries(lambda: fs.isdir(path)):
         files = with_retries(lambda: fs.find(path, detail=True))
     elif with_retries(lambda: fs.exists(path)):
         info = with_retries(lambda: fs.info(path))
         return [InputFile(source=source_url(fs, path), size=info.get("size"))]
     else:
-        log.warning("input does not exist, it will be recorded as failed: %s", spec)
+        log.warning("input does not exist, it will be recorded as failed: %s", printable(spec))
         return [InputFile(source=source_url(fs, path), size=None)]
     return [
         InputFile(source=source_url(fs, p), size=info.get("size"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from steadyscribe.memory import process_peak_rss_bytes
+from steadyscribe.printable import printable
 from steadyscribe.records import FileOutcome
 
 
@@ -76,7 +77,8 @@ def summary_text(summary: RunSummary) -> str:
     ]
     lines += [f"FAILED {f.source}: {(f.error or '').removeprefix(f'{f.source}: ')}" for f in summary.failures]
     lines += [f"ok with warnings {f.source}: {'; '.join(f.warnings)}" for f in summary.warned]
-    return "\n".join(lines)
+    # One line each, whatever the names hold: a newline in a file name must not start a line of its own.
+    return "\n".join(printable(line) for line in lines)
 
 
 def summary_markdown(summary: RunSummary) -> str:

@@ -252,6 +252,7 @@ def test_input_case(odd_run, name):
         assert row["source"] in row["error"]
         for fragment in fragments:
             assert fragment in row["error"]
+        assert row["duration_s"] is None  # never measured: not 0.0, which readers would sum as audio
     else:
         assert row["error"] is None
         assert all(fragment in "; ".join(row["warnings"]) for fragment in fragments)

@@ -29,6 +29,7 @@ from typing import BinaryIO, Literal
 import av
 import fsspec
 import numpy as np
+from fsspec.registry import known_implementations
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
@@ -327,8 +328,11 @@ def decode_isolated(
     """decode_input in this thread's decoder child process: a crash or hang of FFmpeg fails this file alone.
 
     `skip_ids_path`: a file of the content hashes not to decode again, one a line (written once
-    per group, so the set is not sent with every file).
+    per group, so the set is not sent with every file). An input on a filesystem that lives in this
+    process only (memory://, or one registered at run time) is decoded here: a child cannot read it.
     """
+    if not _readable_in_a_child(item.source):
+        return _decode_listed(item, str(work_dir), str(skip_ids_path), channels)
     if not hasattr(_decoders, "child"):
         _decoders.child = ChildProcess()
     try:
@@ -338,6 +342,11 @@ def decode_isolated(
             item.source, "failed",
             error=f"{item.source}: the decoder {error} on this file; {CONVERT_HINT}, or report it with this message",
         )
+
+
+def _readable_in_a_child(source: str) -> bool:
+    protocol = protocol_of(source)
+    return protocol != "memory" and protocol in known_implementations
 
 
 def _decode_listed(item: InputFile, work_dir: str, skip_ids_path: str, channels: Literal["mix", "split"]) -> DecodedAudio:

@@ -95,8 +95,9 @@ class TemporaryServer:
         with contextlib.suppress(OSError, sqlite3.Error):
             empty.parent.mkdir(parents=True, exist_ok=True)
             partial = empty.with_suffix(f".{os.getpid()}.partial")
-            with contextlib.closing(sqlite3.connect(self.database)) as source, contextlib.closing(sqlite3.connect(partial)) as copy:
-                source.backup(copy)
+            with contextlib.closing(sqlite3.connect(self.database)) as source:
+                with contextlib.closing(sqlite3.connect(partial)) as copy:
+                    source.backup(copy)
             os.replace(partial, empty)
 
     def stop(self) -> None:

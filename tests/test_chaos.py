@@ -3,10 +3,10 @@
 The real CLI, with its own temporary Prefect server, over a mixed folder: recordings, two
 truncated files, an 8-channel file (channels split), and a file named on the command line that
 is deleted while each run goes on. Groups of two files, so that kills land between commits.
-Signals, and kill times (a random time, or just after a commit) come from a seeded generator. After each kill no process of the run
-may be alive 15 s later; after the final run every input has exactly one final row (the rows of
-the run that completed, as docs/tables.md's "latest committed row" reads them), no scratch folder
-is left, and the README's join gives each word once.
+Signals, and kill times (a random time, or just after a commit) come from a seeded generator.
+After each kill no process of the run may be alive 15 s later; after the final run every input
+has exactly one final row (the rows of the run that completed, as docs/tables.md's "latest
+committed row" reads them), no scratch folder is left, and the README's join gives each word once.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def row_of(rows: list[dict], name: str) -> dict:
 def test_the_run_ends_with_one_row_per_input_and_its_summary(faulty_run):
     done, rows, _, summary = faulty_run
     assert done.returncode == 1, done.stdout + done.stderr
-    assert sorted(r["source"].rsplit("/", 1)[-1] for r in rows) == ["eight_channels.wav", "good.flac", "hang.flac", "segfault.flac"]
+    names = sorted(r["source"].rsplit("/", 1)[-1] for r in rows)
+    assert names == ["eight_channels.wav", "good.flac", "hang.flac", "segfault.flac"]
     assert (summary["files_ok"], summary["files_failed"]) == (2, 2)
     assert "files: 2 ok, 2 failed, 0 skipped" in done.stdout
 

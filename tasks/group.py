@@ -15,7 +15,6 @@ replaces its own commit instead of adding a second row per file.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -35,6 +34,7 @@ from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
+from steadyscribe.scratch import ScratchDir
 from steadyscribe.storage import is_disk_full, no_space_in_temp_dir
 from steadyscribe.tasks.align import align_group, read_texts
 from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channel_files
@@ -137,7 +137,8 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
     worker = worker_name()
     check_cancelled = CancelWatch(job.flow_run_id)
     started_at = datetime.now(timezone.utc)
-    work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{job.part}-")
+    work = ScratchDir(job.part)  # removed below; by a later run if this process is killed
+    work_dir = work.path
     try:
         logger.info("%s on worker %s, work directory %s", job.label, worker, work_dir)
         audio = job.profile.audio
@@ -189,7 +190,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
             job.output, job.run, decoded, file_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
         )
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        work.remove()
 
 
 class NamedStages:

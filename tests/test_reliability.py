@@ -4,8 +4,9 @@ Every input must end in exactly one `files` row (ok, skipped or failed with an e
 what, which file and what to do), and the other files must carry on. Inputs are made here with
 PyAV and numpy; nothing calls sox or espeak.
 
-Tests run as root, for whom chmod 000 does not block reads: the permission case raises
-PermissionError from a patched local file open instead.
+Tests run as root, for whom chmod 000 does not block reads: the permission case reads from a
+filesystem of this process (locked://) whose opens raise PermissionError instead. Such a
+filesystem is read in the run's own process; local files are decoded in a child process.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fsspec.implementations.local import LocalFileOpener
 from fsspec.implementations.memory import MemoryFileSystem
 
 import steadyscribe.tasks.decode
@@ -139,6 +139,21 @@ class FlakyFileSystem(MemoryFileSystem):
         return super()._open(path, mode, **kwargs)
 
 
+class LockedFileSystem(MemoryFileSystem):
+    """memory:// under the protocol locked://, whose reads are refused as a file without read permission is."""
+
+    protocol = "locked"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(str(path).removeprefix("locked://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return super()._open(path, mode, **kwargs)
+
+
 class FlakyWrites:
     """Wraps write_bytes_atomic: the first write of the run fails as a throttled object store would."""
 
@@ -192,7 +207,6 @@ def odd_run(prefect_server, tmp_path_factory):
     encode(inputs / "u8.wav", clip, codec="pcm_u8")
     encode(inputs / "silence.flac", np.zeros(2 * SAMPLE_RATE))
     encode(inputs / "too_short.wav", clip[: SAMPLE_RATE // 20], codec="pcm_s16le")
-    encode(inputs / "locked.flac", clip)
     (inputs / "empty.wav").write_bytes(b"")
     (inputs / "text.mp3").write_text("These are meeting notes, not a recording.\n" * 20)
     write_png(inputs / "image.wav")
@@ -207,21 +221,15 @@ def odd_run(prefect_server, tmp_path_factory):
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     FlakyFileSystem().pipe_file("/remote/flaky.flac", (FIXTURES / "fast_speaker.flac").read_bytes())
+    fsspec.register_implementation("locked", LockedFileSystem, clobber=True)
+    LockedFileSystem().pipe_file("/remote/locked.flac", encode(scratch / "locked.flac", clip).read_bytes())
     flaky_writes = FlakyWrites(steadyscribe.tasks.write.write_bytes_atomic)
-    locked = str(inputs / "locked.flac")
-    real_open = LocalFileOpener._open
-
-    def open_unless_locked(opener: LocalFileOpener) -> None:
-        if opener.path == locked:
-            raise PermissionError(errno.EACCES, "Permission denied", opener.path)
-        real_open(opener)
 
     summary_path = scratch / "summary.json"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalFileOpener, "_open", open_unless_locked)
         patch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", flaky_writes)
         exit_code = main([
-            "run", str(inputs), str(inputs / "missing.wav"), "flaky:///remote/flaky.flac",
+            "run", str(inputs), str(inputs / "missing.wav"), "flaky:///remote/flaky.flac", "locked:///remote/locked.flac",
             "--output", str(output), "--summary-json", str(summary_path),
         ])
     rows = {row["source"].rsplit("/", 1)[-1]: row for row in files_rows(output)}
@@ -373,7 +381,7 @@ def test_unreachable_cloud_input_fails_alone(prefect_server, request, monkeypatc
 def no_decoding(monkeypatch):
     """Fails the test if any input is decoded."""
     calls = []
-    monkeypatch.setattr(steadyscribe.tasks.decode, "decode_input", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(steadyscribe.tasks.decode, "decode_isolated", lambda *args, **kwargs: calls.append(args))
     yield
     assert not calls, "a configuration error must stop the run before any audio is decoded"
 

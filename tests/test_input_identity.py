@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -99,6 +100,13 @@ def assert_accounted(rows: list[dict], run_id: str, given: set[str]) -> dict[str
         else:
             assert row["duplicate_of"] is None
     return by_source
+
+
+def documented_query(title: str, output: Path) -> str:
+    """The ```sql block of docs/tables.md that starts with `-- {title}`, reading `output` instead of out/."""
+    docs = (ROOT / "docs" / "tables.md").read_text()
+    [sql] = [block for block in re.findall(r"```sql\n(.*?)```", docs, re.S) if block.startswith(f"-- {title}\n")]
+    return sql.replace("'out/", f"'{output}/")
 
 
 def run_id_of(done: subprocess.CompletedProcess) -> str:
@@ -279,6 +287,13 @@ def test_four_spellings_and_two_copies_are_transcribed_once(prefect_server, tmp_
     assert sorted(r["status"] for r in by_source.values()) == ["duplicate", "duplicate", "ok"]
     assert {local_path(str(tmp_path / s)) for s in spellings} == {str(inputs / "r01.flac")}
     assert next(r for r in rows if r["status"] == "ok")["words_n"] >= 5
+    # docs/tables.md's query finds the words of every path given.
+    paths = duckdb.sql(documented_query("every path of a run and the row that holds its words", tmp_path / "out")
+                       .replace("20261125T020000Z-3f9c2a1b", run_id_of(done))).fetchall()
+    ok_source = next(r["source"] for r in rows if r["status"] == "ok")
+    words_n = next(r["words_n"] for r in rows if r["status"] == "ok")
+    assert sorted(p[0] for p in paths) == sorted(given)
+    assert {(p[2], p[3]) for p in paths} == {(ok_source, words_n)}
 
 
 @pytest.fixture

@@ -65,6 +65,9 @@ RENEW_EVERY_S = 60.0
 
 HELD, COMMITTED = "held", "committed"
 
+# Claims created by another run between our look and our create, before a file is left to the next run.
+MAX_CLAIM_TRIES = 10
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -147,9 +150,13 @@ def latest_claim(fs: AbstractFileSystem, directory: str) -> tuple[int, Claim] | 
     attempts = sorted(int(n.removesuffix(".json")) for n in names if n.removesuffix(".json").isdigit())
     for attempt in reversed(attempts):
         try:
-            return attempt, Claim(**json.loads(fs.cat_file(attempt_path(directory, attempt))))
+            content = fs.cat_file(attempt_path(directory, attempt))
         except FileNotFoundError:  # released while we looked: an older attempt may still stand
             continue
+        try:
+            return attempt, Claim(**json.loads(content))
+        except (ValueError, TypeError):  # not a claim this code wrote: it holds nothing
+            return attempt, Claim("", "", "", 0, 0.0, "", 0.0)
     return None
 
 
@@ -185,7 +192,7 @@ class GroupClaims:
     def _resolve(self, item: DecodedAudio) -> DecodedAudio:
         assert item.file_id is not None
         directory = claim_dir(self.root, self.settings_key, item.file_id)
-        while True:
+        for _ in range(MAX_CLAIM_TRIES):
             current = with_retries(lambda: latest_claim(self.fs, directory))
             attempt = 0 if current is None else current[0] + 1
             if current is not None:
@@ -201,6 +208,9 @@ class GroupClaims:
                 self.held[item.file_id] = (item.source, attempt)
                 return item
             # Another run created that attempt first: look again at what it holds.
+        return replace(item, status="skipped", warnings=[*item.warnings, (
+            f"not transcribed: other runs kept taking its claim ({MAX_CLAIM_TRIES} tries); the next run transcribes it"
+        )])
 
     def _decide(self, item: DecodedAudio, claim: Claim) -> DecodedAudio | None:
         """What an existing claim makes of `item`; None when the claim is free to take."""
@@ -276,8 +286,13 @@ class GroupClaims:
             for file_id, (source, attempt) in list(self.held.items()):
                 if source in ok:
                     directory = claim_dir(self.root, self.settings_key, file_id)
-                    self._write(directory, attempt, source, overwrite=True, state=COMMITTED)
-                    self._remove_older(directory, attempt)
+                    try:
+                        self._write(directory, attempt, source, overwrite=True, state=COMMITTED)
+                        self._remove_older(directory, attempt)
+                    except Exception as error:
+                        # The rows are committed: a claim left held dies with this process, and the
+                        # table's `ok` row then tells other runs the file is done.
+                        log.warning("could not mark the claim on %s committed: %r", source, error)
                     del self.held[file_id]
         self.release()
 

@@ -258,6 +258,15 @@ def test_a_dead_or_stale_claim_is_taken_over(tmp_path, claim, other_process):
     assert latest_claim(fsspec.filesystem("file"), claim_dir(str(tmp_path), "key", "f" * 64))[0] == 0
 
 
+def test_a_file_that_is_not_a_claim_holds_nothing(tmp_path):
+    directory = Path(claim_dir(str(tmp_path), "key", "f" * 64))
+    directory.mkdir(parents=True)
+    (directory / "000000.json").write_text("not json")
+    (directory / "notes.txt").write_text("someone else's file")
+    (item,) = GroupClaims(str(tmp_path), "run-2", "key").resolve([decoded("/in/a.flac")])
+    assert item.status == "ok" and (directory / "000001.json").exists()
+
+
 def test_a_claim_on_another_host_is_live_until_its_lease_ends(tmp_path):
     write_claim(tmp_path, "f" * 64, host="elsewhere", pid=1)
     (item,) = GroupClaims(str(tmp_path), "run-2", "key").resolve([decoded("/in/a.flac")])

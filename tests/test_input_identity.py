@@ -165,6 +165,15 @@ def test_existing_names_are_literal_and_patterns_only_otherwise(tmp_path, monkey
     }
 
 
+def test_remote_names_are_literal_too(s3_bucket, s3_options):
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", s3_options)
+    for name in ["d/take[1].flac", "d/take1.flac", "[2026] calls/c.flac", "[2026] calls/c.txt"]:
+        fs.pipe_file(f"{s3_bucket}/{name}", b"x")
+    found = discover([f"s3://{s3_bucket}/d/take[1].flac", f"s3://{s3_bucket}/[2026] calls"], storage_options=s3_options)
+    assert [f.source for f in found.files] == [f"s3://{s3_bucket}/[2026] calls/c.flac", f"s3://{s3_bucket}/d/take[1].flac"]
+    assert [(p.reason, p.count) for p in found.passed_over] == [("not an audio extension", 1)]
+
+
 def test_links_in_folders_are_followed_and_loops_end(tmp_path):
     outside, folder = tmp_path / "outside", tmp_path / "folder"
     outside.mkdir()

@@ -8,7 +8,7 @@ on a decoded file, it claims (file_id, settings_key) in the output:
 A claim file is created only if absent (a hard link of a complete temporary file on local disk;
 a conditional PUT, `If-None-Match: *`, on S3), so of two runs that reach one recording at the
 same time exactly one creates it. It names its run, the source it was made for and the process
-holding it (host, pid, that process's start time), and it expires unless renewed: the group
+holding it (host, pid namespace, pid, that process's start time), and it expires unless renewed: the group
 renews its claims while it works. After the group commits its rows, a claim whose file ended
 `ok` is marked committed and stays as the record that the key is done; any other is deleted.
 
@@ -81,6 +81,8 @@ class Claim:
     claimed_at: str  # UTC, ISO 8601
     expires_at: float  # epoch s
     state: str = HELD
+    # The holder's pid namespace: containers that share a host name (host networking) do not share pids.
+    pid_namespace: int = 0
 
     @property
     def worker(self) -> str:
@@ -89,11 +91,11 @@ class Claim:
     def holder_alive(self, now: float) -> bool:
         """Whether the process that holds the claim may still be working on it.
 
-        On this host the process table says; elsewhere only the lease can.
+        On this host and in this pid namespace the process table says; elsewhere only the lease can.
         """
         if now >= self.expires_at:
             return False
-        if self.host != socket.gethostname():
+        if self.host != socket.gethostname() or self.pid_namespace != pid_namespace():
             return True
         if self.pid == os.getpid():
             return True
@@ -105,6 +107,14 @@ class Claim:
 
 def _own_start_time() -> float:
     return psutil.Process(os.getpid()).create_time()
+
+
+def pid_namespace() -> int:
+    """This process's pid namespace (0 where the system does not say)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def claim_dir(root: str, settings_key: str, file_id: str) -> str:
@@ -257,6 +267,7 @@ class GroupClaims:
             claimed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             expires_at=now + LEASE_S,
             state=state,
+            pid_namespace=pid_namespace(),
         )
         return json.dumps(asdict(claim)).encode()
 

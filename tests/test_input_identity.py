@@ -202,7 +202,7 @@ def write_claim(output: Path, file_id: str, attempt: int = 0, **fields) -> None:
     claim = {
         "run_id": "other-run", "source": "/x/a.flac", "host": socket.gethostname(), "pid": os.getpid(),
         "process_started": claims._own_start_time(), "claimed_at": "2026-12-06T00:00:00+00:00",
-        "expires_at": time.time() + 600, "state": "held",
+        "expires_at": time.time() + 600, "state": "held", "pid_namespace": claims.pid_namespace(),
     } | fields
     directory = Path(claim_dir(str(output), "key", file_id))
     directory.mkdir(parents=True, exist_ok=True)
@@ -276,8 +276,11 @@ def test_a_file_that_is_not_a_claim_holds_nothing(tmp_path):
     assert item.status == "ok" and (directory / "000001.json").exists()
 
 
-def test_a_claim_on_another_host_is_live_until_its_lease_ends(tmp_path):
-    write_claim(tmp_path, "f" * 64, host="elsewhere", pid=1)
+@pytest.mark.parametrize(
+    "holder", [{"host": "elsewhere", "pid": 1}, {"pid_namespace": 1, "pid": 2**22 + 1}], ids=["host", "container"]
+)
+def test_a_claim_on_another_host_is_live_until_its_lease_ends(tmp_path, holder):
+    write_claim(tmp_path, "f" * 64, **holder)
     (item,) = GroupClaims(str(tmp_path), "run-2", "key").resolve([decoded("/in/a.flac")])
     assert item.status == "skipped"
 

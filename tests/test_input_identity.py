@@ -26,11 +26,12 @@ import fsspec
 import pytest
 
 from conftest import FIXTURES
-from steadyscribe.records import DecodedAudio
+from steadyscribe.records import DecodedAudio, FileOutcome, PassedOver
 from steadyscribe.storage import filesystem_for
 from steadyscribe.tasks import claims
 from steadyscribe.tasks.claims import Claim, GroupClaims, claim_dir, create_exclusive, latest_claim
 from steadyscribe.tasks.discover import discover, local_path, normalise_url
+from steadyscribe.tasks.report import summarize, summary_markdown, summary_text
 from steadyscribe.tasks.write import open_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +190,17 @@ def test_links_in_folders_are_followed_and_loops_end(tmp_path):
     assert [(f.source, f.size) for f in found.files] == [(str(folder / "dangling.flac"), None), (str(folder / "link.flac"), 1)]
     reasons = {p.reason: p.count for p in found.passed_over}
     assert reasons == {"link to a folder already searched (a loop, or a second name for it)": 2, "not a regular file": 1}
+
+
+def test_the_summary_says_what_was_passed_over_and_what_was_a_duplicate():
+    outcomes = [FileOutcome("/in/a.flac", "ok", 3.0), FileOutcome("/in/b.flac", "duplicate", 3.0)]
+    names = tuple(f"/in/n{i}.txt" for i in range(5))
+    summary = summarize("run-1", "out", {}, outcomes, 1.0, [PassedOver("not an audio extension", 7, names)])
+    assert summary.files_duplicate == 1 and summary.audio_s == 3.0
+    text = summary_text(summary)
+    assert "files: 1 ok, 0 failed, 0 skipped, 1 duplicate" in text
+    assert "passed over 7: not an audio extension (/in/n0.txt, /in/n1.txt, /in/n2.txt, /in/n3.txt, /in/n4.txt and 2 more)" in text
+    assert "| not an audio extension | 7 | /in/n0.txt, " in summary_markdown(summary)
 
 
 # ---- claims -----------------------------------------------------------------------------------

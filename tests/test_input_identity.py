@@ -244,6 +244,21 @@ def test_copies_in_one_run_are_duplicates(tmp_path):
     group.release()
 
 
+def test_held_claims_are_renewed_and_settled(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims, "RENEW_EVERY_S", 0.05)
+    fs, directory = fsspec.filesystem("file"), claim_dir(str(tmp_path), "key", "f" * 64)
+    group = GroupClaims(str(tmp_path), "run-1", "key")
+    group.resolve([decoded("/in/a.flac"), decoded("/in/b.flac", file_id="e" * 64)])
+    first = latest_claim(fs, directory)[1].expires_at
+    deadline = time.monotonic() + 30
+    while latest_claim(fs, directory)[1].expires_at == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert latest_claim(fs, directory)[1].expires_at > first
+    group.settle([FileOutcome("/in/a.flac", "ok"), FileOutcome("/in/b.flac", "failed", error="x")])
+    assert latest_claim(fs, directory)[1].state == "committed"
+    assert latest_claim(fs, claim_dir(str(tmp_path), "key", "e" * 64)) is None  # released for the next run
+
+
 def test_a_live_claim_of_another_run_is_respected(tmp_path):
     write_claim(tmp_path, "f" * 64)
     (item,) = GroupClaims(str(tmp_path), "run-2", "key").resolve([decoded("/in/a.flac")])

@@ -180,7 +180,12 @@ def _expand(
 ) -> list[InputFile]:
     protocol = protocol_of(spec)
     if protocol == "file":
-        return _expand_local(local_path(spec.removeprefix("file://")), spec, extensions, passed)
+        path = local_path(spec.removeprefix("file://"))
+        try:
+            return _expand_local(path, spec, extensions, passed)
+        except OSError as error:  # a folder removed or locked while it was searched
+            log.warning("cannot look at %s, it will be recorded as failed: %r", spec, error)
+            return [InputFile(source=path, size=None)]
     if protocol in ("http", "https"):
         # A web address names one file, query string and all: never a glob, never a listing.
         url = normalise_url(spec)

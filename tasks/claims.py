@@ -8,8 +8,8 @@ on a decoded file, it claims (file_id, settings_key) in the output:
 A claim file is created only if absent (a hard link of a complete temporary file on local disk;
 a conditional PUT, `If-None-Match: *`, on S3), so of two runs that reach one recording at the
 same time exactly one creates it. It names its run, the source it was made for and the process
-holding it (host, pid namespace, pid, that process's start time), and it expires unless renewed: the group
-renews its claims while it works. After the group commits its rows, a claim whose file ended
+holding it (host, pid namespace, pid, that process's start time), and it expires unless renewed:
+the group renews its claims while it works. After the group commits its rows, a claim whose file ended
 `ok` is marked committed and stays as the record that the key is done; any other is deleted.
 
 What a group does with a decoded file, by the latest claim for its key:
@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
@@ -185,7 +185,7 @@ class GroupClaims:
         self.output, self.storage_options = output, storage_options
         self.run_id, self.settings_key, self.force = run_id, settings_key, force
         self.held: dict[str, tuple[str, int]] = {}  # file_id → (source, attempt)
-        self._committed_elsewhere: dict[str, str] | None = None  # read once, when first needed
+        self._committed_elsewhere: frozenset[str] | None = None  # read once, when first needed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -242,19 +242,20 @@ class GroupClaims:
             return replace(item, status="skipped")
         return None
 
-    def committed_elsewhere(self) -> dict[str, str]:
-        """file_id → run_id of `ok` rows with these settings by other runs, read from the table once."""
+    def committed_elsewhere(self) -> frozenset[str]:
+        """file_ids of `ok` rows with these settings by other runs, read from the table once."""
         if self._committed_elsewhere is None:
             self._committed_elsewhere = with_retries(self._read_committed)
         return self._committed_elsewhere
 
-    def _read_committed(self) -> dict[str, str]:
+    def _read_committed(self) -> frozenset[str]:
         self.fs.invalidate_cache()
         if not self.fs.exists(join(self.root, "files")):
-            return {}
+            return frozenset()
         condition = (ds.field("status") == "ok") & (ds.field("settings_key") == self.settings_key)
         rows = open_table(self.output, "files", self.storage_options).to_table(columns=["file_id", "run_id"], filter=condition)
-        return {f: r for f, r in zip(rows["file_id"].to_pylist(), rows["run_id"].to_pylist(), strict=True) if r != self.run_id}
+        pairs = zip(rows["file_id"].to_pylist(), rows["run_id"].to_pylist(), strict=True)
+        return frozenset(file_id for file_id, run_id in pairs if run_id != self.run_id)
 
     def _claim_bytes(self, source: str, state: str = HELD) -> bytes:
         now = time.time()

@@ -29,7 +29,7 @@ from conftest import FIXTURES
 from steadyscribe.records import DecodedAudio, FileOutcome, PassedOver
 from steadyscribe.storage import filesystem_for
 from steadyscribe.tasks import claims
-from steadyscribe.tasks.claims import Claim, GroupClaims, claim_dir, create_exclusive, latest_claim
+from steadyscribe.tasks.claims import GroupClaims, claim_dir, create_exclusive, latest_claim
 from steadyscribe.tasks.discover import discover, local_path, normalise_url
 from steadyscribe.tasks.report import summarize, summary_markdown, summary_text
 from steadyscribe.tasks.write import open_table

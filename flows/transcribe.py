@@ -143,7 +143,8 @@ def transcribe(
         settings = output_settings(chosen) | ({"align_text_suffix": text_suffix} if text_suffix else {})
         mode = "align" if text_suffix else "transcribe"
         run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, settings), mode)
-        files = discover_task(inputs)
+        discovery = discover_task(inputs)
+        files = discovery.files
         if orphans := remove_orphan_parts(output):
             logger.info("removed %d files that interrupted commits left behind: %s", len(orphans), orphans)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
@@ -151,10 +152,10 @@ def transcribe(
         reporter().run_started(
             len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"
         )
-        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix)
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force)
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
-    summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started)
+    summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started, discovery.passed_over)
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
     if summary.files_failed:
         # Failed, not Completed, so the UI, automations and callers notice; a returned state
@@ -173,6 +174,7 @@ def _group_jobs(
     done: frozenset[str],
     refit: bool,
     text_suffix: str | None = None,
+    force: bool = False,
 ) -> list[GroupJob]:
     size = files_per_group(run.plan, profile)
     flow_run_id = get_run_context().flow_run.id
@@ -189,6 +191,7 @@ def _group_jobs(
             flow_run_id=flow_run_id,
             refit=refit,
             text_suffix=text_suffix,
+            force=force,
         )
         for first in range(0, len(files), size)
     ]
@@ -216,7 +219,7 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
         outcomes.extend(finished)
         # Reported here, not where the rows are written, so that groups on Dask workers count too.
         statuses = [outcome.status for outcome in finished]
-        reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped"))
+        reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped") + statuses.count("duplicate"))
 
     for job in jobs:
         if len(in_flight) >= limit:

@@ -38,6 +38,7 @@ from steadyscribe.scratch import ScratchDir
 from steadyscribe.storage import is_disk_full, no_space_in_temp_dir
 from steadyscribe.tasks.align import align_group, read_texts
 from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channel_files
+from steadyscribe.tasks.claims import GroupClaims
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
 from steadyscribe.tasks.infer import Packing, infer_task
@@ -72,6 +73,7 @@ class GroupJob:
     refit: bool = True
     # Align mode (tasks/align.py): each file's text is the file beside it with this suffix; None: transcribe.
     text_suffix: str | None = None
+    force: bool = False  # transcribe again what earlier runs committed (a concurrent run's claim still counts)
 
     @property
     def part(self) -> str:
@@ -139,13 +141,16 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
     started_at = datetime.now(timezone.utc)
     work = ScratchDir(job.part)  # removed below; by a later run if this process is killed
     work_dir = work.path
+    claims = GroupClaims(job.output, job.run.run_id, job.run.settings_key, force=job.force)
     try:
         logger.info("%s on worker %s, work directory %s", job.label, worker, work_dir)
         audio = job.profile.audio
         named = NamedStages(job.label)
         decoded = named(decode_task)(job.files, work_dir, job.skip_file_ids, audio.channels)
         check_cancelled()
-        # Identical content under two names is transcribed once and written under both.
+        # A recording is transcribed once per output and settings, whatever its names and however
+        # many runs reach it: the others become `duplicate` or `skipped` rows (tasks/claims.py).
+        decoded = claims.resolve(decoded)
         texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         vad = job.profile.vad.model_dump()
@@ -186,10 +191,13 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         check_cancelled()
         write = named(write_task)
         file_paths = {file_id: path for file_id, path in stable_paths.items() if file_id in todo}
-        return write(
+        outcomes = write(
             job.output, job.run, decoded, file_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
         )
+        claims.settle(outcomes)
+        return outcomes
     finally:
+        claims.release()
         work.remove()
 
 

@@ -104,6 +104,7 @@ class FileResult:
     transcript: Transcript | None = None
     warnings: list[str] = field(default_factory=list)
     worker: str | None = None  # host:pid of the process that transcribed it
+    duplicate_of: str | None = None  # status duplicate: the source whose row holds the transcription
 
     @classmethod
     def from_decoded(
@@ -134,6 +135,7 @@ class FileResult:
             transcript=transcript if status == "ok" else None,
             warnings=[*decoded.warnings, *(transcript.warnings if transcript and status == "ok" else [])],
             worker=worker,
+            duplicate_of=decoded.duplicate_of,
         )
 
 
@@ -173,6 +175,7 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "worker": result.worker,
         "mode": run.mode,
         "aligned_share": _aligned_share(transcript) if transcript and run.mode == "align" else None,
+        "duplicate_of": result.duplicate_of,
     }
 
 

@@ -12,6 +12,7 @@ filesystem is read in the run's own process; local files are decoded in a child 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -96,6 +97,19 @@ def with_unknown_codec(wav: Path, target: Path) -> Path:
     data[fmt + 8 : fmt + 10] = (0x7777).to_bytes(2, "little")
     target.write_bytes(bytes(data))
     return target
+
+
+def retagged(path: Path) -> bytes:
+    """The same FLAC frames (the same samples) in a file with another title tag: other content, same audio."""
+    buffer = io.BytesIO()
+    with av.open(str(path)) as source, av.open(buffer, "w", format="flac") as copy:
+        copy.metadata["title"] = "another copy"
+        stream = copy.add_stream_from_template(source.streams.audio[0])
+        for packet in source.demux(source.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                copy.mux(packet)
+    return buffer.getvalue()
 
 
 def speech(name: str, work_dir: Path, seconds: float = SPEECH_S) -> np.ndarray:
@@ -220,7 +234,8 @@ def odd_run(prefect_server, tmp_path_factory):
     (inputs / "corrupt.flac").write_bytes(bytes(corrupt))
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
-    FlakyFileSystem().pipe_file("/remote/flaky.flac", (FIXTURES / "fast_speaker.flac").read_bytes())
+    # The speech of speech.flac under other bytes: an exact copy would be its `duplicate` row.
+    FlakyFileSystem().pipe_file("/remote/flaky.flac", retagged(FIXTURES / "fast_speaker.flac"))
     fsspec.register_implementation("locked", LockedFileSystem, clobber=True)
     LockedFileSystem().pipe_file("/remote/locked.flac", encode(scratch / "locked.flac", clip).read_bytes())
     flaky_writes = FlakyWrites(steadyscribe.tasks.write.write_bytes_atomic)

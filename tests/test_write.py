@@ -427,11 +427,11 @@ def docs_output(tmp_path, monkeypatch):
 
 
 def test_docs_sql_examples_run(docs_output):
-    # The speaker queries (titled `-- ...`) are tested on split channels in test_channels_e2e.py;
-    # here they must run on mixed transcripts too.
+    # The speaker queries (titled `-- ...`) are tested on split channels in test_channels_e2e.py,
+    # the one on duplicate rows in test_input_identity.py; here they must run on mixed transcripts too.
     blocks = [block for block in docs_blocks("sql") if not block.startswith("-- ")]
     speaker_blocks = [block for block in docs_blocks("sql") if block.startswith("-- ")]
-    assert len(blocks) == 5 and len(speaker_blocks) == 3
+    assert len(blocks) == 5 and len(speaker_blocks) == 4  # three on speakers, one on duplicate rows
     for block in speaker_blocks:
         duckdb.sql(block).fetchall()
     results = [duckdb.sql(block).fetchall() for block in blocks]

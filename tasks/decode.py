@@ -338,7 +338,9 @@ def decode_isolated(
     if not hasattr(_decoders, "child"):
         _decoders.child = ChildProcess()
     try:
-        return _decoders.child.call(_decode_listed, item, str(work_dir), str(skip_ids_path), channels, hang_s=DECODE_HANG_S)
+        return _decoders.child.call(
+            _decode_listed, item, str(work_dir), str(skip_ids_path), channels, fsspec.config.conf, hang_s=DECODE_HANG_S
+        )
     except (ChildCrashed, ChildHung) as error:
         return DecodedAudio(
             item.source, "failed",
@@ -351,8 +353,17 @@ def _readable_in_a_child(source: str) -> bool:
     return protocol != "memory" and protocol in known_implementations
 
 
-def _decode_listed(item: InputFile, work_dir: str, skip_ids_path: str, channels: Literal["mix", "split"]) -> DecodedAudio:
-    """decode_input, in the decoder child, with the skip set read from its file."""
+def _decode_listed(
+    item: InputFile, work_dir: str, skip_ids_path: str, channels: Literal["mix", "split"], fsspec_conf: dict | None = None
+) -> DecodedAudio:
+    """decode_input, in the decoder child, with the skip set read from its file.
+
+    `fsspec_conf`: the run's fsspec configuration. The child reads the environment and config
+    files when it starts, but not what the run's process set in code (fsspec.config.conf).
+    """
+    if fsspec_conf is not None and fsspec_conf != fsspec.config.conf:
+        fsspec.config.conf.clear()
+        fsspec.config.conf.update(fsspec_conf)
     return decode_input(item, work_dir, _read_file_ids(skip_ids_path), channels)
 
 

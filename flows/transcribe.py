@@ -38,7 +38,7 @@ from steadyscribe.tasks.align import ALIGNING_ENGINES
 from steadyscribe.tasks.discover import discover_task
 from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
-from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
+from steadyscribe.tasks.report import RunSummary, announce_outcomes, failed_message, summarize, summary_markdown
 from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
 from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key
 from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
@@ -155,8 +155,7 @@ def transcribe(
     if summary.files_failed:
         # Failed, not Completed, so the UI, automations and callers notice; a returned state
         # (rather than a raise) keeps the message short and the summary with the error.
-        error = FilesFailed(summary)
-        return Failed(message=f"{error}; see the run-summary artifact", data=error)
+        return Failed(message=failed_message(summary), data=FilesFailed(summary))
     return summary
 
 
@@ -209,6 +208,7 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
         except Exception as error:
             logger.error("%s was lost (%r); its files are marked failed for the next run to redo", job.label, error)
             finished = commit_lost_group(job, error)
+        announce_outcomes(finished, failed_before=sum(outcome.status == "failed" for outcome in outcomes))
         outcomes.extend(finished)
         # Reported here, not where the rows are written, so that groups on Dask workers count too.
         statuses = [outcome.status for outcome in finished]

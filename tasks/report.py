@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
+
 from steadyscribe.memory import process_peak_rss_bytes
 from steadyscribe.records import FileOutcome
+
+# Failed files that get a failed task run of their own, per run: enough for an operator to see
+# each one by name in the UI; a run where everything fails must not add thousands of task runs
+# to the server (its ERROR lines and the run-summary artifact still name every file).
+FAILED_FILE_TASK_RUNS = 20
+# Failures the flow run's final state message names (the rest: the run-summary artifact).
+FAILURES_IN_MESSAGE = 3
 
 
 @dataclass
@@ -64,6 +75,56 @@ def _add_counts(counts) -> dict[str, int]:
     return total
 
 
+def failure_reason(outcome: FileOutcome) -> str:
+    """Why a file failed, without the file's name that its error starts with."""
+    return (outcome.error or "no reason recorded").removeprefix(f"{outcome.source}: ")
+
+
+def file_name(source: str) -> str:
+    """The last part of a path or URL: what a task run is named after."""
+    return source.rstrip("/").rsplit("/", 1)[-1] or source
+
+
+@task(name="failed-file", task_run_name="failed: {name}", cache_policy=NO_CACHE)
+def failed_file_task(name: str, source: str, reason: str) -> State:
+    """Ends Failed with the file and its reason as the state's message, so that the UI shows a
+    failed file as a red task run named after it (the group's stages end Completed: they ran)."""
+    return Failed(message=f"{source}: {reason}")
+
+
+def announce_outcomes(outcomes: list[FileOutcome], failed_before: int) -> None:
+    """Log one ERROR line per failed file and one WARNING line per file with warnings, and give
+    each failed file a failed task run (the first FAILED_FILE_TASK_RUNS of the run; `failed_before`
+    counts the run's failures announced so far)."""
+    logger = get_run_logger()
+    failed = failed_before
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            reason = failure_reason(outcome)
+            logger.error("file failed: %s: %s", outcome.source, reason)
+            if failed < FAILED_FILE_TASK_RUNS:
+                failed_file_task(file_name(outcome.source), outcome.source, reason, return_state=True)
+            elif failed == FAILED_FILE_TASK_RUNS:
+                logger.error("more than %d files failed: later ones get no task run; the run-summary artifact lists all", failed)
+            failed += 1
+        elif outcome.warnings:
+            logger.warning("file ok with warnings: %s: %s", outcome.source, "; ".join(outcome.warnings))
+
+
+def failed_message(summary: RunSummary) -> str:
+    """The flow run's final state message: how many files failed, and the first few with their reasons."""
+    total = summary.files_ok + summary.files_failed + summary.files_skipped
+    first = summary.failures[:FAILURES_IN_MESSAGE]
+    named = "; ".join(f"{f.source}: {_shorten(failure_reason(f))}" for f in first)
+    more = summary.files_failed - len(first)
+    rest = f"; and {more} more" if more > 0 else ""
+    return f"{summary.files_failed} of {total} files failed: {named}{rest} (see the run-summary artifact)"
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def summary_text(summary: RunSummary) -> str:
     """The few lines the CLI prints at the end of a run."""
     lines = [
@@ -74,7 +135,7 @@ def summary_text(summary: RunSummary) -> str:
         f"plan: {summary.plan.get('engine')} / {summary.plan.get('model')} / batch {summary.plan.get('batch_size')}"
         f" / {summary.plan.get('quantization')}",
     ]
-    lines += [f"FAILED {f.source}: {(f.error or '').removeprefix(f'{f.source}: ')}" for f in summary.failures]
+    lines += [f"FAILED {f.source}: {failure_reason(f)}" for f in summary.failures]
     lines += [f"ok with warnings {f.source}: {'; '.join(f.warnings)}" for f in summary.warned]
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,8 @@ import pytest
 
 # A busy 2-core machine took up to 15 s; leave room.
 STARTUP_TIMEOUT_S = 180.0
+# Prefect's log records start "HH:MM:SS.mmm | LEVEL"; uvicorn's access lines "INFO:".
+RECORD_START = re.compile(r"^(\d\d:\d\d:\d\d\.\d+ \| |INFO:|WARNING:|ERROR:)")
 
 
 @dataclass
@@ -51,10 +54,31 @@ class PrefectServer:
             **extra,
         }
 
+    def log_records(self) -> list[str]:
+        """The server's log so far, one string per record (a timestamped line and its traceback)."""
+        records: list[str] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if RECORD_START.match(line) or not records:
+                records.append(line)
+            else:
+                records[-1] += "\n" + line
+        return records
+
     def errors(self) -> list[str]:
-        """Lines of the server's log that report an error (e.g. a failing scheduler service)."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [line for line in lines if "| ERROR" in line or "Traceback" in line or "Exception" in line]
+        """Records of the server's log that report an error (e.g. a failing scheduler service).
+
+        "database is locked" is left out: Prefect's server on SQLite meets it under concurrent
+        writes (docs/operations.md, "Notifications"); tests that depend on the write it failed
+        check for its consequence (dropped_events) themselves.
+        """
+        return [
+            record for record in self.log_records()
+            if ("| ERROR" in record or "Traceback" in record) and "database is locked" not in record
+        ]
+
+    def dropped_events(self) -> list[str]:
+        """Records of events the server's services gave up on (moved to the dead letter queue)."""
+        return [record for record in self.log_records() if "dead letter queue" in record]
 
 
 def free_port() -> int:

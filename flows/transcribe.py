@@ -32,6 +32,7 @@ from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
 from steadyscribe.progress import reporter
+from steadyscribe.run_policy import arm_retries, end_without_retries, run_timeout_s
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.storage import check_writable
 from steadyscribe.tasks.align import ALIGNING_ENGINES
@@ -76,7 +77,8 @@ def flow_run_name() -> str:
     return f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}"
 
 
-@flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
+# The run time limit comes from the deployment's environment (steadyscribe/run_policy.py).
+@flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name, timeout_seconds=run_timeout_s())
 def transcribe(
     inputs: list[str],
     output: str,
@@ -137,6 +139,7 @@ def transcribe(
                 f"{plan.engine}; use a profile that picks it (cpu-fast)"
             )
         create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
+        arm_retries()  # the configuration and plan work: from here on, a failure may be the infrastructure's
 
         settings = output_settings(chosen) | ({"align_text_suffix": text_suffix} if text_suffix else {})
         mode = "align" if text_suffix else "transcribe"
@@ -155,6 +158,7 @@ def transcribe(
     if summary.files_failed:
         # Failed, not Completed, so the UI, automations and callers notice; a returned state
         # (rather than a raise) keeps the message short and the summary with the error.
+        end_without_retries()  # bad inputs are rows, not retries
         return Failed(message=failed_message(summary), data=FilesFailed(summary))
     return summary
 

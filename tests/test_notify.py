@@ -85,7 +85,9 @@ def test_a_failed_deployment_run_sends_one_notification(prefect_services: Prefec
     with open(serve_log, "w") as log:
         serve = subprocess.Popen(
             [sys.executable, "-m", "steadyscribe.cli", "serve", str(inputs), "--output", str(output), "--profile", "cpu-fast"],
-            env=prefect_services.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # As deployments/prefect.yaml sets them: the run must still not be retried.
+            env=prefect_services.env(STEADYSCRIBE_FLOW_RETRIES="2", STEADYSCRIBE_RUN_TIMEOUT_HOURS="1"),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         wait_for("steadyscribe serve registered its deployments", lambda: "being served" in serve_log.read_text(), 180,
@@ -103,6 +105,8 @@ def test_a_failed_deployment_run_sends_one_notification(prefect_services: Prefec
 
         run = wait_for("the served-backfill run finished", finished_run, 300, explain=serve_log.read_text)
         assert run["state_type"] == "FAILED", run["state"]
+        # Bad inputs are rows, not retries: the run turned its retries off before it failed.
+        assert (run["run_count"], run["empirical_policy"]["retries"]) == (1, 0)
 
         def notified() -> bool:
             locked = any("database is locked" in record for record in prefect_services.log_records())

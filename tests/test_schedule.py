@@ -54,7 +54,8 @@ def test_served_one_minute_cron_fires_and_writes_the_tables(prefect_services: Pr
         serve = subprocess.Popen(
             [sys.executable, "-m", "steadyscribe.cli", "serve", str(inputs), "--output", str(output),
              "--cron", "* * * * *", "--profile", "cpu-fast"],
-            env=prefect_services.env(),
+            # As deployments/prefect.yaml sets them (steadyscribe/run_policy.py).
+            env=prefect_services.env(STEADYSCRIBE_FLOW_RETRIES="2", STEADYSCRIBE_RUN_TIMEOUT_HOURS="1"),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -81,6 +82,8 @@ def test_served_one_minute_cron_fires_and_writes_the_tables(prefect_services: Pr
         stop_process_group(serve)
 
     assert run["state_type"] == "COMPLETED", (run["state"], serve_log.read_text())
+    # Armed once the plan worked: a run that raised from here on would run again.
+    assert run["empirical_policy"]["retries"] == 2
     rows = files_rows(output)
     # Later minutes' runs only add skipped rows: the scheduled run's own rows are what it wrote.
     written = [row for row in rows if row["status"] != "skipped"]

@@ -17,6 +17,8 @@ from steadyscribe.records import FileOutcome
 FAILED_FILE_TASK_RUNS = 20
 # Failures the flow run's final state message names (the rest: the run-summary artifact).
 FAILURES_IN_MESSAGE = 3
+# Files the summary lists as the slowest.
+SLOWEST_FILES = 5
 
 
 @dataclass
@@ -33,6 +35,9 @@ class RunSummary:
     failures: list[FileOutcome] = field(default_factory=list)
     warned: list[FileOutcome] = field(default_factory=list)  # ok files whose row carries warnings
     stabilization: dict[str, int] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)  # as given, credentials redacted
+    profile: str | None = None
+    slowest: list[FileOutcome] = field(default_factory=list)  # by decoding plus inference time
 
     @property
     def real_time_factor(self) -> float:
@@ -49,6 +54,8 @@ def summarize(
     plan: dict,
     outcomes: list[FileOutcome],
     wall_s: float,
+    inputs: list[str] | None = None,
+    profile: str | None = None,
 ) -> RunSummary:
     by_status = {status: [o for o in outcomes if o.status == status] for status in ("ok", "failed", "skipped")}
     return RunSummary(
@@ -64,6 +71,9 @@ def summarize(
         failures=by_status["failed"],
         warned=[o for o in by_status["ok"] if o.warnings],
         stabilization=_add_counts(o.stabilization for o in by_status["ok"]),
+        inputs=list(inputs or []),
+        profile=profile,
+        slowest=sorted(by_status["ok"], key=lambda o: o.processing_s, reverse=True)[:SLOWEST_FILES],
     )
 
 
@@ -73,6 +83,38 @@ def _add_counts(counts) -> dict[str, int]:
         for key, value in item.items():
             total[key] = total.get(key, 0) + value
     return total
+
+
+def run_markdown(run_id: str, inputs: list[str], output: str, profile: str, files: int, done: int) -> str:
+    """What the run is about to do, for the top of the plan artifact (inputs already redacted)."""
+    rows = [
+        ("run id", run_id), ("inputs", ", ".join(inputs)), ("output", output), ("profile", profile),
+        ("files found", files), ("already transcribed with these settings", done),
+    ]
+    return "## Run\n\n| | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows) + "\n\n"
+
+
+class ProgressArtifact:
+    """The run's progress in the UI: one progress artifact, updated as each group of files finishes."""
+
+    def __init__(self, total_files: int):
+        from prefect.artifacts import create_progress_artifact
+
+        self.total_files = total_files
+        self.files = 0
+        self.audio_s = 0.0
+        self.id = create_progress_artifact(0.0 if total_files else 100.0, key="run-progress", description=self._description())
+
+    def _description(self) -> str:
+        return f"{self.files} of {self.total_files} files done, {self.audio_s / 3600:.2f} audio hours transcribed"
+
+    def add(self, outcomes: list[FileOutcome]) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.files += len(outcomes)
+        self.audio_s += sum(o.duration_s for o in outcomes if o.status == "ok")
+        percent = 100.0 * self.files / self.total_files if self.total_files else 100.0
+        update_progress_artifact(self.id, percent, description=self._description())
 
 
 def failure_reason(outcome: FileOutcome) -> str:
@@ -143,6 +185,10 @@ def summary_text(summary: RunSummary) -> str:
 def summary_markdown(summary: RunSummary) -> str:
     """The summary as a Markdown table, for the Prefect UI."""
     rows = [
+        ("run id", summary.run_id),
+        ("inputs", ", ".join(summary.inputs)),
+        ("output", summary.output),
+        ("profile", summary.profile or summary.plan.get("profile")),
         ("files ok / failed / skipped", f"{summary.files_ok} / {summary.files_failed} / {summary.files_skipped}"),
         ("audio hours", f"{summary.audio_s / 3600:.4f}"),
         ("wall time (s)", f"{summary.wall_s:.1f}"),
@@ -156,6 +202,9 @@ def summary_markdown(summary: RunSummary) -> str:
     if summary.failures:
         text += "\n\n### Failures\n\n| file | error |\n|---|---|\n"
         text += "\n".join(f"| {f.source} | {(f.error or '').replace('|', '/')} |" for f in summary.failures)
+    if summary.slowest:
+        text += "\n\n### Slowest files\n\n| file | audio (s) | decoding and inference (s) |\n|---|--:|--:|\n"
+        text += "\n".join(f"| {f.source} | {f.duration_s:.1f} | {f.processing_s:.1f} |" for f in summary.slowest)
     if summary.warned:
         text += "\n\n### Files with warnings\n\n| file | warnings |\n|---|---|\n"
         text += "\n".join(f"| {f.source} | {'; '.join(f.warnings).replace('|', '/')} |" for f in summary.warned)

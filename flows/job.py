@@ -19,18 +19,16 @@ from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, repo
 ALIGN_PROFILE = "cpu-fast"
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """Inputs, output and profile: what `run` and `serve` both take."""
+def add_job_arguments(parser: argparse.ArgumentParser, profile: str = DEFAULT_PROFILE) -> None:
+    """Inputs, output and profile (`profile` by default): what `run` and `serve` both take."""
     parser.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs (s3://, gs://, memory://)")
     parser.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
-    parser.add_argument(
-        "--profile", "-p", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})"
-    )
+    parser.add_argument("--profile", "-p", default=profile, help=f"profile name or YAML path (default: {profile})")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, profile: str = DEFAULT_PROFILE) -> None:
     """Everything `run` takes: the job plus this run's overrides."""
-    add_job_arguments(parser)
+    add_job_arguments(parser, profile)
     parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     parser.add_argument("--model", help="override the profile's model for this run (tiny.en, base, large-v3, ...)")
@@ -55,12 +53,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_align_arguments(parser: argparse.ArgumentParser) -> None:
     """What `align` takes: `run`'s arguments, the text files' suffix, and a profile on the aligning engine."""
-    add_run_arguments(parser)
+    add_run_arguments(parser, ALIGN_PROFILE)
     parser.add_argument(
         "--text-suffix", default=".txt",
         help="each audio file's text is the file of the same name with this suffix instead of its extension (default: .txt)",
     )
-    parser.set_defaults(profile=ALIGN_PROFILE)
 
 
 def run_job(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from fsspec import AbstractFileSystem
 from prefect import task
 
 from steadyscribe.records import InputFile
-from steadyscribe.storage import StorageOptions, filesystem_for, source_url, with_retries
+from steadyscribe.storage import StorageOptions, filesystem_for, missing_credentials_advice, source_url, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,10 @@ def _expand(spec: str, extensions: Collection[str], storage_options: StorageOpti
     except Exception as error:
         # Wrong credentials, or a storage outage that outlasted the retries: this input gets a
         # `failed` row saying why (decode meets the same error) and the other inputs go on.
-        log.warning("cannot look at %s, it will be recorded as failed: %r", spec, error)
+        log.warning(
+            "cannot look at %s, it will be recorded as failed: %r%s", spec, error,
+            f"; {advice}" if (advice := missing_credentials_advice(spec, error)) else "",
+        )
         return [InputFile(source=source_url(fs, path), size=None)]
 
 

@@ -33,15 +33,15 @@ from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
 from steadyscribe.progress import reporter
-from steadyscribe.run_policy import arm_retries, end_without_retries, run_timeout_s
 from steadyscribe.records import FileOutcome, InputFile, Plan
+from steadyscribe.run_policy import arm_retries, end_without_retries, run_timeout_s
 from steadyscribe.storage import check_writable
 from steadyscribe.tasks.align import ALIGNING_ENGINES
 from steadyscribe.tasks.discover import discover_task
 from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
 from steadyscribe.tasks.report import (
-    ProgressArtifact, RunSummary, announce_outcomes, failed_message, run_markdown, summarize, summary_markdown,
+    ProgressArtifact, RunSummary, announce_outcomes, failed_message, file_name, run_markdown, summarize, summary_markdown,
 )
 from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
 from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key
@@ -83,7 +83,7 @@ def flow_run_name() -> str:
     parameters = flow_run.parameters
     mode = "align" if parameters.get("text_suffix") else "transcribe"
     inputs = [redact_url(str(source)) for source in parameters.get("inputs") or []]
-    first = inputs[0].rstrip("/").rsplit("/", 1)[-1] if inputs else "nothing"
+    first = file_name(inputs[0]) if inputs else "nothing"
     more = f" +{len(inputs) - 1} more" if len(inputs) > 1 else ""
     output = redact_url(str(parameters["output"]))
     if "://" not in output:

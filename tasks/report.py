@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
@@ -98,8 +99,6 @@ class ProgressArtifact:
     """The run's progress in the UI: one progress artifact, updated as each group of files finishes."""
 
     def __init__(self, total_files: int):
-        from prefect.artifacts import create_progress_artifact
-
         self.total_files = total_files
         self.files = 0
         self.audio_s = 0.0
@@ -109,8 +108,6 @@ class ProgressArtifact:
         return f"{self.files} of {self.total_files} files done, {self.audio_s / 3600:.2f} audio hours transcribed"
 
     def add(self, outcomes: list[FileOutcome]) -> None:
-        from prefect.artifacts import update_progress_artifact
-
         self.files += len(outcomes)
         self.audio_s += sum(o.duration_s for o in outcomes if o.status == "ok")
         percent = 100.0 * self.files / self.total_files if self.total_files else 100.0
@@ -123,7 +120,7 @@ def failure_reason(outcome: FileOutcome) -> str:
 
 
 def file_name(source: str) -> str:
-    """The last part of a path or URL: what a task run is named after."""
+    """The last part of a path or URL: what a task run (and a flow run, for its first input) is named after."""
     return source.rstrip("/").rsplit("/", 1)[-1] or source
 
 

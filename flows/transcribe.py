@@ -162,9 +162,9 @@ def transcribe(
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
         shown_inputs = [redact_url(source) for source in inputs]
+        run_table = run_markdown(run.run_id, shown_inputs, redact_url(output), chosen.name, len(files), len(done))
         create_markdown_artifact(
-            run_markdown(run.run_id, shown_inputs, redact_url(output), chosen.name, len(files), len(done)) + plan_markdown(plan, probe),
-            key="plan", description="What the run does, the execution plan and why",
+            run_table + plan_markdown(plan, probe), key="plan", description="What the run does, the execution plan and why"
         )
         reporter().run_started(
             len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"

@@ -89,7 +89,9 @@ TRANSIENT_ERROR_NAMES = frozenset(
 
 # Exceptions the cloud backends raise when they found no credentials at all, by class name (their
 # packages are optional), and what to set for each protocol.
-MISSING_CREDENTIALS_ERRORS = frozenset({"NoCredentialsError", "DefaultCredentialsError", "ClientAuthenticationError", "CredentialUnavailableError"})
+MISSING_CREDENTIALS_ERRORS = frozenset(
+    {"NoCredentialsError", "DefaultCredentialsError", "ClientAuthenticationError", "CredentialUnavailableError"}
+)
 CREDENTIALS_TO_SET = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials, or an instance role)",
     "gs": "GOOGLE_APPLICATION_CREDENTIALS (a service-account key file), or gcloud auth application-default login",

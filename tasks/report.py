@@ -102,7 +102,8 @@ class ProgressArtifact:
         self.total_files = total_files
         self.files = 0
         self.audio_s = 0.0
-        self.id = create_progress_artifact(0.0 if total_files else 100.0, key="run-progress", description=self._description())
+        start = 0.0 if total_files else 100.0
+        self.id = create_progress_artifact(start, key="run-progress", description=self._description())
 
     def _description(self) -> str:
         return f"{self.files} of {self.total_files} files done, {self.audio_s / 3600:.2f} audio hours transcribed"
@@ -144,7 +145,9 @@ def announce_outcomes(outcomes: list[FileOutcome], failed_before: int) -> None:
             if failed < FAILED_FILE_TASK_RUNS:
                 failed_file_task(file_name(outcome.source), outcome.source, reason, return_state=True)
             elif failed == FAILED_FILE_TASK_RUNS:
-                logger.error("more than %d files failed: later ones get no task run; the run-summary artifact lists all", failed)
+                logger.error(
+                    "more than %d files failed: later ones get no task run; the run-summary artifact lists all", failed
+                )
             failed += 1
         elif outcome.warnings:
             logger.warning("file ok with warnings: %s: %s", outcome.source, "; ".join(outcome.warnings))

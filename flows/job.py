@@ -61,15 +61,18 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration
-    (or no Prefect server)."""
+    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed (or the run passed
+    STEADYSCRIBE_RUN_TIMEOUT_HOURS), 2 bad configuration (or no Prefect server)."""
     from steadyscribe.prefect_server import ServerStartError, temporary_server, using
 
     # Without a configured Prefect API, a temporary server boots while the stages are imported and
     # the configuration is checked (steadyscribe.prefect_server).
     with temporary_server() as server:
         # Imported here so that building the CLI's parser does not load Prefect and the stages.
+        from prefect.flow_engine import FlowRunTimeoutError
+
         from steadyscribe.flows.transcribe import transcribe
+        from steadyscribe.run_policy import TIMEOUT_ENV
         from steadyscribe.run_log import default_log_path, logs_to_file
         from steadyscribe.storage import StorageError, check_writable
         from steadyscribe.tasks.report import summary_text
@@ -103,6 +106,13 @@ def run_job(args: argparse.Namespace) -> int:
                 )
         except FilesFailed as failed:
             summary = failed.summary
+        except FlowRunTimeoutError as error:
+            print(
+                f"steadyscribe: {error} (the limit {TIMEOUT_ENV} sets); the groups committed before it stay, "
+                "the next run does the rest",
+                file=sys.stderr,
+            )
+            return 1
         except (ProfileError, PlanError, StorageError, ServerStartError) as error:
             print(f"steadyscribe: {error}", file=sys.stderr)
             return 2

@@ -11,10 +11,12 @@ the project's normalized matching (fillers dropped: "normalized").
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
 
+from bench.common import FIXTURES_DIR
 from steadyscribe.engines.ctranslate2_engine import CTranslate2Engine
 from steadyscribe.metrics import boundary_errors
 from steadyscribe.records import InputFile, Plan, Transcript
@@ -25,11 +27,12 @@ from steadyscribe.tasks.infer import transcribe_files
 from steadyscribe.tasks.stabilize import StabilizeOptions, stabilize
 from steadyscribe.vad import speech_probabilities
 
-REAL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real"
+REAL = FIXTURES_DIR / "real"
 PLAN = Plan(engine="ctranslate2", model="tiny.en", threads=2, batch_size=8, quantization="int8")
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     engine = CTranslate2Engine(PLAN)
     totals: dict[str, list[int]] = {}
     work = Path(tempfile.mkdtemp(prefix="align-timing-"))

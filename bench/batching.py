@@ -34,11 +34,11 @@ import numpy as np
 import psutil
 
 from bench import systems
-from bench.dataset import SAMPLE_RATE, BenchFile, _Piece, _write, build_dataset, load_manifest
+from bench.common import DEFAULT_DATA, DEFAULT_OUT, SAMPLE_RATE, machine_info, machine_line, package_versions, usable_threads
+from bench.dataset import BenchFile, Piece, build_dataset, load_manifest, write_piece
 from bench.report import mib, pct
-from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, available_models, machine_info, run_module
+from bench.run import OFFLINE_ENV, available_models, run_module
 from bench.score import accuracy
-from bench.worker import _versions
 from steadyscribe.memory import process_peak_rss_bytes
 
 CLIP_COUNT = 30
@@ -92,7 +92,7 @@ def build_set(data_dir: Path) -> list[BenchFile]:
             samples = np.concatenate([pad, samples])
             words = [{**w, "start": round(w["start"] + PAD_S, 7), "end": round(w["end"] + PAD_S, 7)} for w in words]
             name = f"{clip.name}_pad"
-        files.append(_write(out, f"clips/{name}.wav", "clips", _Piece(samples, words)))
+        files.append(write_piece(out, f"clips/{name}.wav", "clips", Piece(samples, words)))
     manifest.write_text(json.dumps({"recipe": recipe, "files": [asdict(f) for f in files]}, indent=1))
     return files
 
@@ -109,7 +109,7 @@ def _read_wav(path: Path) -> np.ndarray:
 def run_config(key: str, model: str, data_dir: Path) -> dict:
     label, runner_name, options, parts, _ = CONFIGS[key]
     files = load_manifest(data_dir)
-    runner = getattr(systems, runner_name)(model, systems.usable_threads(), options)
+    runner = getattr(systems, runner_name)(model, usable_threads(), options)
     runner.prepare()
     started = time.perf_counter()
     runner.load()
@@ -137,7 +137,7 @@ def run_config(key: str, model: str, data_dir: Path) -> dict:
         "key": key, "label": label, "model": model, "settings": settings, "load_s": load_s,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_bytes": process_peak_rss_bytes(),
-        "parts": results, "versions": _versions(),
+        "parts": results, "versions": package_versions(),
     }
 
 
@@ -154,12 +154,8 @@ def _segmentation(by_key: dict) -> str:
 
 
 def write_markdown(run: dict, out: Path) -> None:
-    m = run["machine"]
     lines = [
-        f"**Machine:** {m['cpu']}, {m['usable_cores']} cores used of {m['logical_cores']}, {m['ram_gib']} GiB RAM; "
-        f"commit `{m['commit'][:10]}`{' (uncommitted changes)' if m['dirty'] else ''}; {run['date']}; "
-        f"model {run['model']}; load average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, "
-        f"at end {', '.join(f'{x:.1f}' for x in m['load_average_end'])}",
+        "**Machine:** " + machine_line(run["machine"], run["date"], f"model {run['model']}"),
         "",
         "**Set:** " + ", ".join(f"{k}: {v['files']} files, {v['audio_s']:.0f} s" for k, v in run["dataset"].items())
         + f". The 30 clips are the full set's {run['distinct_clips']} one-sentence clips plus the first "

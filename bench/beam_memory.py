@@ -1,8 +1,8 @@
 """Peak RSS of the batched engines at beam 1 and beam 5, one batch of real speech (issue 18).
 
 Each configuration runs in a fresh process: load the engine, decode one batch of 8 windows of
-real speech (the first 8 windows the chunk stage makes of /work/shared/realspeech), as the
-pipeline does (greedy or beam, fallback, alignment). The peak is the process's high-water mark
+real speech (the first 8 windows the chunk stage makes of the real-speech folder, see
+bench/common.py), as the pipeline does (greedy or beam, fallback, alignment). The peak is the process's high-water mark
 (steadyscribe.memory.process_peak_rss_bytes: kept across the transformers engine's per-batch
 resets), beside the estimate of steadyscribe.memory for the same plan.
 
@@ -20,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL = Path("/work/shared/realspeech")
+from bench.common import ROOT, SAMPLE_RATE, add_realspeech_option, realspeech_dir
+
 MIB = 2**20
 
 
-def windows_of_real_speech(count: int) -> list:
-    from steadyscribe import SAMPLE_RATE
+def windows_of_real_speech(realspeech: Path, count: int) -> list:
     from steadyscribe.engines.base import WindowAudio
     from steadyscribe.records import InputFile
     from steadyscribe.tasks.chunk import plan_windows
@@ -34,15 +33,15 @@ def windows_of_real_speech(count: int) -> list:
 
     work = Path(tempfile.mkdtemp(prefix="beam-memory-"))
     windows = []
-    for path in sorted(REAL.glob("*.flac")):
+    for path in sorted(realspeech.glob("*.flac")):
         samples = load_pcm(decode_input(InputFile(str(path)), work).pcm_path)
         for window in plan_windows(samples, path.stem):
             windows.append(WindowAudio(window, samples[round(window.start * SAMPLE_RATE) : round(window.end * SAMPLE_RATE)]))
     return windows[:count]
 
 
-def measure_one(engine: str, model: str, batch: int, beam: int) -> dict:
-    windows = windows_of_real_speech(batch)  # decoded before the engine loads: not in its peak
+def measure_one(realspeech: Path, engine: str, model: str, batch: int, beam: int) -> dict:
+    windows = windows_of_real_speech(realspeech, batch)  # decoded before the engine loads: not in its peak
     from steadyscribe.engines import load_engine
     from steadyscribe.memory import estimate_peak_bytes, process_peak_rss_bytes
     from steadyscribe.records import DecodingOptions, Plan
@@ -67,15 +66,17 @@ def main() -> None:
     parser.add_argument("--engines", default="ctranslate2,transformers")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--one", nargs=2, metavar=("ENGINE", "BEAM"))
+    add_realspeech_option(parser)
     args = parser.parse_args()
+    realspeech = realspeech_dir(args.realspeech)
     if args.one:
-        print(json.dumps(measure_one(args.one[0], args.model, args.batch_size, int(args.one[1]))))
+        print(json.dumps(measure_one(realspeech, args.one[0], args.model, args.batch_size, int(args.one[1]))))
         return
     for engine in args.engines.split(","):
         for beam in args.beams.split(","):
             done = subprocess.run(
                 [sys.executable, "-m", "bench.beam_memory", "--model", args.model, "--batch-size", str(args.batch_size),
-                 "--one", engine, beam],
+                 "--realspeech", str(realspeech), "--one", engine, beam],
                 capture_output=True, text=True, cwd=ROOT,
             )
             print(done.stdout.strip().splitlines()[-1] if done.returncode == 0 else f"FAILED {engine} {beam}: {done.stderr[-500:]}",

@@ -1,7 +1,7 @@
 """A folder of short clips with known text: the whole-run benchmark's and the packing measurement's input.
 
 Real speech first. The pool of distinct clips, in this order:
-- the word-timed real recordings (r04, r05, r09 of ../shared/realspeech) cut at pauses between
+- the word-timed real recordings (r04, r05, r09 of the real-speech folder, bench/common.py) cut at pauses between
   words into clips of CLIP_S seconds, with their reference words and times;
 - the short real recordings whole (r01, r13, r24, r26) and the three LJ Speech clips of r15,
   with their reference text (no word times);
@@ -23,7 +23,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE, SPEECH_FIXTURES, BenchFile, _Piece, _read_fixture, _sentences, _write
+from bench.common import DEFAULT_DATA, SAMPLE_RATE, add_realspeech_option, pink_noise, realspeech_dir
+from bench.dataset import SPEECH_FIXTURES, BenchFile, Piece, read_fixture, sentence_pieces, write_piece
 
 WORD_TIMED = ("r04_mfa_acoustic", "r05_mfa_cold", "r09_librivox_austen")
 WHOLE = ("r01_jfk", "r13_libri_61", "r24_arctic_aew", "r26_goforward")
@@ -35,15 +36,16 @@ RECIPE_VERSION = 2
 SEED = 20261130
 
 
-def _read_real(name: str) -> tuple[np.ndarray, dict]:
-    with av.open(str(REAL_SOURCE_DIR / f"{name}.flac")) as container:
+def read_recording(realspeech: Path, name: str) -> tuple[np.ndarray, dict]:
+    """A real recording's int16 samples and its truth (the JSON beside it)."""
+    with av.open(str(realspeech / f"{name}.flac")) as container:
         samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)])
     if samples.dtype != np.int16:
         samples = np.clip(samples * 32767, -32768, 32767)
-    return samples.astype(np.int16), json.loads((REAL_SOURCE_DIR / f"{name}.json").read_text())
+    return samples.astype(np.int16), json.loads((realspeech / f"{name}.json").read_text())
 
 
-def _cut_at_pauses(samples: np.ndarray, words: list[dict]) -> list[_Piece]:
+def _cut_at_pauses(samples: np.ndarray, words: list[dict]) -> list[Piece]:
     """Clips of CLIP_S seconds of speech, each cut halfway into the pause after its last word."""
     pieces, first = [], 0
     for i, word in enumerate(words):
@@ -58,50 +60,47 @@ def _cut_at_pauses(samples: np.ndarray, words: list[dict]) -> list[_Piece]:
             end = min((word["end"] + after) / 2, word["end"] + EDGE_S)
             first_sample, end_sample = round(start * SAMPLE_RATE), round(end * SAMPLE_RATE)
             shifted = [{**w, "start": round(w["start"] - start, 3), "end": round(w["end"] - start, 3)} for w in words[first : i + 1]]
-            pieces.append(_Piece(samples[first_sample:end_sample], shifted))
+            pieces.append(Piece(samples[first_sample:end_sample], shifted))
             first = i + 1
     return pieces
 
 
-def clip_pool() -> list[tuple[str, _Piece, str]]:
+def clip_pool(realspeech: Path) -> list[tuple[str, Piece, str]]:
     """(name, clip, reference text) of every distinct clip, real speech first."""
     pool = []
     for name in WORD_TIMED:
-        samples, truth = _read_real(name)
+        samples, truth = read_recording(realspeech, name)
         for i, piece in enumerate(_cut_at_pauses(samples, truth["words"])):
             pool.append((f"{name}_{i:02d}", piece, " ".join(w["word"] for w in piece.words)))
     for name in WHOLE:
-        samples, truth = _read_real(name)
-        pool.append((name, _Piece(samples, []), truth["text"]))
+        samples, truth = read_recording(realspeech, name)
+        pool.append((name, Piece(samples, []), truth["text"]))
     for name in SEGMENTED:
-        samples, truth = _read_real(name)
+        samples, truth = read_recording(realspeech, name)
         for i, segment in enumerate(truth["segments"]):
             span = samples[round(segment["start"] * SAMPLE_RATE) : round(segment["end"] * SAMPLE_RATE)]
-            pool.append((f"{name}_{i}", _Piece(span, []), segment["text"]))
+            pool.append((f"{name}_{i}", Piece(span, []), segment["text"]))
     for fixture in SPEECH_FIXTURES:
-        for i, piece in enumerate(_sentences(_read_fixture(fixture))):
+        for i, piece in enumerate(sentence_pieces(read_fixture(fixture))):
             pool.append((f"{fixture}_{i}", piece, " ".join(w["word"] for w in piece.words)))
     return pool
 
 
-def _with_noise(piece: _Piece, snr_db: float, seed: int) -> _Piece:
-    rng = np.random.default_rng(seed)
-    spectrum = np.fft.rfft(rng.standard_normal(len(piece.samples)))
-    spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1))
-    noise = np.fft.irfft(spectrum, len(piece.samples))
+def _with_noise(piece: Piece, snr_db: float, seed: int) -> Piece:
     power = float(np.mean(np.square(piece.samples.astype(np.float64))))
-    noise *= np.sqrt(power / 10 ** (snr_db / 10) / float(np.mean(np.square(noise))))
-    return _Piece(np.clip(piece.samples + noise, -32768, 32767).astype(np.int16), piece.words)
+    noise = pink_noise(len(piece.samples), power, snr_db, seed)
+    return Piece(np.clip(piece.samples + noise, -32768, 32767).astype(np.int16), piece.words)
 
 
-def build_clips(data_dir: Path, count: int) -> list[BenchFile]:
-    """A folder of `count` distinct clips under data_dir/clips_<count>, built unless already there."""
+def build_clips(data_dir: Path, count: int, realspeech: Path | None = None) -> list[BenchFile]:
+    """A folder of `count` distinct clips under data_dir/clips_<count>, built unless already there;
+    the real clips from the real-speech folder (bench.common.realspeech_dir)."""
     folder = data_dir / f"clips_{count}"
     recipe = hashlib.sha256(f"{RECIPE_VERSION} {count}".encode() + Path(__file__).read_bytes()).hexdigest()[:16]
     manifest = folder / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text())["recipe"] == recipe:
         return [BenchFile(**item) for item in json.loads(manifest.read_text())["files"]]
-    pool = clip_pool()
+    pool = clip_pool(realspeech_dir(realspeech))
     rng = np.random.default_rng(SEED)
     order = [int(k) for _ in range(-(-count // len(pool))) for k in rng.permutation(len(pool))]
     files = []
@@ -110,7 +109,7 @@ def build_clips(data_dir: Path, count: int) -> list[BenchFile]:
         rounds = i // len(pool)
         if rounds:
             piece, name = _with_noise(piece, ROUND_SNR_DB, seed=i), f"{name}__r{rounds}"
-        bench_file = _write(folder, f"{i:03d}_{name}.wav", "clips", piece)
+        bench_file = write_piece(folder, f"{i:03d}_{name}.wav", "clips", piece)
         bench_file.text = text  # the reference, also for clips without word times
         bench_file.path = f"clips_{count}/{bench_file.path}"
         files.append(bench_file)
@@ -121,9 +120,10 @@ def build_clips(data_dir: Path, count: int) -> list[BenchFile]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=120)
-    parser.add_argument("--data-dir", type=Path, default=Path("bench/data"))
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    add_realspeech_option(parser)
     args = parser.parse_args()
-    files = build_clips(args.data_dir, args.count)
+    files = build_clips(args.data_dir, args.count, args.realspeech)
     seconds = sum(f.duration_s for f in files)
     words = sum(len(f.text.split()) for f in files)
     print(f"{len(files)} clips, {seconds:.0f} s of audio, {words} reference words, in {args.data_dir / f'clips_{args.count}'}")

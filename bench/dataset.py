@@ -26,16 +26,14 @@ import json
 import random
 import subprocess
 import sys
-import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES_DIR = ROOT / "tests" / "fixtures"
-SAMPLE_RATE = 16_000
+from bench.common import FIXTURES_DIR, ROOT, SAMPLE_RATE, realspeech_dir, write_wav
+
 SPEECH_FIXTURES = ("clean_us_slow", "clean_gb", "fast_speaker", "noisy", "long_pauses", "straddle_40s")
 NO_SPEECH_FIXTURE = "no_speech"
 # Quick mode keeps the two hardest conditions (noise, long pauses) and fewer, shorter files.
@@ -48,7 +46,6 @@ LONG_PAUSE_S = (0.2, 1.5)  # digital silence between sentences in the long file
 LONG_NOISE_S = 6.0  # noise-only audio added once per round of sentences
 SEED = 20240611
 RECIPE_VERSION = 1  # bump when the construction below changes
-REAL_SOURCE_DIR = ROOT.parent / "shared" / "realspeech"
 REAL_SCRIPT = ROOT / "scripts" / "make_real_fixtures.py"
 
 
@@ -66,7 +63,7 @@ class BenchFile:
 
 
 @dataclass
-class _Piece:
+class Piece:
     """Samples of a fixture (or silence) and the words in them, times relative to the piece."""
 
     samples: np.ndarray  # int16
@@ -78,29 +75,30 @@ def load_manifest(data_dir: Path) -> list[BenchFile]:
     return [BenchFile(**item) for item in data["files"]]
 
 
-def build_dataset(data_dir: Path, mode: str) -> list[BenchFile]:
-    """The set for `mode` ("quick", "full" or "real") under data_dir, built unless already there."""
+def build_dataset(data_dir: Path, mode: str, realspeech: Path | None = None) -> list[BenchFile]:
+    """The set for `mode` ("quick", "full" or "real") under data_dir, built unless already there;
+    `real` from the real-speech folder (bench.common.realspeech_dir)."""
     if mode == "real":
-        return build_real_dataset(data_dir)
+        return build_real_dataset(data_dir, realspeech)
     recipe = _recipe(mode)
     manifest_path = data_dir / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("recipe") == recipe:
         return load_manifest(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     quick = mode == "quick"
-    fixtures = {name: _read_fixture(name) for name in SPEECH_FIXTURES}
-    noise = _read_fixture(NO_SPEECH_FIXTURE)
+    fixtures = {name: read_fixture(name) for name in SPEECH_FIXTURES}
+    noise = read_fixture(NO_SPEECH_FIXTURE)
 
     files = []
     for name in QUICK_SPEECH_FIXTURES if quick else SPEECH_FIXTURES:
-        files.append(_write(data_dir, f"varied/{name}.wav", "varied", fixtures[name]))
-    sentences = [(name, i, piece) for name, fixture in fixtures.items() for i, piece in enumerate(_sentences(fixture))]
+        files.append(write_piece(data_dir, f"varied/{name}.wav", "varied", fixtures[name]))
+    sentences = [(name, i, piece) for name, fixture in fixtures.items() for i, piece in enumerate(sentence_pieces(fixture))]
     clips = sentences[:: max(1, len(sentences) // QUICK_CLIPS)][:QUICK_CLIPS] if quick else sentences
     for name, index, piece in clips:
-        files.append(_write(data_dir, f"clips/{name}_{index}.wav", "clips", piece))
+        files.append(write_piece(data_dir, f"clips/{name}_{index}.wav", "clips", piece))
     target_s = LONG_TARGET_S[mode]
-    files.append(_write(data_dir, f"long/long_{target_s / 60:g}min.wav", "long", _long(sentences, noise, target_s)))
-    files.append(_write(data_dir, f"no_speech/{NO_SPEECH_FIXTURE}.wav", "no_speech", noise))
+    files.append(write_piece(data_dir, f"long/long_{target_s / 60:g}min.wav", "long", _long(sentences, noise, target_s)))
+    files.append(write_piece(data_dir, f"no_speech/{NO_SPEECH_FIXTURE}.wav", "no_speech", noise))
     manifest_path.write_text(json.dumps({"recipe": recipe, "files": [asdict(f) for f in files]}, indent=1))
     return files
 
@@ -114,7 +112,7 @@ def _recipe(mode: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_fixture(name: str) -> _Piece:
+def read_fixture(name: str) -> Piece:
     truth = json.loads((FIXTURES_DIR / f"{name}.json").read_text())
     with av.open(str(FIXTURES_DIR / f"{name}.flac")) as container:
         stream = container.streams.audio[0]
@@ -122,10 +120,10 @@ def _read_fixture(name: str) -> _Piece:
             raise ValueError(f"{name}.flac: expected 16 kHz 16-bit, got {stream.rate} Hz {stream.format.name}")
         samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
     words = [{"word": w["word"], "start": w["start"], "end": w["end"]} for w in truth["words"]]
-    return _Piece(samples.astype(np.int16), words)
+    return Piece(samples.astype(np.int16), words)
 
 
-def _sentences(fixture: _Piece) -> list[_Piece]:
+def sentence_pieces(fixture: Piece) -> list[Piece]:
     """Each sentence with up to CLIP_MARGIN_S around it, cut halfway into the pause to its neighbours.
 
     Sentence ends are the words followed by a pause much longer than the pauses inside sentences.
@@ -146,24 +144,24 @@ def _sentences(fixture: _Piece) -> list[_Piece]:
     return pieces
 
 
-def _cut(fixture: _Piece, first_sample: int, end_sample: int, words: list[dict]) -> _Piece:
+def _cut(fixture: Piece, first_sample: int, end_sample: int, words: list[dict]) -> Piece:
     offset = first_sample / SAMPLE_RATE
     shifted = [{**w, "start": round(w["start"] - offset, 7), "end": round(w["end"] - offset, 7)} for w in words]
-    return _Piece(fixture.samples[first_sample:end_sample], shifted)
+    return Piece(fixture.samples[first_sample:end_sample], shifted)
 
 
-def _long(sentences: list[tuple[str, int, _Piece]], noise: _Piece, target_s: float) -> _Piece:
+def _long(sentences: list[tuple[str, int, Piece]], noise: Piece, target_s: float) -> Piece:
     """Rounds of all sentences in seeded random order, seeded pauses between, noise once per round."""
     rng = random.Random(SEED)
-    pieces: list[_Piece] = []
+    pieces: list[Piece] = []
     total = 0
-    noise_piece = _Piece(noise.samples[: round(LONG_NOISE_S * SAMPLE_RATE)], [])
+    noise_piece = Piece(noise.samples[: round(LONG_NOISE_S * SAMPLE_RATE)], [])
     while total < target_s * SAMPLE_RATE:
         round_pieces = [piece for _, _, piece in rng.sample(sentences, len(sentences))]
         round_pieces.insert(rng.randrange(1, len(round_pieces)), noise_piece)
         for piece in round_pieces:
             pieces.append(piece)
-            pause = _Piece(np.zeros(round(rng.uniform(*LONG_PAUSE_S) * SAMPLE_RATE), np.int16), [])
+            pause = Piece(np.zeros(round(rng.uniform(*LONG_PAUSE_S) * SAMPLE_RATE), np.int16), [])
             pieces.append(pause)
             total += len(piece.samples) + len(pause.samples)
             if total >= target_s * SAMPLE_RATE:
@@ -171,28 +169,16 @@ def _long(sentences: list[tuple[str, int, _Piece]], noise: _Piece, target_s: flo
     return _concatenate(pieces)
 
 
-def _concatenate(pieces: list[_Piece]) -> _Piece:
+def _concatenate(pieces: list[Piece]) -> Piece:
     words, offset = [], 0
     for piece in pieces:
         shift = offset / SAMPLE_RATE
         words += [{**w, "start": round(w["start"] + shift, 7), "end": round(w["end"] + shift, 7)} for w in piece.words]
         offset += len(piece.samples)
-    return _Piece(np.concatenate([p.samples for p in pieces]), words)
+    return Piece(np.concatenate([p.samples for p in pieces]), words)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    """A 16 kHz mono 16-bit WAV: int16 samples as they are, float samples in [-1, 1] scaled."""
-    if samples.dtype != np.int16:
-        samples = np.clip(samples, -1, 1) * 32767
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(samples.astype("<i2").tobytes())
-    return path
-
-
-def _write(data_dir: Path, relative: str, part: str, piece: _Piece) -> BenchFile:
+def write_piece(data_dir: Path, relative: str, part: str, piece: Piece) -> BenchFile:
     path = data_dir / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     write_wav(path, piece.samples)
@@ -206,17 +192,18 @@ def _write(data_dir: Path, relative: str, part: str, piece: _Piece) -> BenchFile
     )
 
 
-def build_real_dataset(data_dir: Path) -> list[BenchFile]:
+def build_real_dataset(data_dir: Path, realspeech: Path | None = None) -> list[BenchFile]:
     """The real-speech set (see the module docstring), built unless already there."""
+    source = realspeech_dir(realspeech)
     digest = hashlib.sha256(REAL_SCRIPT.read_bytes())
-    for path in sorted(REAL_SOURCE_DIR.glob("*")):
+    for path in sorted(source.glob("*")):
         digest.update(path.read_bytes())
     recipe = digest.hexdigest()[:16]
     manifest_path = data_dir / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("recipe") == recipe:
         return load_manifest(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(REAL_SCRIPT), "--all", "--source", str(REAL_SOURCE_DIR), "--out", str(data_dir)],
+    subprocess.run([sys.executable, str(REAL_SCRIPT), "--all", "--source", str(source), "--out", str(data_dir)],
                    check=True)
     files = []
     for flac in sorted(data_dir.glob("*.flac")):

@@ -45,10 +45,9 @@ ENGINE_LAG_S = (0.06, 0.12)  # added to true word starts and ends, like Whisper'
 
 def synthesize(minutes: float, flac_path: Path, transcript_path: Path) -> None:
     """Fixtures and pauses, repeated to `minutes`, streamed into a FLAC; true words into a raw transcript."""
-    import av
     import numpy as np
 
-    from steadyscribe import SAMPLE_RATE
+    from bench.common import SAMPLE_RATE, flac_writer
     from steadyscribe.records import InputFile, Segment, Transcript, Word
     from steadyscribe.tasks.decode import decode_input, load_pcm
 
@@ -61,16 +60,7 @@ def synthesize(minutes: float, flac_path: Path, transcript_path: Path) -> None:
 
     target = int(minutes * 60 * SAMPLE_RATE)
     written, segments, i = 0, [], 0
-    with av.open(str(flac_path), "w") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-        stream.format = "s16"
-
-        def put(samples: np.ndarray) -> None:
-            pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)[None, :]
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            container.mux(stream.encode(frame))
-
+    with flac_writer(flac_path) as put:
         while written < target:
             samples, text, words = pieces[i % len(pieces)]
             samples = samples[: target - written]
@@ -90,7 +80,6 @@ def synthesize(minutes: float, flac_path: Path, transcript_path: Path) -> None:
                 put(np.zeros(pause, dtype=np.float32))
                 written += pause
             i += 1
-        container.mux(stream.encode(None))
     Transcript("long", "en", segments).save(transcript_path)
 
 

@@ -39,7 +39,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE, write_wav  # noqa: E402
+from bench.clips import read_recording  # noqa: E402
+from bench.common import SAMPLE_RATE, add_realspeech_option, realspeech_dir, write_wav  # noqa: E402
 from bench.whole_run import LONG_PAUSE_S, LONG_ROUNDS, long_file  # noqa: E402
 from steadyscribe.metrics import boundary_errors, corpus_wer  # noqa: E402
 
@@ -261,15 +262,13 @@ def faster_whisper_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
                    "plan": f"faster-whisper BatchedInferencePipeline int8 batch 8 beam 1, {THREADS} threads"}
 
 
-def long_file_truth() -> tuple[list[tuple[str, float, str]], list[dict]]:
+def long_file_truth(realspeech: Path) -> tuple[list[tuple[str, float, str]], list[dict]]:
     """The long file's recordings as (name, start in the file, reference text), and the reference
     words (file times) of those that have them."""
-    from bench.clips import _read_real
-
-    names = [flac.stem for flac in sorted(REAL_SOURCE_DIR.glob("*.flac"))] * LONG_ROUNDS
+    names = [flac.stem for flac in sorted(realspeech.glob("*.flac"))] * LONG_ROUNDS
     recordings, words, offset = [], [], 0.0
     for name in names:
-        samples, truth = _read_real(name)
+        samples, truth = read_recording(realspeech, name)
         recordings.append((name, offset, truth["text"]))
         words += [{**w, "start": w["start"] + offset, "end": w["end"] + offset, "recording": offset} for w in truth.get("words", [])]
         offset += len(samples) / SAMPLE_RATE + LONG_PAUSE_S
@@ -303,9 +302,9 @@ def timing(reference: list[dict], hypothesis: list[dict]) -> dict:
             "mean_abs_error_s": round(float(errors_all.mean()), 4)}
 
 
-def measure(system: str, data: Path, longest_pause_s: float | None = None, confident: bool = False) -> dict:
+def measure(system: str, data: Path, realspeech: Path, longest_pause_s: float | None = None, confident: bool = False) -> dict:
     imports_s = time.process_time() - IMPORT_STARTED
-    (name, _), = long_file(data).items()
+    (name, _), = long_file(data, realspeech).items()
     path = data / name
     pieces = None
     if longest_pause_s is not None:
@@ -319,7 +318,7 @@ def measure(system: str, data: Path, longest_pause_s: float | None = None, confi
         facts["pauses_cut_to_s"] = longest_pause_s
         facts["cut"] = "confident silence" if confident else "VAD non-speech"
     total = time.process_time() - started + imports_s
-    recordings, reference_words = long_file_truth()
+    recordings, reference_words = long_file_truth(realspeech)
     reference = " ".join(text for _, _, text in recordings)
     return {
         "system": system, **facts, "threads": THREADS, "process_cpu_s": round(total, 2),
@@ -379,12 +378,13 @@ def main() -> None:
     parser.add_argument("--table", type=Path, nargs="+", help="runs' JSON files to tabulate")
     parser.add_argument("--cut-pauses", type=float, help="experiment: cut every pause between speech to this many seconds first")
     parser.add_argument("--confident", action="store_true", help="with --cut-pauses: cut only confident silence")
+    add_realspeech_option(parser)
     args = parser.parse_args()
     if args.table:
         print(table([json.loads(p.read_text()) for p in args.table]))
         return
     args.data.mkdir(parents=True, exist_ok=True)
-    record = measure(args.system, args.data, args.cut_pauses, args.confident) | ({"label": args.label} if args.label else {})
+    record = measure(args.system, args.data, realspeech_dir(args.realspeech), args.cut_pauses, args.confident) | ({"label": args.label} if args.label else {})
     text = json.dumps(record)
     if args.out:
         args.out.write_text(text)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench.clips import build_clips
+from bench.common import DEFAULT_DATA, add_realspeech_option
 from bench.score import TOLERANCE_S
 from steadyscribe.engines import load_engine
 from steadyscribe.metrics import boundary_errors, corpus_wer, normalize_text
@@ -114,11 +115,12 @@ def main() -> None:
     parser.add_argument("--max-window-s", type=float, nargs="+", default=[30.0], help="packed windows' lengths to try")
     parser.add_argument("--packed-with-timestamps", action="store_true", help="ctranslate2: decode packed runs with timestamp tokens")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--data-dir", type=Path, default=Path("bench/data"))
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    add_realspeech_option(parser)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    files = build_clips(args.data_dir, args.count)
+    files = build_clips(args.data_dir, args.count, args.realspeech)
     profile = load_profile(args.profile)
     batch_size = 1 if args.engine == "whisper" else args.batch_size
     quantization = "none" if args.engine == "whisper" else args.quantization

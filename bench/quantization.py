@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 from bench import systems
+from bench.common import DEFAULT_DATA, DEFAULT_OUT, machine_info, machine_line, package_versions, usable_threads
 from bench.dataset import build_dataset, load_manifest
 from bench.report import mib, pct
-from bench.run import DEFAULT_DATA, DEFAULT_OUT, OFFLINE_ENV, available_models, machine_info, run_module
+from bench.run import OFFLINE_ENV, available_models, run_module
 from bench.score import accuracy
-from bench.worker import _versions
 from steadyscribe.memory import process_peak_rss_bytes
 
 BATCH = 8
@@ -90,7 +90,7 @@ def run_config(key: str, model: str, data_dir: Path) -> dict:
     if (reason := _unsupported(engine, quantization)) is not None:
         return {"key": key, "status": "skipped", "note": reason}
     files = [f for f in load_manifest(data_dir) if f.part in PARTS]
-    runner = QuantizationRunner(model, systems.usable_threads(), {"engine": engine, "quantization": quantization})
+    runner = QuantizationRunner(model, usable_threads(), {"engine": engine, "quantization": quantization})
     runner.prepare()
     started = time.perf_counter()
     runner.load()
@@ -121,7 +121,7 @@ def run_config(key: str, model: str, data_dir: Path) -> dict:
         "weight_bytes": weights,
         "peak_rss_bytes": process_peak_rss_bytes(),
         "overall": {"audio_s": audio_s, "wall_s": wall_s, "throughput": audio_s / wall_s, **overall},
-        "parts": parts, "versions": _versions(),
+        "parts": parts, "versions": package_versions(),
     }
 
 
@@ -138,7 +138,7 @@ def first_load(key: str, model: str) -> dict:
     if (reason := _unsupported(engine, quantization)) is not None:
         return {"key": key, "status": "skipped", "note": reason}
     model_dir = provision(model, "transformers")
-    torch.set_num_threads(systems.usable_threads())
+    torch.set_num_threads(usable_threads())
     cache = model_cache_dir()
     fresh = Path(tempfile.mkdtemp(prefix=".bench-quantization-", dir=cache))  # same file system as the cache
     try:
@@ -168,10 +168,7 @@ def _note(result: dict) -> str:
 def write_markdown(run: dict, out: Path) -> None:
     m = run["machine"]
     lines = [
-        f"**Machine:** {m['cpu']}, {m['usable_cores']} cores used of {m['logical_cores']}, {m['ram_gib']} GiB RAM; "
-        f"commit `{m['commit'][:10]}`{' (uncommitted changes)' if m['dirty'] else ''}; {run['date']}; "
-        f"{run['mode']} mode; load average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, "
-        f"at end {', '.join(f'{x:.1f}' for x in m['load_average_end'])}",
+        "**Machine:** " + machine_line(m, run["date"], f"{run['mode']} mode"),
         "",
         "**Set:** " + ", ".join(f"{part}: {v['files']} files, {v['audio_s']:.0f} s, {v['words']} words"
                                 for part, v in run["dataset"].items())

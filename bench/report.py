@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.common import machine_line  # noqa: E402
+
 MIB = 2**20
 BOUNDARY_AXIS_MS = 600
 PART_TITLES = {"varied": "varied", "clips": "short clips", "long": "long file", "no_speech": "no speech",
@@ -60,20 +62,13 @@ def estimated_peak_bytes(result: dict) -> int | None:
     return result.get("estimated_peak_bytes") or result.get("settings", {}).get("predicted_peak_bytes")
 
 
-def machine_line(run: dict) -> str:
-    m = run["machine"]
-    dirty = " + uncommitted changes" if m["dirty"] else ""
-    load = ", ".join(f"{x:.1f}" for x in m["load_average_start"])
-    return (
-        f"{m['cpu']}, {m['usable_cores']} cores used of {m['logical_cores']}, {m['ram_gib']} GiB RAM; "
-        f"commit `{m['commit'][:10]}`{dirty}; {run['date']}; {run['mode']} mode; "
-        f"load average at start {load}"
-    )
+def _machine(run: dict) -> str:
+    return machine_line(run["machine"], run["date"], f"{run['mode']} mode")
 
 
 def markdown(run: dict, throughput_png: str, boundary_png: str) -> str:
     ok = _ok(run)
-    lines = [f"**Machine:** {machine_line(run)}", "", _dataset_line(run), ""]
+    lines = [f"**Machine:** {_machine(run)}", "", _dataset_line(run), ""]
     lines += [
         "| system | settings | WER | words within 200 ms | mean boundary error (ms) | words on no-speech "
         "| throughput (audio s / s) | RTF | load (s) | peak RSS (MiB) | estimated peak (MiB) |",
@@ -199,5 +194,5 @@ def plot_boundary_errors(run: dict, path: Path) -> None:
 
 def _footer(fig: plt.Figure, run: dict) -> None:
     """The machine and commit under the plot, so a copied image still says where it was measured."""
-    fig.text(0.01, 0.01, machine_line(run).replace("`", ""), fontsize=6, color="0.4")
+    fig.text(0.01, 0.01, _machine(run).replace("`", ""), fontsize=6, color="0.4")
     fig.tight_layout(rect=(0, 0.03, 1, 1))

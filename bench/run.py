@@ -13,23 +13,18 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
+from bench.common import DEFAULT_DATA, DEFAULT_OUT, ROOT, SAMPLE_RATE, add_realspeech_option, machine_info
 from bench.dataset import build_dataset
 from bench.report import write_report
 from bench.score import score
-from bench.systems import SYSTEMS, SYSTEMS_BY_NAME, usable_threads
+from bench.systems import SYSTEMS, SYSTEMS_BY_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench" / "results"
-DEFAULT_DATA = ROOT / "bench" / "data"
 # base (multilingual) only where its bundled checkpoint is installed: nothing is downloaded.
 FULL_MODELS = ("tiny.en", "base")
 QUICK_MODELS = ("tiny.en",)
@@ -41,33 +36,6 @@ REAL_SYSTEMS = ("steadyscribe-whisper", "steadyscribe-ctranslate2", "steadyscrib
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "STEADYSCRIBE_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                "TQDM_DISABLE": "1"}
 ERROR_TAIL_CHARS = 1500
-
-
-def machine_info() -> dict:
-    return {
-        "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable_threads(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "commit": _git("rev-parse", "HEAD"),
-        # Uncommitted changes make the commit an approximation of what ran (results of earlier runs aside).
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
-        "load_average_start": os.getloadavg(),
-    }
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 def available_models(wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -121,7 +89,7 @@ def vad_cpu_s_per_audio_hour(files: list, data_dir: Path) -> float:
             started = time.process_time()
             vad.probabilities(samples)
             cpu_s += time.process_time() - started
-            audio_s += len(samples) / 16000
+            audio_s += len(samples) / SAMPLE_RATE
     return cpu_s * 3600 / audio_s
 
 
@@ -135,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"where the evaluation set is built and cached (default {DEFAULT_DATA})")
     parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS_BY_NAME)}")
     parser.add_argument("--models", help="comma-separated model specs (default: tiny.en, plus base in full mode)")
+    add_realspeech_option(parser)
     args = parser.parse_args(argv)
     mode = "real" if args.real else "quick" if args.quick else "full"
     if args.systems:
@@ -150,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(OFFLINE_ENV)  # inherited by the workers
     machine = machine_info()
     data_dir = args.data / mode
-    files = build_dataset(data_dir, mode)
+    files = build_dataset(data_dir, mode, args.realspeech)
     models, notes = available_models(tuple(args.models.split(",")) if args.models else
                                      QUICK_MODELS if mode != "full" else FULL_MODELS)
     raw_dir = data_dir / "outputs"  # full worker outputs (every word), kept out of the results

@@ -9,7 +9,6 @@ runners, so the parent process reads this registry cheaply.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.dataset import SAMPLE_RATE
+from bench.common import SAMPLE_RATE
 
 Words = list[dict]  # {"word", "start", "end"}
 
@@ -57,10 +56,6 @@ SYSTEMS = [
     System("stable-ts", "stable-ts", "StableTsRunner", {}, ("stable_whisper",)),
 ]
 SYSTEMS_BY_NAME = {system.name: system for system in SYSTEMS}
-
-
-def usable_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def read_audio(path: Path, work_dir: str) -> np.ndarray:

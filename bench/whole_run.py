@@ -39,39 +39,37 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.clips import build_clips
-from bench.dataset import REAL_SOURCE_DIR, SAMPLE_RATE, write_wav
-from bench.run import machine_info
+from bench.clips import build_clips, read_recording
+from bench.common import (
+    DEFAULT_DATA, DEFAULT_OUT, ROOT, SAMPLE_RATE, add_realspeech_option, machine_info, machine_line, realspeech_dir, write_wav,
+)
 from steadyscribe.metrics import corpus_wer
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LONG_ROUNDS = 3
 LONG_PAUSE_S = 1.0
 
 
-def realspeech_folder(data_dir: Path) -> dict[str, str]:
+def realspeech_folder(data_dir: Path, realspeech: Path) -> dict[str, str]:
     """The real recordings copied into data_dir/realspeech; name -> reference text."""
     folder = data_dir / "realspeech"
     folder.mkdir(parents=True, exist_ok=True)
     references = {}
-    for flac in sorted(REAL_SOURCE_DIR.glob("*.flac")):
+    for flac in sorted(realspeech.glob("*.flac")):
         if not (folder / flac.name).is_file():
             shutil.copyfile(flac, folder / flac.name)
         references[flac.name] = json.loads(flac.with_suffix(".json").read_text())["text"]
     return references
 
 
-def long_file(data_dir: Path) -> dict[str, str]:
+def long_file(data_dir: Path, realspeech: Path) -> dict[str, str]:
     """The real recordings end to end, LONG_ROUNDS times, as one WAV; name -> reference text."""
-    from bench.clips import _read_real
-
     path = data_dir / "long_real.wav"
-    names = [flac.stem for flac in sorted(REAL_SOURCE_DIR.glob("*.flac"))] * LONG_ROUNDS
+    names = [flac.stem for flac in sorted(realspeech.glob("*.flac"))] * LONG_ROUNDS
     texts, pieces = [], []
     pause = np.zeros(round(LONG_PAUSE_S * SAMPLE_RATE), np.int16)
     for name in names:
-        samples, truth = _read_real(name)
+        samples, truth = read_recording(realspeech, name)
         pieces += [samples, pause]
         texts.append(truth["text"])
     if not path.is_file():
@@ -165,16 +163,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", default="clips,realspeech,long")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    add_realspeech_option(parser)
     args = parser.parse_args()
     from steadyscribe.models.provision import provision
 
-    clips = build_clips(args.data_dir, 120)
+    realspeech = realspeech_dir(args.realspeech)
+    clips = build_clips(args.data_dir, 120, realspeech)
     inputs = {
         "clips": (args.data_dir / "clips_120", {Path(f.path).name: f.text for f in clips}),
-        "realspeech": (args.data_dir / "realspeech", realspeech_folder(args.data_dir)),
-        "long": (args.data_dir / "long_real.wav", long_file(args.data_dir)),
+        "realspeech": (args.data_dir / "realspeech", realspeech_folder(args.data_dir, realspeech)),
+        "long": (args.data_dir / "long_real.wav", long_file(args.data_dir, realspeech)),
     }
     inputs = {name: inputs[name] for name in args.only.split(",")}
     audio_s = {name: sum(audio_duration_s(p) for p in _audio_paths(path)) for name, (path, _) in inputs.items()}
@@ -271,11 +271,8 @@ def summary(report: dict) -> dict[tuple[str, str], dict]:
 
 def write_markdown(report: dict, out: Path) -> None:
     table = summary(report)
-    m = report["machine"]
     lines = [
-        f"**Machine:** {m['cpu']}, {m['usable_cores']} cores, {m['ram_gib']} GiB RAM; commit `{m['commit'][:10]}`"
-        f"{' (uncommitted changes)' if m['dirty'] else ''}; {report['date']}; load average at start "
-        f"{', '.join(f'{x:.1f}' for x in m['load_average_start'])}, at end {', '.join(f'{x:.1f}' for x in m['load_average_end'])}",
+        "**Machine:** " + machine_line(report["machine"], report["date"]),
         "",
         "| input | system | wall s (median) | audio s / s | × faster-whisper b1 | peak RSS, time -v (MiB) | tree RSS peak (MiB) | WER |",
         "|---|---|--:|--:|--:|--:|--:|--:|",

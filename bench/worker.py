@@ -9,7 +9,6 @@ makes the process's peak RSS that system's peak. Model load and each part are ti
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import shutil
 import sys
@@ -19,17 +18,15 @@ from pathlib import Path
 import psutil
 
 from bench import systems
+from bench.common import package_versions, usable_threads
 from bench.dataset import load_manifest
 from steadyscribe.memory import process_peak_rss_bytes
-
-# Versions worth recording with each result: the system's own package and what it runs on.
-PACKAGES = ("openai-whisper", "torch", "transformers", "ctranslate2", "faster-whisper", "stable-ts", "numpy")
 
 
 def run_system(name: str, model: str, data_dir: Path) -> dict:
     system = systems.SYSTEMS_BY_NAME[name]
     files = load_manifest(data_dir)
-    runner = getattr(systems, system.runner)(model, systems.usable_threads(), system.options)
+    runner = getattr(systems, system.runner)(model, usable_threads(), system.options)
     runner.prepare()
     started = time.perf_counter()
     runner.load()
@@ -62,19 +59,9 @@ def run_system(name: str, model: str, data_dir: Path) -> dict:
         # What selection estimated for the plan (steadyscribe systems only): compare with peak_rss_bytes.
         "estimated_peak_bytes": getattr(getattr(runner, "plan", None), "estimated_peak_bytes", None),
         "parts": parts,
-        "versions": _versions(),
+        "versions": package_versions(),
         "outputs": outputs,
     }
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for package in PACKAGES:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:

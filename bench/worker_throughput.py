@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_INPUTS = Path(__file__).resolve().parents[2] / "shared" / "realspeech"
+from bench.common import REALSPEECH_ENV, realspeech_dir
+
 
 
 def cpu_s() -> float:
@@ -74,10 +75,12 @@ def measure(profile_name: str, inputs: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="?", type=Path, default=DEFAULT_INPUTS)
+    parser.add_argument("inputs", nargs="?", type=Path,
+                        help=f"folder of audio files (default: the real-speech folder: ${REALSPEECH_ENV}, else ../shared/realspeech)")
     parser.add_argument("--profile", action="append", dest="profiles")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.inputs = args.inputs or realspeech_dir()
     profiles = args.profiles or ["cpu-fast", "cpu-small"]
     if args.in_process:
         print(json.dumps(measure(profiles[0], args.inputs)))

@@ -41,7 +41,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, profile: str = DEFAULT_PR
     )
     parser.add_argument("--force", action="store_true", help="redo files already transcribed with the same settings")
     parser.add_argument("--scheduler", help="run the groups of files on this Dask scheduler (tcp://host:8786), whatever the profile says")
-    parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
+    parser.add_argument("--summary-json", help="also write the run summary as JSON to this path (exit 1 if it cannot be written)")
     parser.add_argument(
         "--verbose", "-v", action="store_true",
         help="print Prefect's log lines (every task run) on the terminal instead of only to the log file",
@@ -120,8 +120,12 @@ def run_job(args: argparse.Namespace) -> int:
     if log_path is not None:
         print(f"log: {log_path}")
     if args.summary_json:
-        with open(args.summary_json, "w") as out:
-            json.dump(summary.to_dict(), out, indent=2, default=str)
+        try:
+            with open(args.summary_json, "w") as out:
+                json.dump(summary.to_dict(), out, indent=2, default=str)
+        except OSError as error:  # a full disk, say: the summary above stands, the job reading the file must notice
+            print(f"steadyscribe: could not write the summary to {args.summary_json}: {error}", file=sys.stderr)
+            return 1
     return 1 if summary.files_failed else 0
 
 

@@ -32,6 +32,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
+from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
 from steadyscribe.run_policy import arm_retries, end_without_retries, run_timeout_s
@@ -44,7 +45,7 @@ from steadyscribe.tasks.report import (
     ProgressArtifact, RunSummary, announce_outcomes, failed_message, file_name, run_markdown, summarize, summary_markdown,
 )
 from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
-from steadyscribe.tasks.write import RunInfo, completed_file_keys, settings_key
+from steadyscribe.tasks.write import RunInfo, completed_file_keys, remove_orphan_parts, settings_key
 from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
 
 
@@ -89,7 +90,8 @@ def flow_run_name() -> str:
     if "://" not in output:
         output = os.path.abspath(output)
     profile = parameters.get("profile", DEFAULT_PROFILE)
-    return f"{mode} {first}{more} -> {output} ({profile}, {datetime.now(timezone.utc):%Y-%m-%d})"
+    # The name starts every log line of the run: control characters escaped.
+    return printable(f"{mode} {first}{more} -> {output} ({profile}, {datetime.now(timezone.utc):%Y-%m-%d})")
 
 
 # The run time limit comes from the deployment's environment (steadyscribe/run_policy.py).
@@ -158,7 +160,10 @@ def transcribe(
         settings = output_settings(chosen) | ({"align_text_suffix": text_suffix} if text_suffix else {})
         mode = "align" if text_suffix else "transcribe"
         run = RunInfo(new_run_id(), datetime.now(timezone.utc).date(), plan, settings_key(plan, settings), mode)
-        files = discover_task(inputs)
+        discovery = discover_task(inputs)
+        files = discovery.files
+        if orphans := remove_orphan_parts(output):
+            logger.info("removed %d files that interrupted commits left behind: %s", len(orphans), orphans)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
         shown_inputs = [redact_url(source) for source in inputs]
@@ -169,11 +174,12 @@ def transcribe(
         reporter().run_started(
             len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"
         )
-        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix)
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force)
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(
-        run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started, inputs=shown_inputs, profile=chosen.name
+        run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started,
+        inputs=shown_inputs, profile=chosen.name, passed_over=discovery.passed_over,
     )
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
     if summary.files_failed:
@@ -193,6 +199,7 @@ def _group_jobs(
     done: frozenset[str],
     refit: bool,
     text_suffix: str | None = None,
+    force: bool = False,
 ) -> list[GroupJob]:
     size = files_per_group(run.plan, profile)
     flow_run_id = get_run_context().flow_run.id
@@ -209,6 +216,7 @@ def _group_jobs(
             flow_run_id=flow_run_id,
             refit=refit,
             text_suffix=text_suffix,
+            force=force,
         )
         for first in range(0, len(files), size)
     ]
@@ -239,7 +247,7 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
         progress.add(finished)
         # Reported here, not where the rows are written, so that groups on Dask workers count too.
         statuses = [outcome.status for outcome in finished]
-        reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped"))
+        reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped") + statuses.count("duplicate"))
 
     for job in jobs:
         if len(in_flight) >= limit:

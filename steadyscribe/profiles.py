@@ -5,7 +5,8 @@ the selection stage (tasks/select.py) turns one into a concrete Plan for the pro
 
 Lookup of a name: $STEADYSCRIBE_PROFILES_DIR/NAME.yaml, then the shipped profiles/NAME.yaml;
 anything that looks like a path is read as a file. `extends: NAME` deep-merges the file over
-its parent (mappings merge key by key; lists and scalars replace).
+its parent (mappings merge key by key; lists and scalars replace). A relative path in `extends`
+or `candidates` is taken from the folder of the file that holds it, not the current directory.
 """
 
 from __future__ import annotations
@@ -398,10 +399,16 @@ def _looks_like_path(ref: str) -> bool:
     return "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml"))
 
 
-def resolve_profile(ref: str, *, skip: Path | None = None) -> Path:
-    """The file for a profile name or path; `skip` lets a user profile extend the shipped one of its own name."""
+def resolve_profile(ref: str, *, skip: Path | None = None, relative_to: Path | None = None) -> Path:
+    """The file for a profile name or path; `skip` lets a user profile extend the shipped one of its own name.
+
+    A relative path is taken from `relative_to` (the folder of the profile that names it), else
+    from the current directory.
+    """
     if _looks_like_path(ref):
         path = Path(ref).expanduser()
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
         if not path.is_file():
             raise ProfileError(f"profile file {ref} does not exist")
         return path.resolve()
@@ -458,7 +465,7 @@ def _extends_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
         if not isinstance(parent, str):
             raise ProfileError(f"{path}: extends: {parent!r} is not allowed; expected one profile name or path")
         try:
-            path = resolve_profile(parent, skip=path)
+            path = resolve_profile(parent, skip=path, relative_to=path.parent)
         except ProfileError as exc:
             raise ProfileError(f"{path}: extends: {exc}") from None
 
@@ -472,6 +479,10 @@ def load_profile(ref: str | Path = DEFAULT_PROFILE) -> Profile:
         merged = deep_merge(merged, data)
     merged.setdefault("name", path.stem)
     profile = validate_profile_data(merged, chain)
+    # Candidates given as relative paths are taken from the folder of the file that lists them.
+    listed_in = next((file.parent for file, data in chain if "candidates" in data), path.parent)
+    candidates = [str(resolve_profile(c, relative_to=listed_in)) if _looks_like_path(c) else c for c in profile.candidates]
+    profile = profile.model_copy(update={"candidates": candidates})
     for candidate in profile.candidates:  # fail now, not when the candidate is reached
         if load_profile(candidate).candidates:
             raise ProfileError(f"{path}: candidates: {candidate!r} has candidates itself; list plain profiles")

@@ -1,4 +1,7 @@
-"""`steadyscribe profiles list|show|validate`: inspect and check run profiles."""
+"""`steadyscribe profiles list|show|validate`: inspect and check run profiles.
+
+A profile error exits 2, as it does for `steadyscribe run` (bad configuration).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ import sys
 from pathlib import Path
 
 from steadyscribe.profiles import ProfileError, list_profiles, load_profile, profile_yaml
+
+# The exit status of bad configuration, as `steadyscribe run` gives it.
+PROFILE_ERROR_EXIT = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("profile", help="a profile name or a path to a YAML file")
     show.set_defaults(func=show_command)
 
-    validate = commands.add_parser("validate", help="check profile files; exit 1 if any is invalid")
+    validate = commands.add_parser("validate", help="check profile files; exit 2 if any is invalid")
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.set_defaults(func=validate_command)
 
@@ -40,7 +46,7 @@ def show_command(args: argparse.Namespace) -> int:
         print(profile_yaml(load_profile(args.profile)), end="")
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return PROFILE_ERROR_EXIT
     return 0
 
 
@@ -53,4 +59,4 @@ def validate_command(args: argparse.Namespace) -> int:
         except ProfileError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
-    return 1 if failed else 0
+    return PROFILE_ERROR_EXIT if failed else 0

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from steadyscribe.printable import printable
+
 log = logging.getLogger(__name__)
 
 
@@ -133,7 +135,7 @@ class PlainProgress(RunProgress):
         self.stream = stream or sys.stdout
 
     def _print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        print(printable(line), file=self.stream, flush=True)
 
     def _show_run_started(self, plan: str) -> None:
         self._print(f"{self.action} {self.files_total} file{'' if self.files_total == 1 else 's'}: {plan}")
@@ -166,7 +168,7 @@ class RichProgress(RunProgress):
         self.bar.start()
 
     def _show_run_started(self, plan: str) -> None:
-        self.bar.update(self.task, description=plan)
+        self.bar.update(self.task, description=printable(plan))
         self._show_progress()
 
     def _show_progress(self) -> None:

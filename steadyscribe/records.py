@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "failed", "skipped", "duplicate"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,15 @@ class InputFile:
 
     source: str
     size: int | None = None
+
+
+@dataclass(frozen=True)
+class PassedOver:
+    """Entries that discovery found and left out, for one reason: how many, and the first few names."""
+
+    reason: str
+    count: int
+    first: tuple[str, ...]
 
 
 @dataclass
@@ -32,10 +41,12 @@ class DecodedAudio:
     pcm_path: str | None = None  # raw little-endian float32 samples (the mono mix)
     # audio.channels: split: one such file per channel instead of the mix (tasks/channels.py).
     channel_paths: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
+    duration_s: float | None = None  # None: not decoded (failed before its audio was measured, or skipped)
     decode_s: float = 0.0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. the input was truncated
+    # status duplicate: the source, in this run, whose transcription this content has (tasks/claims.py).
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,25 @@ def _divert_terminal_handlers(file_handler: logging.FileHandler) -> list[tuple[l
     return swapped
 
 
+class LogFile(logging.FileHandler):
+    """The run's log file. When it cannot be written (its disk is full), it says so once on stderr
+    and drops the lines, instead of a traceback per line between the progress and the summary."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"steadyscribe: cannot write the log file {self.baseFilename} ({sys.exc_info()[1]}); "
+                  "the run goes on without it", file=sys.stderr)
+
+    def close(self) -> None:
+        try:
+            super().close()  # flushes what is left: on a full disk that fails too
+        except OSError:
+            self.handleError(None)
+
+
 @contextmanager
 def logs_to_file(path: Path) -> Iterator[Path]:
     """For the block, every logging handler that writes to the terminal writes to `path` instead.
@@ -59,7 +78,7 @@ def logs_to_file(path: Path) -> Iterator[Path]:
     temporary server when the process exits, after the block: its lines go to `path` too.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler = LogFile(path, encoding="utf-8")
     swapped = _divert_terminal_handlers(file_handler)
     try:
         yield path

@@ -43,7 +43,7 @@ FILES_SCHEMA = _schema(
         pa.field("file_id", pa.string()),  # null only when the input could not be read at all
         pa.field("source", pa.string(), nullable=False),
         pa.field("duration_s", pa.float64()),
-        pa.field("status", pa.string(), nullable=False),  # ok | failed | skipped
+        pa.field("status", pa.string(), nullable=False),  # ok | failed | skipped | duplicate
         pa.field("error", pa.string()),
         # Whatever a reader of an `ok` row should know: truncated input, words kept against the filter.
         pa.field("warnings", pa.list_(pa.string())),
@@ -68,6 +68,8 @@ FILES_SCHEMA = _schema(
         pa.field("mode", pa.string()),  # transcribe | align (word times for a given text: `steadyscribe align`)
         # align mode: share of the text's words aligned with confidence (null when transcribed or failed).
         pa.field("aligned_share", pa.float64()),
+        # status duplicate: the source whose `ok` row in the same run holds this content's transcription.
+        pa.field("duplicate_of", pa.string()),
     ],
 )
 

@@ -177,6 +177,29 @@ def is_transient_io_error(exc: BaseException) -> bool:
     return any(cls.__name__ in TRANSIENT_ERROR_NAMES for cls in type(exc).__mro__)
 
 
+# errno values of a full disk or an exhausted quota: retrying does not help until someone frees space.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from) says the device or the quota is full."""
+    for _ in range(8):  # the chain is short; the bound guards against a cycle
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def no_space_in_temp_dir(temp_dir: str | os.PathLike, error: BaseException) -> str:
+    """What to say when decoded audio or transcripts no longer fit in the temporary directory."""
+    return (
+        f"no space left in the temporary directory {temp_dir} ({error}); free space there, or point TMPDIR "
+        "at a folder on a larger disk, then rerun"
+    )
+
+
 def with_retries(
     fn: Callable[[], T],
     attempts: int = 5,

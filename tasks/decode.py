@@ -10,12 +10,17 @@ Every input gets a record: a bad input (missing, unreadable, empty, not audio, c
 an unsupported codec, too short) yields a `failed` record whose error says what is wrong,
 with which file, and what to do; decode_input never raises. A truncated input is decoded as
 far as it goes and its record carries a "truncated: ..." warning.
+
+The decode task runs decode_input in a child process of its thread (steadyscribe/isolation.py):
+an input that crashes or hangs FFmpeg fails alone, with a row that says so, and the run goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -24,14 +29,23 @@ from typing import BinaryIO, Literal
 import av
 import fsspec
 import numpy as np
+from fsspec.registry import known_implementations
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
+from steadyscribe.isolation import ChildCrashed, ChildHung, ChildProcess
 from steadyscribe.records import DecodedAudio, InputFile
-from steadyscribe.storage import is_transient_io_error, protocol_of, with_retries
+from steadyscribe.storage import is_disk_full, is_transient_io_error, no_space_in_temp_dir, protocol_of, with_retries
 from steadyscribe.tasks.discover import content_sha256
 
 MIN_DURATION_S = 0.1
+
+# A decoder child that reads and writes nothing for this long hangs (isolation.ChildHung): longer
+# than a storage backend's timeouts plus storage.with_retries' longest back-off (30 s).
+DECODE_HANG_S = 600.0
+# Each thread that decodes has a decoder child of its own (isolation.ChildProcess), kept for
+# later groups, and killed by the kernel when the thread ends.
+_decoders = threading.local()
 
 # A file cut short (an upload or copy that did not finish) is transcribed as far as it goes and
 # flagged: its decoded length is compared with the length its container declares, and a decoder
@@ -151,6 +165,8 @@ def decode_input(
     except IsADirectoryError:
         return failed(f"{source}: is a directory, not an audio file; pass the directory itself to transcribe its files")
     except Exception as error:  # anything else fails this file only; the run goes on with the others
+        if is_disk_full(error):
+            return failed(f"{source}: could not be decoded: {no_space_in_temp_dir(Path(work_dir).parent, error)}")
         if is_transient_io_error(error):
             advice = "the storage kept failing after several retries; rerun later to pick this file up"
         else:
@@ -215,10 +231,11 @@ def _decode_stream(
 ) -> tuple[int, list[str]]:
     """Decode `stream` into `outs`: one file gets the mono mix, several get one channel each."""
     codec = stream.codec_context.name
-    if len(outs) == 1:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    else:
-        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=SAMPLE_RATE)
+    # Packed (interleaved) samples, also when splitting: PyAV finds a frame's planes by walking
+    # FFmpeg's plane pointers up to the first null, which reads past the 8 pointers of a planar
+    # frame with exactly 8 channels and crashed the process. A packed frame has one plane.
+    layout = "mono" if len(outs) == 1 else stream.codec_context.layout
+    resampler = av.AudioResampler(format="flt", layout=layout, rate=SAMPLE_RATE)
     samples_n = 0
     stopped_by = None  # the decoder's error, when it failed after some audio
     try:
@@ -300,21 +317,59 @@ def _looks_like(head: bytes) -> str:
 
 
 def _write_frame(frame: av.AudioFrame, outs: list[BinaryIO]) -> int:
-    """Write a resampled frame (packed mono, or planar with one plane per file); returns samples per file."""
-    planes = frame.to_ndarray().reshape(len(outs), -1).astype("<f4", copy=False)
-    for plane, out in zip(planes, outs, strict=True):
-        out.write(plane.tobytes())
-    return planes.shape[1]
+    """Write a resampled packed frame, its channels one to each file; returns samples per file."""
+    channels = frame.to_ndarray().reshape(-1, len(outs)).astype("<f4", copy=False).T
+    for channel, out in zip(channels, outs, strict=True):
+        out.write(channel.tobytes())
+    return channels.shape[1]
+
+
+def decode_isolated(
+    item: InputFile, work_dir: str | Path, skip_ids_path: str | Path, channels: Literal["mix", "split"] = "mix"
+) -> DecodedAudio:
+    """decode_input in this thread's decoder child process: a crash or hang of FFmpeg fails this file alone.
+
+    `skip_ids_path`: a file of the content hashes not to decode again, one a line (written once
+    per group, so the set is not sent with every file). An input on a filesystem that lives in this
+    process only (memory://, or one registered at run time) is decoded here: a child cannot read it.
+    """
+    if not _readable_in_a_child(item.source):
+        return _decode_listed(item, str(work_dir), str(skip_ids_path), channels)
+    if not hasattr(_decoders, "child"):
+        _decoders.child = ChildProcess()
+    try:
+        return _decoders.child.call(_decode_listed, item, str(work_dir), str(skip_ids_path), channels, hang_s=DECODE_HANG_S)
+    except (ChildCrashed, ChildHung) as error:
+        return DecodedAudio(
+            item.source, "failed",
+            error=f"{item.source}: the decoder {error} on this file; {CONVERT_HINT}, or report it with this message",
+        )
+
+
+def _readable_in_a_child(source: str) -> bool:
+    protocol = protocol_of(source)
+    return protocol != "memory" and protocol in known_implementations
+
+
+def _decode_listed(item: InputFile, work_dir: str, skip_ids_path: str, channels: Literal["mix", "split"]) -> DecodedAudio:
+    """decode_input, in the decoder child, with the skip set read from its file."""
+    return decode_input(item, work_dir, _read_file_ids(skip_ids_path), channels)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_file_ids(path: str) -> frozenset[str]:
+    return frozenset(Path(path).read_text().split())
 
 
 # decode_input never raises for a bad or unreachable input (it retries transient storage
-# errors itself), so a task-level retry would only repeat a bug. No timeout: decode runs in the
-# task runner's threads, which Prefect cannot interrupt (it only warned), and a stalled read is
-# bounded by the storage backend's own timeouts.
+# errors itself), so a task-level retry would only repeat a bug. A stalled decode is bounded by
+# DECODE_HANG_S (Prefect cannot interrupt a task's thread, only warn).
 # One task run per group of files, not per file: with a run of many short clips, a task run per
 # file kept the Prefect server busier than the decoding itself.
 @task(name="decode")
 def decode_task(
     items: list[InputFile], work_dir: str, skip_file_ids: frozenset[str] = frozenset(), channels: Literal["mix", "split"] = "mix"
 ) -> list[DecodedAudio]:
-    return [decode_input(item, work_dir, skip_file_ids, channels) for item in items]
+    skip_ids_path = Path(work_dir) / "skip_file_ids.txt"
+    skip_ids_path.write_text("\n".join(sorted(skip_file_ids)))
+    return [decode_isolated(item, work_dir, skip_ids_path, channels) for item in items]

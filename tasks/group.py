@@ -15,7 +15,6 @@ replaces its own commit instead of adding a second row per file.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -35,15 +34,18 @@ from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
+from steadyscribe.scratch import ScratchDir
+from steadyscribe.storage import is_disk_full, no_space_in_temp_dir
 from steadyscribe.tasks.align import align_group, read_texts
 from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channel_files
+from steadyscribe.tasks.claims import GroupClaims
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
 from steadyscribe.tasks.infer import Packing, infer_task
 from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
-from steadyscribe.tasks.write import FileResult, RunInfo, write_file_results, write_task
+from steadyscribe.tasks.write import CommitFailed, FileResult, RunInfo, write_file_results, write_task
 
 # Threads for this worker's engine when the profile says `auto`: set where several worker
 # processes share a machine (the local Dask cluster sets it to CPUs / workers).
@@ -71,6 +73,7 @@ class GroupJob:
     refit: bool = True
     # Align mode (tasks/align.py): each file's text is the file beside it with this suffix; None: transcribe.
     text_suffix: str | None = None
+    force: bool = False  # transcribe again what earlier runs committed (a concurrent run's claim still counts)
 
     @property
     def part(self) -> str:
@@ -136,14 +139,18 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
     worker = worker_name()
     check_cancelled = CancelWatch(job.flow_run_id)
     started_at = datetime.now(timezone.utc)
-    work_dir = tempfile.mkdtemp(prefix=f"steadyscribe-{job.part}-")
+    work = ScratchDir(job.part)  # removed below; by a later run if this process is killed
+    work_dir = work.path
+    claims = GroupClaims(job.output, job.run.run_id, job.run.settings_key, force=job.force)
     try:
         logger.info("%s on worker %s, work directory %s", job.label, worker, work_dir)
         audio = job.profile.audio
         named = NamedStages(job.label)
         decoded = named(decode_task)(job.files, work_dir, job.skip_file_ids, audio.channels)
         check_cancelled()
-        # Identical content under two names is transcribed once and written under both.
+        # A recording is transcribed once per output and settings, whatever its names and however
+        # many runs reach it: the others become `duplicate` or `skipped` rows (tasks/claims.py).
+        decoded = claims.resolve(decoded)
         texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
         vad = job.profile.vad.model_dump()
@@ -184,11 +191,14 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         check_cancelled()
         write = named(write_task)
         file_paths = {file_id: path for file_id, path in stable_paths.items() if file_id in todo}
-        return write(
+        outcomes = write(
             job.output, job.run, decoded, file_paths, infer_s, started_at, job.profile.output, worker=worker, part=job.part
         )
+        claims.settle(outcomes)
+        return outcomes
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        claims.release()
+        work.remove()
 
 
 class NamedStages:
@@ -229,6 +239,8 @@ def _engine_failure(error: Exception, plan: Plan, worker: str) -> str:
         )
     if isinstance(error, PlanError):
         return f"the planned {plan.engine} {plan.model} does not fit worker {worker} ({error}); rerun on a larger worker"
+    if is_disk_full(error):  # the transcripts between the stages live in the temporary directory
+        return f"transcription failed on worker {worker}: {no_space_in_temp_dir(tempfile.gettempdir(), error)}"
     return f"transcription failed on worker {worker} ({error!r}); rerun to retry, or report it with the log"
 
 
@@ -236,12 +248,23 @@ def commit_lost_group(job: GroupJob, error: BaseException) -> list[FileOutcome]:
     """Failed rows for a group whose task never finished (its workers kept dying); a rerun redoes it.
 
     Written under the group's own part name, so they replace whatever the group committed before it was lost.
+    When even these rows cannot be written (the output's disk is full), the outcomes say so, for the summary.
     """
-    reason = f"its group ({job.label}) was lost: {error!r}; rerun to transcribe it"
+    if isinstance(error, CommitFailed):
+        reason = f"{error}; {'free space there, then rerun' if error.disk_full else 'rerun to transcribe it'}"
+    elif is_disk_full(error):  # between the stages, in the temporary directory
+        reason = f"its group ({job.label}) stopped: {no_space_in_temp_dir(tempfile.gettempdir(), error)}"
+    else:
+        reason = f"its group ({job.label}) was lost: {error!r}; rerun to transcribe it"
     results = [FileResult(item.source, "failed", error=f"{item.source}: {reason}") for item in job.files]
-    write_file_results(
-        job.output, job.run, results, sidecar_formats=(), row_group_size=job.profile.output.row_group_size, part=job.part
-    )
+    try:
+        write_file_results(
+            job.output, job.run, results, sidecar_formats=(), row_group_size=job.profile.output.row_group_size, part=job.part
+        )
+    except Exception as write_error:
+        get_run_logger().error("the failed rows of %s could not be written either: %r", job.label, write_error)
+        unwritten = f" (this failed row could not be written either: {write_error})"
+        return [FileOutcome(r.source, r.status, 0.0, f"{r.error}{unwritten}") for r in results]
     return [FileOutcome(r.source, r.status, 0.0, r.error) for r in results]
 
 

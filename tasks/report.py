@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from steadyscribe.memory import process_peak_rss_bytes
-from steadyscribe.records import FileOutcome
+from steadyscribe.printable import printable
+from steadyscribe.records import FileOutcome, PassedOver
 
 # Failed files that get a failed task run of their own, per run: enough for an operator to see
 # each one by name in the UI; a run where everything fails must not add thousands of task runs
@@ -34,11 +35,13 @@ class RunSummary:
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
     failures: list[FileOutcome] = field(default_factory=list)
-    warned: list[FileOutcome] = field(default_factory=list)  # ok files whose row carries warnings
+    warned: list[FileOutcome] = field(default_factory=list)  # ok (or skipped) files whose row carries warnings
     stabilization: dict[str, int] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)  # as given, credentials redacted
     profile: str | None = None
     slowest: list[FileOutcome] = field(default_factory=list)  # by decoding plus inference time
+    files_duplicate: int = 0  # other names of content this run transcribed (files.duplicate_of)
+    passed_over: list[PassedOver] = field(default_factory=list)  # what discovery left out, by reason
 
     @property
     def real_time_factor(self) -> float:
@@ -57,8 +60,9 @@ def summarize(
     wall_s: float,
     inputs: list[str] | None = None,
     profile: str | None = None,
+    passed_over: list[PassedOver] | None = None,
 ) -> RunSummary:
-    by_status = {status: [o for o in outcomes if o.status == status] for status in ("ok", "failed", "skipped")}
+    by_status = {status: [o for o in outcomes if o.status == status] for status in ("ok", "failed", "skipped", "duplicate")}
     return RunSummary(
         run_id=run_id,
         output=output,
@@ -70,11 +74,13 @@ def summarize(
         wall_s=wall_s,
         peak_rss_bytes=process_peak_rss_bytes(),
         failures=by_status["failed"],
-        warned=[o for o in by_status["ok"] if o.warnings],
+        warned=[o for o in by_status["ok"] + by_status["skipped"] if o.warnings],
         stabilization=_add_counts(o.stabilization for o in by_status["ok"]),
         inputs=list(inputs or []),
         profile=profile,
         slowest=sorted(by_status["ok"], key=lambda o: o.processing_s, reverse=True)[:SLOWEST_FILES],
+        files_duplicate=len(by_status["duplicate"]),
+        passed_over=list(passed_over or []),
     )
 
 
@@ -171,15 +177,24 @@ def summary_text(summary: RunSummary) -> str:
     """The few lines the CLI prints at the end of a run."""
     lines = [
         f"run {summary.run_id} → {summary.output}",
-        f"files: {summary.files_ok} ok, {summary.files_failed} failed, {summary.files_skipped} skipped",
+        f"files: {summary.files_ok} ok, {summary.files_failed} failed, {summary.files_skipped} skipped"
+        + (f", {summary.files_duplicate} duplicate" if summary.files_duplicate else ""),
         f"audio: {summary.audio_s:.1f} s in {summary.wall_s:.1f} s wall "
         f"(real-time factor {summary.real_time_factor:.3f}), peak memory {summary.peak_rss_bytes / 2**20:.0f} MiB",
         f"plan: {summary.plan.get('engine')} / {summary.plan.get('model')} / batch {summary.plan.get('batch_size')}"
         f" / {summary.plan.get('quantization')}",
     ]
     lines += [f"FAILED {f.source}: {failure_reason(f)}" for f in summary.failures]
-    lines += [f"ok with warnings {f.source}: {'; '.join(f.warnings)}" for f in summary.warned]
-    return "\n".join(lines)
+    lines += [f"{f.status} with warnings {f.source}: {'; '.join(f.warnings)}" for f in summary.warned]
+    lines += [f"passed over {p.count}: {p.reason} ({passed_over_names(p)})" for p in summary.passed_over]
+    # One line each, whatever the names hold: a newline in a file name must not start a line of its own.
+    return "\n".join(printable(line) for line in lines)
+
+
+def passed_over_names(passed: PassedOver) -> str:
+    """The first few names, and how many more."""
+    more = passed.count - len(passed.first)
+    return ", ".join(passed.first) + (f" and {more} more" if more else "")
 
 
 def summary_markdown(summary: RunSummary) -> str:
@@ -189,7 +204,8 @@ def summary_markdown(summary: RunSummary) -> str:
         ("inputs", ", ".join(summary.inputs)),
         ("output", summary.output),
         ("profile", summary.profile or summary.plan.get("profile")),
-        ("files ok / failed / skipped", f"{summary.files_ok} / {summary.files_failed} / {summary.files_skipped}"),
+        ("files ok / failed / skipped / duplicate",
+         f"{summary.files_ok} / {summary.files_failed} / {summary.files_skipped} / {summary.files_duplicate}"),
         ("audio hours", f"{summary.audio_s / 3600:.4f}"),
         ("wall time (s)", f"{summary.wall_s:.1f}"),
         ("real-time factor", f"{summary.real_time_factor:.3f}"),
@@ -208,4 +224,7 @@ def summary_markdown(summary: RunSummary) -> str:
     if summary.warned:
         text += "\n\n### Files with warnings\n\n| file | warnings |\n|---|---|\n"
         text += "\n".join(f"| {f.source} | {'; '.join(f.warnings).replace('|', '/')} |" for f in summary.warned)
+    if summary.passed_over:
+        text += "\n\n### Passed over by discovery\n\n| reason | count | first names |\n|---|--:|---|\n"
+        text += "\n".join(f"| {p.reason} | {p.count} | {passed_over_names(p).replace('|', '/')} |" for p in summary.passed_over)
     return text

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -22,6 +24,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from prefect import task
 
@@ -32,11 +35,18 @@ from steadyscribe.storage import (
     TEMP_DIR,
     StorageOptions,
     filesystem_for,
+    is_disk_full,
     join,
     source_url,
     with_retries,
     write_bytes_atomic,
 )
+
+log = logging.getLogger(__name__)
+
+# A commit writes its parts one after another within seconds (minutes, with storage retries): a
+# `words` or `segments` file this old that still has no `files` file of its part is an orphan.
+ORPHAN_AGE_S = 3600.0
 
 # Default rows per row group (profiles set output.row_group_size): small enough for readers
 # to skip groups by file_id statistics, large enough to compress well.
@@ -94,6 +104,7 @@ class FileResult:
     transcript: Transcript | None = None
     warnings: list[str] = field(default_factory=list)
     worker: str | None = None  # host:pid of the process that transcribed it
+    duplicate_of: str | None = None  # status duplicate: the source whose row holds the transcription
 
     @classmethod
     def from_decoded(
@@ -124,6 +135,7 @@ class FileResult:
             transcript=transcript if status == "ok" else None,
             warnings=[*decoded.warnings, *(transcript.warnings if transcript and status == "ok" else [])],
             worker=worker,
+            duplicate_of=decoded.duplicate_of,
         )
 
 
@@ -163,6 +175,7 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "worker": result.worker,
         "mode": run.mode,
         "aligned_share": _aligned_share(transcript) if transcript and run.mode == "align" else None,
+        "duplicate_of": result.duplicate_of,
     }
 
 
@@ -249,8 +262,10 @@ def write_file_results(
     Each table gets one new Parquet file named `part` (default <run_id>-<random>), so concurrent
     runs and repeated commits never overwrite one another; a commit repeated under the same
     `part` (a retried group) replaces the earlier one. A failure part-way leaves no partial
-    file; at worst words/segments without their files rows, which readers ignore and which
-    a rerun replaces (the file is transcribed again because it has no ok files row).
+    file: a storage error (a full disk) removes the words and segments this commit wrote and
+    raises CommitFailed; a killed process leaves at worst words/segments without their files
+    rows, which readers ignore, which a rerun replaces (the file is transcribed again because it
+    has no ok files row) and a later run removes (remove_orphan_parts).
     Returns what was written, in commit order, as URLs (plain paths for local output).
     """
     formats = tuple(sidecar_formats)
@@ -260,22 +275,93 @@ def write_file_results(
     temp_dir = join(root, TEMP_DIR)
     part = part or f"{run.run_id}-{uuid.uuid4().hex[:12]}"
     written: list[str] = []
+    table_parts: list[str] = []  # this commit's words and segments files, named after `part` alone
 
     def put(path: str, data: bytes) -> None:
         with_retries(lambda: write_bytes_atomic(fs, path, data, temp_dir))
         written.append(source_url(fs, path))
 
-    for table, rows in (("words", word_rows(run, results)), ("segments", segment_rows(run, results))):
-        if rows:
-            table_bytes = parquet_bytes(pa.Table.from_pylist(rows, SCHEMAS[table]), row_group_size)
-            put(table_path(root, table, run.run_date, part), table_bytes)
-    for result, transcript in _transcribed(results):
-        for fmt in formats:
-            put(sidecar_path(root, run.run_date, result, fmt), render_sidecar(fmt, run, result, transcript).encode())
-    files = pa.Table.from_pylist([file_row(run, r) for r in results], SCHEMAS["files"])
-    if files.num_rows:
-        put(table_path(root, "files", run.run_date, part), parquet_bytes(files, row_group_size))
+    try:
+        for table, rows in (("words", word_rows(run, results)), ("segments", segment_rows(run, results))):
+            if rows:
+                table_bytes = parquet_bytes(pa.Table.from_pylist(rows, SCHEMAS[table]), row_group_size)
+                table_parts.append(table_path(root, table, run.run_date, part))
+                put(table_parts[-1], table_bytes)
+        for result, transcript in _transcribed(results):
+            for fmt in formats:
+                put(sidecar_path(root, run.run_date, result, fmt), render_sidecar(fmt, run, result, transcript).encode())
+        files = pa.Table.from_pylist([file_row(run, r) for r in results], SCHEMAS["files"])
+        if files.num_rows:
+            put(table_path(root, "files", run.run_date, part), parquet_bytes(files, row_group_size))
+    except Exception as error:
+        _remove_uncommitted(fs, table_path(root, "files", run.run_date, part), table_parts)
+        if isinstance(error, OSError):  # the storage refused; anything else is a bug, raised as it is
+            raise CommitFailed(output, f"{type(error).__name__}: {error}", is_disk_full(error)) from error
+        raise
     return written
+
+
+class CommitFailed(Exception):
+    """A commit to the output failed part-way; the words and segments it had written were removed.
+
+    Says whether the output's device (or quota) was full: that crosses process boundaries
+    (a Dask worker's exception reaches the flow pickled, without its cause).
+    """
+
+    def __init__(self, output: str, reason: str, disk_full: bool):
+        super().__init__(output, reason, disk_full)
+        self.output, self.reason, self.disk_full = output, reason, disk_full
+
+    def __str__(self) -> str:
+        full = "no space left on its device: " if self.disk_full else ""
+        return f"could not commit to {self.output}: {full}{self.reason}"
+
+
+def _remove_uncommitted(fs: AbstractFileSystem, files_part: str, table_parts: list[str]) -> None:
+    """After a commit failed part-way (a full disk, say), remove the words and segments files it
+    wrote before its `files` rows, so that they do not linger as orphans. Kept when an earlier
+    commit of the same part (a group run again) stands: its `files` rows need them. Sidecars stay:
+    their names are not the commit's own, and readers find files through the tables."""
+    try:
+        if fs.exists(files_part):
+            return
+        for path in table_parts:
+            if fs.exists(path):
+                fs.rm_file(path)
+    except Exception as error:  # best effort: the next run removes what is left (remove_orphan_parts)
+        log.warning("could not remove the parts of an unfinished commit %s: %r", table_parts, error)
+
+
+def remove_orphan_parts(
+    output: str, storage_options: StorageOptions | None = None, older_than_s: float = ORPHAN_AGE_S
+) -> list[str]:
+    """Remove what interrupted commits left behind: `words` and `segments` files with no `files` file
+    of the same part name, and writers' temporary files under OUT/_tmp/, once older than
+    `older_than_s` (a concurrent run's commit in progress is younger). Returns what was removed."""
+    fs, root = filesystem_for(output, storage_options)
+    fs.invalidate_cache()
+    try:
+        committed = {posixpath.basename(path) for path in table_files(fs, join(root, "files"))}
+        candidates = [
+            path for table in ("words", "segments") for path in table_files(fs, join(root, table))
+            if posixpath.basename(path) not in committed
+        ]
+        temp_dir = join(root, TEMP_DIR)
+        if fs.exists(temp_dir):
+            candidates += [path for path in fs.find(temp_dir) if path.endswith(".tmp")]
+    except Exception as error:  # housekeeping: a listing that fails now is tried again by the next run
+        log.warning("could not look for orphans of interrupted commits in %s: %r", output, error)
+        return []
+    removed = []
+    now = time.time()
+    for path in candidates:
+        try:
+            if now - fs.modified(path).timestamp() >= older_than_s:
+                fs.rm_file(path)
+                removed.append(source_url(fs, path))
+        except Exception as error:  # a backend without modification times, a file gone meanwhile: leave it
+            log.warning("could not check or remove %s: %r", path, error)
+    return removed
 
 
 def write_file_result(
@@ -299,14 +385,35 @@ def write_file_result(
 
 
 def open_table(output: str, table: TableName, storage_options: StorageOptions | None = None) -> ds.Dataset:
-    """One table as a pyarrow dataset, with `run_date` read from the path as a date."""
+    """One table as a pyarrow dataset, with `run_date` read from the path as a date.
+
+    Only its Parquet files are read: anything else a person or a tool left in the table's
+    directory (a README.txt, .DS_Store, an editor's backup) is ignored, as the documented
+    `OUT/<table>/**/*.parquet` globs ignore it.
+    """
     fs, root = filesystem_for(output, storage_options)
     directory = join(root, table)
     # fsspec reuses filesystem instances, and s3fs/gcsfs cache listings: a long-lived worker
     # would not see what other runs committed since it last looked.
     fs.invalidate_cache()
     schema = SCHEMAS[table].append(pa.field(PARTITION_COLUMN, pa.date32()))
-    return ds.dataset(directory, schema=schema, format="parquet", partitioning=PARTITIONING, filesystem=fs)
+    return ds.dataset(
+        table_files(fs, directory), schema=schema, format="parquet", partitioning=PARTITIONING,
+        partition_base_dir=directory, filesystem=fs,
+    )
+
+
+def table_files(fs: AbstractFileSystem, directory: str) -> list[str]:
+    """The Parquet files under a table's directory, skipping names that start with "." or "_"
+    (hidden files, writers' scratch) anywhere below it, as pyarrow's own discovery does."""
+    if not fs.exists(directory):
+        return []
+    found = fs.find(directory)
+    prefix = directory.rstrip("/") + "/"
+    return sorted(
+        path for path in found
+        if path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in path.removeprefix(prefix).split("/"))
+    )
 
 
 def completed_file_keys(output: str, storage_options: StorageOptions | None = None) -> set[tuple[str, str]]:
@@ -391,8 +498,19 @@ def render_sidecar(fmt: SidecarFormat, run: RunInfo, result: FileResult, transcr
     return to_json(run, result, transcript)
 
 
+def _retry_unless_disk_full(task, task_run, state) -> bool:
+    """Retry a failed commit, but not onto a full disk: it stays full for the seconds between tries."""
+    try:
+        state.result()
+    except CommitFailed as error:
+        return not error.disk_full
+    except Exception:
+        pass
+    return True
+
+
 # No timeout: the group task runs this in a worker thread, where Prefect cannot interrupt it (it only warns).
-@task(name="write", retries=2, retry_delay_seconds=[2, 10])
+@task(name="write", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_unless_disk_full)
 def write_task(
     output: str,
     run: RunInfo,

@@ -18,9 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _without_api(tmp_path: Path) -> dict[str, str]:
-    """This session's environment with no Prefect API configured and a Prefect home of its own."""
+    """This session's environment with no Prefect API configured, and a Prefect home and TMPDIR of its own."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    return {**env, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO"}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {
+        **env, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO", "TMPDIR": str(tmp_path / "tmp"),
+    }
 
 
 def test_the_server_answers_then_stops(tmp_path, monkeypatch):
@@ -30,9 +33,12 @@ def test_the_server_answers_then_stops(tmp_path, monkeypatch):
         server.wait_until_ready()
         with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as response:
             assert response.status == 200
+        # Its database is in a home of its own, not in the user's Prefect home.
+        assert server.database.is_file() and server.database.parent == Path(server.home.path)
     finally:
         server.stop()
     assert server.process.poll() is not None
+    assert not Path(server.home.path).exists() and not (tmp_path / "prefect-home" / "prefect.db").exists()
 
 
 def test_a_server_that_exits_is_reported(tmp_path, monkeypatch):
@@ -65,6 +71,8 @@ def test_a_run_without_an_api_uses_and_stops_its_own_server(tmp_path):
     [log_path] = [line.removeprefix("log: ") for line in done.stdout.splitlines() if line.startswith("log: ")]
     log = Path(log_path).read_text()
     assert "Beginning flow run" in log and "Starting temporary server" not in log
+    # Its database, which held the run's parameters, went with it.
+    assert not list((tmp_path / "tmp").glob("steadyscribe-*")) and not (tmp_path / "prefect-home" / "prefect.db").exists()
 
 
 def test_bad_configuration_stops_the_server_and_exits_2(tmp_path):

@@ -23,6 +23,7 @@ SHIPPED = ["auto", "cpu-accurate", "cpu-batched", "cpu-fast", "cpu-lowmem", "cpu
 
 def write(directory: Path, name: str, text: str) -> Path:
     path = directory / f"{name}.yaml"
+    directory.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
@@ -287,7 +288,7 @@ def test_cli_show_prints_the_merged_profile(capsys):
 
 
 def test_cli_show_unknown_profile_fails(capsys):
-    assert run_cli("show", "nope") == 1
+    assert run_cli("show", "nope") == 2
     assert "no profile named 'nope'" in capsys.readouterr().err
 
 
@@ -295,7 +296,7 @@ def test_cli_validate(tmp_path, capsys):
     good = write(tmp_path, "good", "extends: cpu-small\n")
     bad = write(tmp_path, "bad", "dtype: float8\n")
     assert run_cli("validate", str(good)) == 0
-    assert run_cli("validate", str(good), str(bad)) == 1
+    assert run_cli("validate", str(good), str(bad)) == 2
     captured = capsys.readouterr()
     assert f"ok: {good}" in captured.out
     assert f"{bad}: dtype: 'float8' is not allowed" in captured.err
@@ -314,3 +315,47 @@ def test_help_names_the_profile_each_command_runs_with():
         assert parser.parse_args([command, "in", "--output", "out"]).profile == profile
         subparser = parser._subparsers._group_actions[0].choices[command]
         assert f"(default: {profile})" in " ".join(subparser.format_help().split())
+
+
+def test_relative_extends_and_candidates_are_taken_from_the_profiles_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "conf"
+    write(folder / "shared", "base", "extends: cpu-small\nbatch_size: 3\n")
+    child = write(folder, "child", "extends: shared/base.yaml\nthreads: 1\n")
+    picker = write(folder, "picker", "extends: auto\ncandidates: [shared/base.yaml, cpu-small]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    profile = load_profile(str(child))
+    assert (profile.batch_size, profile.threads) == (3, 1)
+    assert load_profile(str(picker)).candidates == [str(folder / "shared" / "base.yaml"), "cpu-small"]
+
+
+def test_every_profile_error_exits_2_from_any_folder(tmp_path):
+    """The real commands, started from another folder, as a cron job starts them."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "conf"
+    write(folder, "base", "extends: cpu-small\nbatch_size: 3\n")
+    good = write(folder, "good", "extends: ./base.yaml\n")
+    bad = write(folder, "bad", "extends: ./base.yaml\ndtype: float8\n")
+    missing_parent = write(folder, "orphan", "extends: ./nowhere.yaml\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def steadyscribe(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "steadyscribe.cli", *argv], capture_output=True, text=True, cwd=elsewhere, timeout=300
+        )
+
+    shown = steadyscribe("profiles", "show", str(good))
+    assert shown.returncode == 0, shown.stderr
+    assert "batch_size: 3" in shown.stdout
+    assert steadyscribe("profiles", "validate", str(good)).returncode == 0
+    for profile in (bad, missing_parent):
+        for argv in (("profiles", "validate", str(profile)), ("profiles", "show", str(profile)),
+                     ("run", str(folder), "--output", str(tmp_path / "out"), "--profile", str(profile))):
+            result = steadyscribe(*argv)
+            assert result.returncode == 2, (argv, result.stdout, result.stderr)
+            assert str(profile) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -4,13 +4,15 @@ Every input must end in exactly one `files` row (ok, skipped or failed with an e
 what, which file and what to do), and the other files must carry on. Inputs are made here with
 PyAV and numpy; nothing calls sox or espeak.
 
-Tests run as root, for whom chmod 000 does not block reads: the permission case raises
-PermissionError from a patched local file open instead.
+Tests run as root, for whom chmod 000 does not block reads: the permission case reads from a
+filesystem of this process (locked://) whose opens raise PermissionError instead. Such a
+filesystem is read in the run's own process; local files are decoded in a child process.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -26,7 +28,6 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fsspec.implementations.local import LocalFileOpener
 from fsspec.implementations.memory import MemoryFileSystem
 
 import steadyscribe.tasks.decode
@@ -98,6 +99,19 @@ def with_unknown_codec(wav: Path, target: Path) -> Path:
     return target
 
 
+def retagged(path: Path) -> bytes:
+    """The same FLAC frames (the same samples) in a file with another title tag: other content, same audio."""
+    buffer = io.BytesIO()
+    with av.open(str(path)) as source, av.open(buffer, "w", format="flac") as copy:
+        copy.metadata["title"] = "another copy"
+        stream = copy.add_stream_from_template(source.streams.audio[0])
+        for packet in source.demux(source.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                copy.mux(packet)
+    return buffer.getvalue()
+
+
 def speech(name: str, work_dir: Path, seconds: float = SPEECH_S) -> np.ndarray:
     decoded = steadyscribe.tasks.decode.decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir)
     return np.asarray(load_pcm(decoded.pcm_path))[: int(seconds * SAMPLE_RATE)]
@@ -136,6 +150,21 @@ class FlakyFileSystem(MemoryFileSystem):
             if FlakyFileSystem.opens in self.failing_opens:
                 FlakyFileSystem.raised += 1
                 raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer (injected)", path)
+        return super()._open(path, mode, **kwargs)
+
+
+class LockedFileSystem(MemoryFileSystem):
+    """memory:// under the protocol locked://, whose reads are refused as a file without read permission is."""
+
+    protocol = "locked"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(str(path).removeprefix("locked://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
         return super()._open(path, mode, **kwargs)
 
 
@@ -192,7 +221,6 @@ def odd_run(prefect_server, tmp_path_factory):
     encode(inputs / "u8.wav", clip, codec="pcm_u8")
     encode(inputs / "silence.flac", np.zeros(2 * SAMPLE_RATE))
     encode(inputs / "too_short.wav", clip[: SAMPLE_RATE // 20], codec="pcm_s16le")
-    encode(inputs / "locked.flac", clip)
     (inputs / "empty.wav").write_bytes(b"")
     (inputs / "text.mp3").write_text("These are meeting notes, not a recording.\n" * 20)
     write_png(inputs / "image.wav")
@@ -206,22 +234,17 @@ def odd_run(prefect_server, tmp_path_factory):
     (inputs / "corrupt.flac").write_bytes(bytes(corrupt))
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
-    FlakyFileSystem().pipe_file("/remote/flaky.flac", (FIXTURES / "fast_speaker.flac").read_bytes())
+    # The speech of speech.flac under other bytes: an exact copy would be its `duplicate` row.
+    FlakyFileSystem().pipe_file("/remote/flaky.flac", retagged(FIXTURES / "fast_speaker.flac"))
+    fsspec.register_implementation("locked", LockedFileSystem, clobber=True)
+    LockedFileSystem().pipe_file("/remote/locked.flac", encode(scratch / "locked.flac", clip).read_bytes())
     flaky_writes = FlakyWrites(steadyscribe.tasks.write.write_bytes_atomic)
-    locked = str(inputs / "locked.flac")
-    real_open = LocalFileOpener._open
-
-    def open_unless_locked(opener: LocalFileOpener) -> None:
-        if opener.path == locked:
-            raise PermissionError(errno.EACCES, "Permission denied", opener.path)
-        real_open(opener)
 
     summary_path = scratch / "summary.json"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalFileOpener, "_open", open_unless_locked)
         patch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", flaky_writes)
         exit_code = main([
-            "run", str(inputs), str(inputs / "missing.wav"), "flaky:///remote/flaky.flac",
+            "run", str(inputs), str(inputs / "missing.wav"), "flaky:///remote/flaky.flac", "locked:///remote/locked.flac",
             "--output", str(output), "--summary-json", str(summary_path),
         ])
     rows = {row["source"].rsplit("/", 1)[-1]: row for row in files_rows(output)}
@@ -252,6 +275,7 @@ def test_input_case(odd_run, name):
         assert row["source"] in row["error"]
         for fragment in fragments:
             assert fragment in row["error"]
+        assert row["duration_s"] is None  # never measured: not 0.0, which readers would sum as audio
     else:
         assert row["error"] is None
         assert all(fragment in "; ".join(row["warnings"]) for fragment in fragments)
@@ -408,7 +432,7 @@ def test_unreachable_cloud_input_fails_alone(prefect_server, request, monkeypatc
 def no_decoding(monkeypatch):
     """Fails the test if any input is decoded."""
     calls = []
-    monkeypatch.setattr(steadyscribe.tasks.decode, "decode_input", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(steadyscribe.tasks.decode, "decode_isolated", lambda *args, **kwargs: calls.append(args))
     yield
     assert not calls, "a configuration error must stop the run before any audio is decoded"
 

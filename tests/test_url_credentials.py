@@ -36,14 +36,34 @@ FIXTURE = FIXTURES / "fast_speaker.flac"
     [
         (f"http://user:{PASSWORD}@127.0.0.1:8000/call.flac", "http://user:***@127.0.0.1:8000/call.flac"),
         (f"https://{PASSWORD}@host/call.flac", "https://***@host/call.flac"),
+        (f"ftp://{PASSWORD}@host/call.flac", "ftp://***@host/call.flac"),
         (f"sftp://user:{PASSWORD}@host/call.flac", "sftp://user:***@host/call.flac"),
         (
             f"https://b.s3.amazonaws.com/c.flac?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature={SIGNATURE}",
-            "https://b.s3.amazonaws.com/c.flac?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&X-Amz-Signature=***",
+            "https://b.s3.amazonaws.com/c.flac?X-Amz-Algorithm=***&X-Amz-Credential=***&X-Amz-Signature=***",
         ),
-        (f"https://a.blob.core.windows.net/c/x.wav?sv=2024&SIG={SIGNATURE}", "https://a.blob.core.windows.net/c/x.wav?sv=2024&SIG=***"),
+        (f"https://a.blob.core.windows.net/c/x.wav?sv=2024&SIG={SIGNATURE}", "https://a.blob.core.windows.net/c/x.wav?sv=***&SIG=***"),
+        (f"https://a.blob.core.windows.net/c/x.wav?se=2030-01-01&sp=r", "https://a.blob.core.windows.net/c/x.wav?se=***&sp=r"),
         (f"https://storage.googleapis.com/b/x.ogg?X-Goog-Signature={SIGNATURE}", "https://storage.googleapis.com/b/x.ogg?X-Goog-Signature=***"),
-        (f"http://host/x.mp3?token={SIGNATURE}#t=3", "http://host/x.mp3?token=***#t=3"),
+        (f"http://host/x.mp3?token={SIGNATURE}#t=3", "http://host/x.mp3?token=***#***"),
+        # The forms that slipped through before: a fragment, matrix parameters, `key`, percent-encoded names.
+        (f"https://host/x.flac#access_token={SIGNATURE}", "https://host/x.flac#***"),
+        (f"https://host/calls;X-Amz-Signature={SIGNATURE};v=1/x.flac", "https://host/calls;X-Amz-Signature=***;v=1/x.flac"),
+        (f"https://host/x.flac;X-Amz-Signature={SIGNATURE}", "https://host/x.flac;X-Amz-Signature=***"),
+        (f"https://host/x.flac?key={SIGNATURE}", "https://host/x.flac?key=***"),
+        (f"https://host/x.flac?%74oken={SIGNATURE}", "https://host/x.flac?%74oken=***"),
+        (f"https://host/x.flac?%2574oken={SIGNATURE}", "https://host/x.flac?%2574oken=***"),  # encoded twice
+        (f"https://host/x.flac?a=1;Sig={SIGNATURE}", "https://host/x.flac?a=1;Sig=***"),
+        # Names by their parts, however they are written.
+        (f"https://host/x.flac?apiKey={SIGNATURE}&api-key=1&API_KEY=2", "https://host/x.flac?apiKey=***&api-key=***&API_KEY=***"),
+        (f"https://host/x.flac?accesstoken={SIGNATURE}", "https://host/x.flac?accesstoken=***"),
+        (f"https://host/x.flac?X-Amz-Security-Token={SIGNATURE}", "https://host/x.flac?X-Amz-Security-Token=***"),
+        (f"https://host/x.flac?client_secret={SIGNATURE}&Password=1", "https://host/x.flac?client_secret=***&Password=***"),
+        (f"https://host/x.flac?SessionId={SIGNATURE}&auth=1&credential=2", "https://host/x.flac?SessionId=***&auth=***&credential=***"),
+        (f"https://host/x.flac?Key-Pair-Id=K&Policy=P&Signature={SIGNATURE}", "https://host/x.flac?Key-Pair-Id=***&Policy=***&Signature=***"),
+        # fsspec URL chains: each link is checked.
+        (f"simplecache::https://host/x.flac?token={SIGNATURE}", "simplecache::https://host/x.flac?token=***"),
+        (f"http://[::1]:8000/x.flac?token={SIGNATURE}", "http://[::1]:8000/x.flac?token=***"),
     ],
 )
 def test_secrets_in_urls_are_found_and_redacted(url, redacted):
@@ -57,12 +77,56 @@ def test_secrets_in_urls_are_found_and_redacted(url, redacted):
 
 @pytest.mark.parametrize(
     "url",
-    ["/data/a:b@c.flac", "s3://bucket/calls/x.flac", "sftp://user@host/x.flac", "https://host/x.flac?version=3&keyword=a", "memory://x/y.wav"],
+    [
+        "/data/a:b@c.flac", "/data/x#token=1.flac", "s3://bucket/calls/x.flac", "sftp://user@host/x.flac",
+        "https://host/x.flac?version=3&keyword=a", "https://host/x.flac?version=2", "s3://bucket/x.flac?versionId=3",
+        "https://host/a;v=1/x.flac?alt=media&t=3", "memory://x/y.wav", "https://host/x.flac#",
+    ],
 )
 def test_urls_without_secrets_pass_unchanged(url):
     assert credential_parts(url) == []
     assert redact_url(url) == url
     refuse_credentials_in_urls([url])
+
+
+def test_a_refusal_prints_control_characters_escaped():
+    with pytest.raises(CredentialsInUrl) as refused:
+        refuse_credentials_in_urls([f"https://host/a\nfiles: 99 ok\n.flac?token={SIGNATURE}"])
+    assert "\n" not in str(refused.value) and "https://host/a\\nfiles: 99 ok\\n.flac?token=***" in str(refused.value)
+
+
+# Each way a secret rides in a URL, as a user would paste it. None of them may leave a trace.
+URL_FORMS = [
+    f"https://media.example.com/call.flac#access_token={SIGNATURE}",
+    f"https://media.example.com/call.flac;X-Amz-Signature={SIGNATURE}",
+    f"https://media.example.com/call.flac?key={SIGNATURE}",
+    f"https://media.example.com/call.flac?%74oken={SIGNATURE}",
+    f"https://user:{PASSWORD}@media.example.com/call.flac",
+    f"https://b.s3.amazonaws.com/call.flac?X-Amz-Credential=AKIA%2F1&X-Amz-Signature={SIGNATURE}",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("url", URL_FORMS)
+def test_no_url_form_leaves_its_secret_in_the_output_the_logs_or_the_prefect_home(url, tmp_path):
+    """The CLI as a new user runs it (no Prefect API configured: a temporary server with its own home)."""
+    home, logs, output = tmp_path / "prefect-home", tmp_path / "logs", tmp_path / "out"
+    environment = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    environment |= {"PREFECT_HOME": str(home), "STEADYSCRIBE_LOG_DIR": str(logs), "PREFECT_LOGGING_LEVEL": "INFO"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "steadyscribe.cli", "run", str(FIXTURE), url, "--output", str(output)],
+        capture_output=True, text=True, env=environment, timeout=600, cwd=tmp_path,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert redact_url(url) in refused.stderr and "docs/operations.md" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not output.exists()
+    secrets = (PASSWORD.encode(), SIGNATURE.encode())
+    terminal = (refused.stdout + refused.stderr).encode()
+    assert not any(secret in terminal for secret in secrets)
+    # Every byte the run left anywhere under this test's folder: log files, the server's SQLite database.
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert not any(secret in path.read_bytes() for secret in secrets), path
 
 
 class _AudioHandler(BaseHTTPRequestHandler):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
+import pickle
+import posixpath
 import re
+import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -16,16 +20,20 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+import steadyscribe.tasks.write
 from steadyscribe import storage
 from steadyscribe.records import DecodedAudio, DecodingOptions, Plan, Segment, Transcript, Word
 from steadyscribe.schema import SCHEMA_VERSION, SCHEMAS
 from steadyscribe.storage import filesystem_for
 from steadyscribe.tasks.discover import content_sha256, discover_inputs
 from steadyscribe.tasks.write import (
+    ORPHAN_AGE_S,
+    CommitFailed,
     FileResult,
     RunInfo,
     completed_file_keys,
     open_table,
+    remove_orphan_parts,
     settings_key,
     to_srt,
     to_vtt,
@@ -116,6 +124,7 @@ def test_local_layout_schema_and_readers(tmp_path):
     assert sorted((r["words_dropped"], r["skipped_s"]) for r in ok) == [(1, 1.5), (2, 1.5)]
     failed = files.filter(pa.compute.equal(files["status"], "failed")).to_pylist()[0]
     assert failed["file_id"] is None and failed["error"] == "No such file" and failed["source"] == "/data/gone.wav"
+    assert failed["duration_s"] is None and {r["duration_s"] for r in ok} == {12.5}
 
     rows = read_words_duckdb(out)
     assert len(rows) == 8 and rows[0][4] == date(2026, 3, 14)
@@ -418,11 +427,11 @@ def docs_output(tmp_path, monkeypatch):
 
 
 def test_docs_sql_examples_run(docs_output):
-    # The speaker queries (titled `-- ...`) are tested on split channels in test_channels_e2e.py;
-    # here they must run on mixed transcripts too.
+    # The speaker queries (titled `-- ...`) are tested on split channels in test_channels_e2e.py,
+    # the one on duplicate rows in test_input_identity.py; here they must run on mixed transcripts too.
     blocks = [block for block in docs_blocks("sql") if not block.startswith("-- ")]
     speaker_blocks = [block for block in docs_blocks("sql") if block.startswith("-- ")]
-    assert len(blocks) == 5 and len(speaker_blocks) == 3
+    assert len(blocks) == 5 and len(speaker_blocks) == 4  # three on speakers, one on duplicate rows
     for block in speaker_blocks:
         duckdb.sql(block).fetchall()
     results = [duckdb.sql(block).fetchall() for block in blocks]
@@ -448,3 +457,63 @@ def test_docs_object_storage_example_runs(s3_bucket, s3_options, capsys):
     block = block.replace("analytics/steadyscribe", f"{s3_bucket}/steadyscribe")
     exec(block, {"s3_options": s3_options})
     assert "/data/meeting.wav" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_readers_skip_files_that_are_not_the_tables_parquet(where, tmp_path, memory_output):
+    out = str(tmp_path / "out") if where == "local" else memory_output
+    results = sample_results()
+    write_file_results(out, make_run(), results)
+    fs, root = filesystem_for(out)
+    for stray in ("files/README.txt", "files/run_date=2026-03-14/notes.md", "words/.DS_Store",
+                  "segments/run_date=2026-03-14/x.parquet.tmp", "words/_scratch/old.parquet", "words/.trash/old.parquet"):
+        fs.makedirs(posixpath.dirname(f"{root}/{stray}"), exist_ok=True)
+        fs.pipe_file(f"{root}/{stray}", b"not a table's part")
+    assert open_table(out, "words").count_rows() == 8
+    assert open_table(out, "segments").count_rows() == 3
+    assert completed_file_keys(out) == {(r.file_id, make_run().settings_key) for r in results if r.status == "ok"}
+
+
+def test_a_commit_onto_a_full_disk_removes_what_it_wrote(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_write = steadyscribe.tasks.write.write_bytes_atomic
+
+    def full_at_segments(fs, path, data, temp_dir):
+        if "/segments/" in path:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_write(fs, path, data, temp_dir)
+
+    monkeypatch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", full_at_segments)
+    with pytest.raises(CommitFailed) as full:
+        write_file_results(str(out), make_run(), sample_results(), part="run-1-g00000")
+    assert full.value.disk_full and str(full.value).startswith(f"could not commit to {out}: no space left on its device: ")
+    assert pickle.loads(pickle.dumps(full.value)).disk_full  # as a Dask worker's error reaches the flow
+    assert list(out.rglob("*.parquet")) == []  # the words written before the segments are gone
+
+    # A group run again over its own earlier commit: the words it replaced stay with the files rows that need them.
+    monkeypatch.undo()
+    write_file_results(str(out), make_run(), sample_results(), part="run-1-g00000")
+    monkeypatch.setattr(steadyscribe.tasks.write, "write_bytes_atomic", full_at_segments)
+    with pytest.raises(CommitFailed):
+        write_file_results(str(out), make_run(), sample_results(), part="run-1-g00000")
+    assert sorted(p.parent.parent.name for p in out.rglob("*.parquet")) == ["files", "segments", "words"]
+    assert open_table(str(out), "words").count_rows() == 8
+
+
+def test_the_next_run_removes_the_orphans_of_interrupted_commits(tmp_path):
+    out = tmp_path / "out"
+    written = [Path(p) for p in write_file_results(str(out), make_run(), sample_results())]
+    words, segments = written[0], written[1]
+    old_orphans = [words.with_name("run-0-killed.parquet"), segments.with_name("run-0-killed.parquet"), out / "_tmp" / "0a1b.tmp"]
+    fresh_orphan = words.with_name("run-2-committing.parquet")  # a concurrent run between its words and its files
+    for orphan, source in zip([*old_orphans, fresh_orphan], [words, segments, words, words]):
+        orphan.write_bytes(source.read_bytes())
+    long_ago = time.time() - 2 * ORPHAN_AGE_S
+    for orphan in old_orphans:
+        os.utime(orphan, (long_ago, long_ago))
+    os.utime(words, (long_ago, long_ago))  # committed: old, but its files rows need it
+
+    assert sorted(remove_orphan_parts(str(out))) == sorted(str(p) for p in old_orphans)
+    assert all(p.exists() for p in [*written, fresh_orphan]) and not any(p.exists() for p in old_orphans)
+    assert open_table(str(out), "words").count_rows() == 2 * 8  # the fresh orphan's rows too: readers join them away
+    assert remove_orphan_parts(str(out)) == []

@@ -1,0 +1,116 @@
+"""A file that crashes or hangs the decoder fails alone; an 8-channel file splits into its channels.
+
+One `steadyscribe run --channels split` (the real CLI, tiny.en) over a good recording, an
+8-channel 48 kHz WAV (the channel split once segfaulted the run on it), and two files whose
+decoding crashes with SIGSEGV or hangs. The faults come from tests/decoder_faults/sitecustomize.py,
+loaded into every process of the run: had the run decoded in its own process, the crash would
+have ended the run (exit -11) with no row at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from steadyscribe import SAMPLE_RATE
+from steadyscribe.tasks.write import open_table
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).resolve().parent / "decoder_faults"
+
+
+def write_eight_channels(path: Path, channel0: np.ndarray, rate: int = 48000) -> Path:
+    """A 7.1 WAV at `rate` Hz: `channel0` (16 kHz float samples) on its first channel, silence on the seven others."""
+    upsampled = np.repeat(channel0, rate // SAMPLE_RATE)
+    samples = np.zeros((len(upsampled), 8), np.float32)
+    samples[:, 0] = upsampled
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="7.1")
+        frame = av.AudioFrame.from_ndarray((samples.reshape(1, -1) * 32767).astype("<i2"), format="s16", layout="7.1")
+        frame.sample_rate = rate
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def decoded_mono(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        frames = [f for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+
+
+@pytest.fixture(scope="module")
+def faulty_run(prefect_server, tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+
+    inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
+    summary = tmp_path_factory.mktemp("summary") / "summary.json"
+    shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "good.flac")
+    write_eight_channels(inputs / "eight_channels.wav", decoded_mono(FIXTURES / "real" / "r01_jfk.flac")[: 4 * SAMPLE_RATE])
+    shutil.copy(FIXTURES / "real" / "r13_libri_61.flac", inputs / "segfault.flac")
+    shutil.copy(FIXTURES / "real" / "r15_ljspeech.flac", inputs / "hang.flac")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), "--output", str(output),
+         "--channels", "split", "--summary-json", str(summary)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    rows = open_table(str(output), "files").to_table().to_pylist()
+    words = open_table(str(output), "words").to_table().to_pylist()
+    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+
+
+def row_of(rows: list[dict], name: str) -> dict:
+    [row] = [r for r in rows if r["source"].endswith(f"/{name}")]
+    return row
+
+
+def test_the_run_ends_with_one_row_per_input_and_its_summary(faulty_run):
+    done, rows, _, summary = faulty_run
+    assert done.returncode == 1, done.stdout + done.stderr
+    names = sorted(r["source"].rsplit("/", 1)[-1] for r in rows)
+    assert names == ["eight_channels.wav", "good.flac", "hang.flac", "segfault.flac"]
+    assert (summary["files_ok"], summary["files_failed"]) == (2, 2)
+    assert "files: 2 ok, 2 failed, 0 skipped" in done.stdout
+
+
+def test_a_decoder_crash_fails_its_file_with_the_signal(faulty_run):
+    row = row_of(faulty_run[1], "segfault.flac")
+    assert row["status"] == "failed"
+    assert "the decoder crashed (SIGSEGV) on this file" in row["error"]
+
+
+def test_a_decoder_hang_fails_its_file(faulty_run):
+    row = row_of(faulty_run[1], "hang.flac")
+    assert row["status"] == "failed"
+    assert "the decoder hung (it read and wrote nothing for 5 s) on this file" in row["error"]
+
+
+def test_the_good_file_is_transcribed(faulty_run):
+    _, rows, words, _ = faulty_run
+    row = row_of(rows, "good.flac")
+    assert row["status"] == "ok" and row["words_n"] > 0
+    assert "forward" in " ".join(w["word"].lower() for w in words if w["source"] == row["source"])
+
+
+def test_an_eight_channel_file_splits_into_its_channels(faulty_run):
+    _, rows, words, _ = faulty_run
+    row = row_of(rows, "eight_channels.wav")
+    assert row["status"] == "ok", row["error"]
+    assert row["duration_s"] == pytest.approx(4.0, abs=0.01)
+    assert sum(f"channel {c} (ch{c}) is silent" in w for c in range(1, 8) for w in row["warnings"]) == 7
+    said = [w for w in words if w["source"] == row["source"]]
+    assert said and {w["channel"] for w in said} == {0}
+    assert "americans" in " ".join(w["word"].lower() for w in said)  # "And so, my fellow Americans"

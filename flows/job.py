@@ -19,18 +19,16 @@ from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, repo
 ALIGN_PROFILE = "cpu-fast"
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """Inputs, output and profile: what `run` and `serve` both take."""
+def add_job_arguments(parser: argparse.ArgumentParser, profile: str = DEFAULT_PROFILE) -> None:
+    """Inputs, output and profile (`profile` by default): what `run` and `serve` both take."""
     parser.add_argument("inputs", nargs="+", help="files, directories, globs or fsspec URLs (s3://, gs://, memory://)")
     parser.add_argument("--output", "-o", required=True, help="output root (local path or fsspec URL)")
-    parser.add_argument(
-        "--profile", "-p", default=DEFAULT_PROFILE, help=f"profile name or YAML path (default: {DEFAULT_PROFILE})"
-    )
+    parser.add_argument("--profile", "-p", default=profile, help=f"profile name or YAML path (default: {profile})")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, profile: str = DEFAULT_PROFILE) -> None:
     """Everything `run` takes: the job plus this run's overrides."""
-    add_job_arguments(parser)
+    add_job_arguments(parser, profile)
     parser.add_argument("--memory-budget", help="override the profile's memory budget for this run (2GiB, 512MiB, 60%%)")
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size for this run")
     parser.add_argument("--model", help="override the profile's model for this run (tiny.en, base, large-v3, ...)")
@@ -55,24 +53,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_align_arguments(parser: argparse.ArgumentParser) -> None:
     """What `align` takes: `run`'s arguments, the text files' suffix, and a profile on the aligning engine."""
-    add_run_arguments(parser)
+    add_run_arguments(parser, ALIGN_PROFILE)
     parser.add_argument(
         "--text-suffix", default=".txt",
         help="each audio file's text is the file of the same name with this suffix instead of its extension (default: .txt)",
     )
-    parser.set_defaults(profile=ALIGN_PROFILE)
 
 
 def run_job(args: argparse.Namespace) -> int:
-    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed, 2 bad configuration
-    (or no Prefect server)."""
+    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed (or the run passed
+    STEADYSCRIBE_RUN_TIMEOUT_HOURS), 2 bad configuration (or no Prefect server)."""
     from steadyscribe.prefect_server import ServerStartError, temporary_server, using
 
     # Without a configured Prefect API, a temporary server boots while the stages are imported and
     # the configuration is checked (steadyscribe.prefect_server).
     with temporary_server() as server:
         # Imported here so that building the CLI's parser does not load Prefect and the stages.
+        from prefect.flow_engine import FlowRunTimeoutError
+
         from steadyscribe.flows.transcribe import transcribe
+        from steadyscribe.run_policy import TIMEOUT_ENV
         from steadyscribe.run_log import default_log_path, logs_to_file
         from steadyscribe.storage import StorageError, check_writable
         from steadyscribe.tasks.report import summary_text
@@ -106,6 +106,13 @@ def run_job(args: argparse.Namespace) -> int:
                 )
         except FilesFailed as failed:
             summary = failed.summary
+        except FlowRunTimeoutError as error:
+            print(
+                f"steadyscribe: {error} (the limit {TIMEOUT_ENV} sets); the groups committed before it stay, "
+                "the next run does the rest",
+                file=sys.stderr,
+            )
+            return 1
         except (ProfileError, PlanError, StorageError, ServerStartError) as error:
             print(f"steadyscribe: {error}", file=sys.stderr)
             return 2

@@ -13,6 +13,7 @@ Run it with `steadyscribe run` or `python -m steadyscribe.flows.transcribe INPUT
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import deque
@@ -34,12 +35,15 @@ from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, loa
 from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
+from steadyscribe.run_policy import arm_retries, end_without_retries, run_timeout_s
 from steadyscribe.storage import check_writable
 from steadyscribe.tasks.align import ALIGNING_ENGINES
 from steadyscribe.tasks.discover import discover_task
 from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
-from steadyscribe.tasks.report import RunSummary, summarize, summary_markdown
+from steadyscribe.tasks.report import (
+    ProgressArtifact, RunSummary, announce_outcomes, failed_message, file_name, run_markdown, summarize, summary_markdown,
+)
 from steadyscribe.tasks.select import accelerators_needed, plan_markdown, select_task
 from steadyscribe.tasks.write import RunInfo, completed_file_keys, remove_orphan_parts, settings_key
 from steadyscribe.url_credentials import redact_url, refuse_credentials_in_urls
@@ -71,14 +75,27 @@ def output_settings(profile: Profile) -> dict:
 
 
 def flow_run_name() -> str:
-    """"transcribe PROFILE → OUTPUT" ("align …" with a text suffix), with any credential in the output URL redacted
-    and control characters escaped (the name starts every log line of the run)."""
+    """"transcribe INPUT -> OUTPUT (PROFILE, DATE)" ("align ..." with a text suffix), any credential in a URL redacted.
+
+    What runs where: the first input's last part (and how many more), the whole output (a local
+    one made absolute, so runs from different folders differ) and the UTC date. ASCII only: the
+    UI's run graph drops characters such as an en dash.
+    """
     parameters = flow_run.parameters
     mode = "align" if parameters.get("text_suffix") else "transcribe"
-    return printable(f"{mode} {parameters.get('profile', DEFAULT_PROFILE)} → {redact_url(str(parameters['output']))}")
+    inputs = [redact_url(str(source)) for source in parameters.get("inputs") or []]
+    first = file_name(inputs[0]) if inputs else "nothing"
+    more = f" +{len(inputs) - 1} more" if len(inputs) > 1 else ""
+    output = redact_url(str(parameters["output"]))
+    if "://" not in output:
+        output = os.path.abspath(output)
+    profile = parameters.get("profile", DEFAULT_PROFILE)
+    # The name starts every log line of the run: control characters escaped.
+    return printable(f"{mode} {first}{more} -> {output} ({profile}, {datetime.now(timezone.utc):%Y-%m-%d})")
 
 
-@flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name)
+# The run time limit comes from the deployment's environment (steadyscribe/run_policy.py).
+@flow(name="steadyscribe-transcribe", flow_run_name=flow_run_name, timeout_seconds=run_timeout_s())
 def transcribe(
     inputs: list[str],
     output: str,
@@ -138,7 +155,7 @@ def transcribe(
                 f"aligning a text needs the {' or '.join(ALIGNING_ENGINES)} engine, and profile {chosen.name} planned "
                 f"{plan.engine}; use a profile that picks it (cpu-fast)"
             )
-        create_markdown_artifact(plan_markdown(plan, probe), key="plan", description="Execution plan and why")
+        arm_retries()  # the configuration and plan work: from here on, a failure may be the infrastructure's
 
         settings = output_settings(chosen) | ({"align_text_suffix": text_suffix} if text_suffix else {})
         mode = "align" if text_suffix else "transcribe"
@@ -149,19 +166,27 @@ def transcribe(
             logger.info("removed %d files that interrupted commits left behind: %s", len(orphans), orphans)
         done = frozenset() if force else frozenset(f for f, key in completed_file_keys(output) if key == run.settings_key)
         logger.info("run %s: %d inputs; %d files already transcribed with these settings", run.run_id, len(files), len(done))
+        shown_inputs = [redact_url(source) for source in inputs]
+        run_table = run_markdown(run.run_id, shown_inputs, redact_url(output), chosen.name, len(files), len(done))
+        create_markdown_artifact(
+            run_table + plan_markdown(plan, probe), key="plan", description="What the run does, the execution plan and why"
+        )
         reporter().run_started(
             len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"
         )
         jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force)
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
-    summary = summarize(run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started, discovery.passed_over)
+    summary = summarize(
+        run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started,
+        inputs=shown_inputs, profile=chosen.name, passed_over=discovery.passed_over,
+    )
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
     if summary.files_failed:
         # Failed, not Completed, so the UI, automations and callers notice; a returned state
         # (rather than a raise) keeps the message short and the summary with the error.
-        error = FilesFailed(summary)
-        return Failed(message=f"{error}; see the run-summary artifact", data=error)
+        end_without_retries()  # bad inputs are rows, not retries
+        return Failed(message=failed_message(summary), data=FilesFailed(summary))
     return summary
 
 
@@ -182,7 +207,7 @@ def _group_jobs(
         GroupJob(
             index=first // size,
             files=files[first : first + size],
-            label=f"files {first + 1}–{first + len(files[first : first + size])} of {len(files)}",
+            label=f"files {first + 1}-{first + len(files[first : first + size])} of {len(files)}",
             output=output,
             run=run,
             profile=profile,
@@ -206,6 +231,7 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
     logger = get_run_logger()
     outcomes: list[FileOutcome] = []
     in_flight: deque[tuple[GroupJob, PrefectFuture]] = deque()
+    progress = ProgressArtifact(sum(len(job.files) for job in jobs))
 
     def collect() -> None:
         job, future = in_flight.popleft()
@@ -216,7 +242,9 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
         except Exception as error:
             logger.error("%s was lost (%r); its files are marked failed for the next run to redo", job.label, error)
             finished = commit_lost_group(job, error)
+        announce_outcomes(finished, failed_before=sum(outcome.status == "failed" for outcome in outcomes))
         outcomes.extend(finished)
+        progress.add(finished)
         # Reported here, not where the rows are written, so that groups on Dask workers count too.
         statuses = [outcome.status for outcome in finished]
         reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped") + statuses.count("duplicate"))

@@ -9,6 +9,7 @@ import os
 def build_parser() -> argparse.ArgumentParser:
     from steadyscribe.flows.job import add_align_arguments, add_run_arguments, run_job
     from steadyscribe.models.cli import register as register_models
+    from steadyscribe.notify import register as register_notify
     from steadyscribe.profiles_cli import register as register_profiles
     from steadyscribe.serve import register as register_serve
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_models(commands)
     register_profiles(commands)
     register_serve(commands)
+    register_notify(commands)
     return parser
 
 

@@ -165,3 +165,4 @@ class FileOutcome:
     error: str | None = None
     stabilization: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    processing_s: float = 0.0  # decoding plus inference, for the summary's slowest files

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from steadyscribe.flows.job import add_job_arguments
+from steadyscribe.notify import DEPLOYMENT_TAG
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 from steadyscribe.storage import StorageError
 from steadyscribe.url_credentials import refuse_credentials_in_urls
@@ -49,11 +50,13 @@ def serve(
         parameters=parameters,
         description=f"New files under {', '.join(inputs)} → {output}, on cron {schedule_cron!r} ({timezone}).",
         concurrency_limit=1,  # a slow night must not overlap the next one
+        tags=[DEPLOYMENT_TAG],  # what `steadyscribe notify setup`'s automations watch
     )
     backfill = flow.to_deployment(
         name=BACKFILL_DEPLOYMENT,
         parameters={**parameters, "force": False},
         description=f"On demand: {', '.join(inputs)} → {output}; force=true redoes transcribed files.",
+        tags=[DEPLOYMENT_TAG],
     )
     # One run at a time: each run sizes its model and batch to the whole machine's memory.
     serve_deployments(nightly, backfill, limit=1)

@@ -87,6 +87,39 @@ TRANSIENT_ERROR_NAMES = frozenset(
 )
 
 
+# Exceptions the cloud backends raise when they found no credentials at all, by class name (their
+# packages are optional), and what to set for each protocol.
+MISSING_CREDENTIALS_ERRORS = frozenset(
+    {"NoCredentialsError", "DefaultCredentialsError", "ClientAuthenticationError", "CredentialUnavailableError"}
+)
+CREDENTIALS_TO_SET = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials, or an instance role)",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS (a service-account key file), or gcloud auth application-default login",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (a service-account key file), or gcloud auth application-default login",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_CONNECTION_STRING",
+    "abfs": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_CONNECTION_STRING",
+}
+
+
+def missing_credentials_advice(url: str, error: BaseException) -> str | None:
+    """What to set when `error` says the storage of `url` found no credentials; None for other errors."""
+    if not any(type(e).__name__ in MISSING_CREDENTIALS_ERRORS for e in _causes(error)):
+        return None
+    what = CREDENTIALS_TO_SET.get(protocol_of(url), "the credentials its fsspec backend reads")
+    return (
+        f"no credentials for {protocol_of(url)}:// were found; set {what} in the environment of the process that "
+        "reads it (the worker's, for a deployment; see docs/operations.md, Credentials)"
+    )
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 class StorageError(Exception):
     """A storage configuration problem the user must fix before a run can start."""
 
@@ -239,9 +272,11 @@ def check_writable(output_url: str, storage_options: StorageOptions | None = Non
             fs.makedirs(probe_dir, exist_ok=True)
         with_retries(lambda: fs.pipe_file(probe, b"steadyscribe write check\n"), attempts=3)
     except Exception as exc:
+        advice = missing_credentials_advice(output_url, exc)
         raise OutputNotWritable(
             f"cannot write to output {output_url!r}: {type(exc).__name__}: {exc}. "
-            "Check that the directory or bucket exists and that the credentials allow writing."
+            + (f"{advice[0].upper()}{advice[1:]}." if advice else
+               "Check that the directory or bucket exists and that the credentials allow writing.")
         ) from exc
     try:
         fs.rm_file(probe)

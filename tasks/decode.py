@@ -35,7 +35,9 @@ from prefect import task
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.isolation import ChildCrashed, ChildHung, ChildProcess
 from steadyscribe.records import DecodedAudio, InputFile
-from steadyscribe.storage import is_disk_full, is_transient_io_error, no_space_in_temp_dir, protocol_of, with_retries
+from steadyscribe.storage import (
+    is_disk_full, is_transient_io_error, missing_credentials_advice, no_space_in_temp_dir, protocol_of, with_retries,
+)
 from steadyscribe.tasks.discover import content_sha256
 
 MIN_DURATION_S = 0.1
@@ -167,6 +169,8 @@ def decode_input(
     except Exception as error:  # anything else fails this file only; the run goes on with the others
         if is_disk_full(error):
             return failed(f"{source}: could not be decoded: {no_space_in_temp_dir(Path(work_dir).parent, error)}")
+        if advice := missing_credentials_advice(source, error):
+            return failed(f"{source}: could not be read: {advice}")
         if is_transient_io_error(error):
             advice = "the storage kept failing after several retries; rerun later to pick this file up"
         else:

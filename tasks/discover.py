@@ -23,7 +23,9 @@ from prefect import task
 
 from steadyscribe.printable import printable
 from steadyscribe.records import InputFile, PassedOver
-from steadyscribe.storage import StorageOptions, filesystem_for, protocol_of, source_url, with_retries
+from steadyscribe.storage import (
+    StorageOptions, filesystem_for, missing_credentials_advice, protocol_of, source_url, with_retries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +207,10 @@ def _expand(
     except Exception as error:
         # Wrong credentials, or a storage outage that outlasted the retries: this input gets a
         # `failed` row saying why (decode meets the same error) and the other inputs go on.
-        log.warning("cannot look at %s, it will be recorded as failed: %r", printable(spec), error)
+        log.warning(
+            "cannot look at %s, it will be recorded as failed: %r%s", printable(spec), error,
+            f"; {advice}" if (advice := missing_credentials_advice(spec, error)) else "",
+        )
         return [InputFile(source=source_url(fs, path), size=None)]
 
 

@@ -61,7 +61,7 @@ class GroupJob:
 
     index: int  # position in the run: names the group's commit
     files: list[InputFile]
-    label: str  # "files 17–32 of 40"
+    label: str  # "files 17-32 of 40" (ASCII: the UI's run graph drops an en dash)
     output: str
     run: RunInfo
     profile: Profile  # the profile the run was planned from (batch size and budget are re-fitted per worker)
@@ -202,7 +202,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
 
 
 class NamedStages:
-    """A stage's task with its run named after the group it handles: "decode files 17–32 of 40"."""
+    """A stage's task with its run named after the group it handles: "decode files 17-32 of 40"."""
 
     def __init__(self, label: str):
         self.label = label

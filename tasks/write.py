@@ -538,7 +538,8 @@ def write_task(
     )
     return [
         FileOutcome(
-            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings
+            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings,
+            processing_s=(r.decode_s or 0.0) + (r.infer_s or 0.0),
         )
         for r in results
     ]

@@ -20,8 +20,8 @@ os.environ["STEADYSCRIBE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="steadyscribe-m
 # Runs through the CLI write their log files here, not under the user's ~/.local/state.
 os.environ["STEADYSCRIBE_LOG_DIR"] = tempfile.mkdtemp(prefix="steadyscribe-logs-")
 
-# The S3-compatible server on loopback (moto) and its fixtures, for every test module.
-pytest_plugins = ["s3_server"]
+# The S3-compatible server on loopback (moto) and a real `prefect server start`: fixtures for every test module.
+pytest_plugins = ["s3_server", "prefect_services"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -137,7 +137,7 @@ def test_cli_run_reports_to_the_server(api_url, threads_run):
         )
     assert flow_run.state.is_completed()
     names = [t.name for t in task_runs]
-    group = f"files 1–{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)}"
+    group = f"files 1-{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)}"
     for stage in ("decode", "chunk", "stabilize", "write"):  # one task run per stage and group, not per file
         assert names.count(f"{stage} {group}") == 1, names
     assert all(t.state.is_completed() for t in task_runs)
@@ -148,6 +148,12 @@ def test_cli_run_reports_to_the_server(api_url, threads_run):
     for measure in ("files ok / failed / skipped", "audio hours", "wall time", "real-time factor", "peak memory"):
         assert measure in summary
     assert "| 2 / 0 / 0 |" in summary
+    # What an operator acts on: which run, from where to where, and how far it got.
+    run_id = summary.split("| run id | ", 1)[1].split(" |", 1)[0]
+    assert f"| run id | {run_id} |" in by_key["plan"].data and f"| output | {threads_run}" in summary
+    assert "### Slowest files" in summary
+    assert by_key["run-progress"].type == "progress" and by_key["run-progress"].data == 100
+    assert f"{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)} files done" in by_key["run-progress"].description
     progress = [a for a in artifacts if a.type == "progress"]
     assert progress and all(a.data == 100.0 for a in progress)
 

@@ -307,6 +307,16 @@ def test_list_profiles_includes_user_dir(user_dir):
     assert list_profiles()["studio"] == user_dir / "studio.yaml"
 
 
+def test_help_names_the_profile_each_command_runs_with():
+    from steadyscribe.cli import build_parser
+
+    parser = build_parser()
+    for command, profile in (("run", "cpu-small"), ("align", "cpu-fast")):
+        assert parser.parse_args([command, "in", "--output", "out"]).profile == profile
+        subparser = parser._subparsers._group_actions[0].choices[command]
+        assert f"(default: {profile})" in " ".join(subparser.format_help().split())
+
+
 def test_relative_extends_and_candidates_are_taken_from_the_profiles_folder(tmp_path, monkeypatch):
     folder = tmp_path / "conf"
     write(folder / "shared", "base", "extends: cpu-small\nbatch_size: 3\n")

@@ -330,6 +330,42 @@ def test_flow_run_ends_failed_when_files_failed(odd_run):
     run = next(r for r in runs if str(odd_run["output"]) in r.name)
     assert run.state.is_failed()
     assert f"{odd_run['summary']['files_failed']} of {len(CASES)} files failed" in run.state.message
+    # The first failures are named with their reasons, not only counted.
+    first = odd_run["summary"]["failures"][0]
+    assert f"{first['source']}: {first['error'].removeprefix(first['source'] + ': ')[:40]}" in run.state.message
+
+
+@pytest.mark.slow
+def test_each_failed_file_is_a_failed_task_run_and_an_error_line(odd_run):
+    """Where an on-call engineer looks: red task runs named after the files, ERROR and WARNING lines."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    from prefect_services import wait_for
+
+    failed = sorted(name for name, (status, _) in CASES.items() if status == "failed")
+    warned = sorted(name for name, (status, expected) in CASES.items() if status == "ok" and expected)
+    with get_client(sync_client=True) as client:
+        run_id = odd_run["summary"]["run_id"]
+        flow_run = next(r for r in client.read_flow_runs() if str(odd_run["output"]) in r.name)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        red = {t.name.removeprefix("failed: "): t for t in task_runs if t.state.is_failed()}
+        assert sorted(red) == failed, run_id
+        for name in failed:
+            # The reason the files row gives, in the state message of the file's task run.
+            row_error = odd_run["rows"][name]["error"]
+            assert row_error in red[name].state.message
+
+        def log_lines() -> list:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+            errors = [log.message for log in logs if log.level >= 40]
+            warnings = [log.message for log in logs if log.level == 30]
+            done = all(any(f"/{name}: " in m for m in errors) for name in failed) and all(
+                any(f"/{name}: " in m and "truncated" in m for m in warnings) for name in warned
+            )
+            return done and (errors, warnings)
+
+        wait_for("every failed file has an ERROR line and every warned file a WARNING line", log_lines, 60)
 
 
 # ---- cloud storage: missing bucket, wrong credentials ----------------------------------------

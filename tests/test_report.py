@@ -59,3 +59,19 @@ def test_summary_lists_ok_files_with_warnings():
     assert [f.source for f in summary.warned] == ["a.flac"]
     assert "ok with warnings a.flac: truncated: 3.1 s of a declared 6.1 s decoded" in summary_text(summary)
     assert "| a.flac | truncated" in summary_markdown(summary)
+
+
+def test_the_final_message_names_the_count_and_the_first_failures_and_the_summary_what_to_act_on():
+    from steadyscribe.tasks.report import FAILURES_IN_MESSAGE, failed_message
+
+    failed = [FileOutcome(f"s3://b/in/f{i}.wav", "failed", 0.0, f"s3://b/in/f{i}.wav: corrupt {i}") for i in range(5)]
+    ok = [FileOutcome("s3://b/in/slow.wav", "ok", 60.0, processing_s=30.0), FileOutcome("s3://b/in/quick.wav", "ok", 60.0, processing_s=3.0)]
+    summary = summarize("run-3", "s3://b/out", PLAN, [*ok, *failed], wall_s=40.0, inputs=["s3://b/in/"], profile="cpu-fast")
+    message = failed_message(summary)
+    assert message.startswith("5 of 7 files failed: s3://b/in/f0.wav: corrupt 0; s3://b/in/f1.wav: corrupt 1")
+    assert "s3://b/in/f3.wav" not in message and f"and {5 - FAILURES_IN_MESSAGE} more" in message
+    assert [f.source for f in summary.slowest] == ["s3://b/in/slow.wav", "s3://b/in/quick.wav"]
+    markdown = summary_markdown(summary)
+    for row in ("| run id | run-3 |", "| inputs | s3://b/in/ |", "| output | s3://b/out |", "| profile | cpu-fast |",
+                "| s3://b/in/slow.wav | 60.0 | 30.0 |"):
+        assert row in markdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import sys
 
@@ -157,3 +158,32 @@ def test_check_writable_s3(s3_bucket, s3_options):
     assert fs.find(s3_bucket) == []  # the probe was deleted
     with pytest.raises(OutputNotWritable, match="bucket does not exist"):
         check_writable("s3://no-such-bucket-steadyscribe/out", s3_options)
+
+
+def test_missing_cloud_credentials_say_what_to_set(s3_server, monkeypatch):
+    """No credentials anywhere (environment, ~/.aws, instance role): the error names the variables to set."""
+    from steadyscribe.storage import OutputNotWritable, check_writable
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask for
+    with pytest.raises(OutputNotWritable) as refused:
+        check_writable("s3://no-credentials/out", {"endpoint_url": s3_server, "client_kwargs": {"region_name": "eu-west-1"}})
+    message = str(refused.value)
+    assert "NoCredentialsError" in message and "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message
+
+
+def test_an_input_without_cloud_credentials_fails_saying_what_to_set(tmp_path, monkeypatch):
+    from steadyscribe.records import InputFile
+    from steadyscribe.tasks.decode import decode_input
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    decoded = decode_input(InputFile("s3://no-credentials/call.flac"), tmp_path)
+    assert decoded.status == "failed"
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in decoded.error and "please report" not in decoded.error

@@ -68,6 +68,8 @@ FILES_SCHEMA = _schema(
         pa.field("mode", pa.string()),  # transcribe | align (word times for a given text: `steadyscribe align`)
         # align mode: share of the text's words aligned with confidence (null when transcribed or failed).
         pa.field("aligned_share", pa.float64()),
+        # Seconds of VAD speech left without words even after decoding those stretches again (null unless ok).
+        pa.field("speech_without_text_s", pa.float64()),
     ],
 )
 

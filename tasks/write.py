@@ -163,6 +163,7 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "worker": result.worker,
         "mode": run.mode,
         "aligned_share": _aligned_share(transcript) if transcript and run.mode == "align" else None,
+        "speech_without_text_s": transcript.stabilization.get("speech_without_text_ms", 0) / 1000 if transcript else None,
     }
 
 

@@ -35,6 +35,7 @@ from steadyscribe.engines.decoding import (
     window_seed,
 )
 from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from steadyscribe.engines.speech_gaps import words_within
 from steadyscribe.engines.tokenizer import WhisperTokenizer, whisper_tokenizer
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
@@ -163,7 +164,9 @@ class CTranslate2Engine:
                 for result, rest in self._transcribe_batch(run):
                     whole = partial.pop(result.window, None)
                     if whole is not None:
-                        whole.segments.extend(result.segments)
+                        # The rest starts a little before where the text ended: only its words after the last one count.
+                        last = max((w.end for s in whole.segments for w in s.words), default=whole.window.start)
+                        whole.segments.extend(words_within(result.segments, last, whole.window.end))
                         result = whole
                     if rest is None:
                         yield result
@@ -401,6 +404,9 @@ def _next_batch(rests: deque[WindowAudio], pending: Iterator[WindowAudio], size:
 
 # A rest shorter than this is not decoded: the model said it holds nothing more.
 MIN_REST_S = 1.0
+# A rest starts this long before where the text ended: Whisper's timestamp there may cut into the
+# next word ("Making" lost from a sonnet's line when the rest began on the timestamp itself).
+REST_LEAD_S = 0.5
 
 
 def _rest(item: WindowAudio, tokens: list[int], timestamp_begin: int) -> WindowAudio | None:
@@ -412,6 +418,6 @@ def _rest(item: WindowAudio, tokens: list[int], timestamp_begin: int) -> WindowA
     resume = resume_time(tokens, timestamp_begin, span)
     if resume is None or resume < MIN_REST_S or span - resume < MIN_REST_S:
         return None
-    start = round(item.window.start + resume, 3)
-    window = Window(item.window.file_id, item.window.index, start, item.window.end)
-    return WindowAudio(window, item.samples[round(resume * SAMPLE_RATE) :], redecode=item.redecode)
+    offset = resume - REST_LEAD_S
+    window = Window(item.window.file_id, item.window.index, round(item.window.start + offset, 3), item.window.end)
+    return WindowAudio(window, item.samples[round(offset * SAMPLE_RATE) :], redecode=item.redecode)

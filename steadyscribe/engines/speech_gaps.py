@@ -87,31 +87,36 @@ def fill_gaps(
     min_speech_s: float = MIN_SPEECH_S,
 ) -> dict[str, list[Gap]]:
     """Decode again every gap of `results` (file id -> its window results, changed in place: the
-    words found are added to their window's result) and return, per file, the gaps still empty."""
-    open_gaps = [
-        gap
-        for file_id, file_results in results.items()
-        for result in file_results
-        for gap in find_gaps(result, speech_of(file_id), min_speech_s)
-    ]
+    words found are added to their window's result) and return, per file, the gaps still empty.
+
+    After each attempt the gaps are found again: where an attempt filled part of a gap, the rest
+    of it goes to the next attempt (and, still empty, into the count)."""
+    speech = {file_id: speech_of(file_id) for file_id in results}
+
+    def gaps() -> list[Gap]:
+        return [
+            gap
+            for file_id, file_results in results.items()
+            for result in file_results
+            for gap in find_gaps(result, speech[file_id], min_speech_s)
+        ]
+
     by_window = {(r.window.file_id, r.window.index): r for file_results in results.values() for r in file_results}
+    open_gaps = gaps()
     for attempt in ATTEMPTS:
         if not open_gaps:
             break
         items = [_gap_audio(gap, samples_of[gap.window.file_id], attempt) for gap in open_gaps]
         decoded = {r.window: r for r in engine.transcribe(items)}
-        still_open = []
         for gap, item in zip(open_gaps, items):
             found = decoded.get(item.window)
-            segments = _inside(found.segments, gap) if found is not None and passes(found.segments) else []
+            segments = words_within(found.segments, gap.start, gap.end) if found is not None and passes(found.segments) else []
             if segments:
                 original = by_window[(gap.window.file_id, gap.window.index)]
                 original.segments = sorted([*original.segments, *segments], key=lambda s: s.start)
                 if original.language is None:
                     original.language = found.language
-            else:
-                still_open.append(gap)
-        open_gaps = still_open
+        open_gaps = gaps()
     left: dict[str, list[Gap]] = {file_id: [] for file_id in results}
     for gap in open_gaps:
         left[gap.window.file_id].append(gap)
@@ -125,11 +130,12 @@ def _gap_audio(gap: Gap, samples: np.ndarray, attempt: str) -> WindowAudio:
     return WindowAudio(window, samples[first:last], redecode=attempt)
 
 
-def _inside(segments: list[Segment], gap: Gap) -> list[Segment]:
-    """The segments' words whose middle lies inside the gap (the words around it are there already)."""
+def words_within(segments: list[Segment], start: float, end: float) -> list[Segment]:
+    """The segments cut to their words whose middle lies in [start, end]: what a decoding of a
+    stretch adds where the words around the stretch are there already."""
     kept = []
     for segment in segments:
-        words = [w for w in segment.words if gap.start <= (w.start + w.end) / 2 <= gap.end]
+        words = [w for w in segment.words if start <= (w.start + w.end) / 2 <= end]
         if words:
             text = segment.text if len(words) == len(segment.words) else " ".join(w.word for w in words)
             kept.append(replace(segment, start=words[0].start, end=words[-1].end, text=text, words=words))

@@ -126,6 +126,23 @@ def test_a_decoding_that_stops_in_an_empty_segment_before_the_window_end_resumes
     assert resume_time([], begin, window_s=30.0) is None
 
 
+def test_the_rest_of_a_window_cut_short_is_decoded_as_a_window_of_its_own():
+    import numpy as np
+
+    from steadyscribe.engines.base import WindowAudio
+    from steadyscribe.engines.ctranslate2_engine import REST_LEAD_S, _rest
+
+    begin = 50364
+    at = lambda seconds: begin + round(seconds / 0.02)  # noqa: E731
+    item = WindowAudio(Window("f", 3, 60.0, 90.0), np.zeros(30 * 16000, dtype=np.float32))
+    rest = _rest(item, [at(0), 400, at(19.0), at(20.0)], begin)
+    # The same file and index (its seed), from a little before where the text ended to the window's end.
+    assert rest.window == Window("f", 3, 79.0 - REST_LEAD_S, 90.0)
+    assert len(rest.samples) == round((11.0 + REST_LEAD_S) * 16000)
+    assert _rest(item, [at(0), 400, at(20.0)], begin) is None  # the text went to the end
+    assert _rest(item, [at(0.5)], begin) is None  # left off at its start: the same audio again says nothing new
+
+
 # ---------------------------------------------------------------- every engine, real weights
 
 

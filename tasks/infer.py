@@ -4,6 +4,8 @@ One engine serves all files of a group so that batched engines can fill a batch 
 from many files, and it stays loaded in the process (`cached_engine`) for every later group the
 process handles: a Dask worker or the local process loads the model once per run, not per group.
 Transcripts go to JSON files in the group's work directory; only their paths travel on.
+Whatever engine ran, stretches of VAD speech it left without words are decoded again, and those
+still empty are counted (steadyscribe.engines.speech_gaps).
 """
 
 from __future__ import annotations

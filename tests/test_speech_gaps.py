@@ -64,10 +64,14 @@ def test_gaps_are_the_stretches_of_speech_between_words():
     assert find_gaps(result, quiet) == []
 
 
-def test_only_text_that_would_not_need_the_fallback_fills_a_gap():
+def test_a_gap_takes_text_that_needs_no_fallback_then_the_fallbacks_least_bad_text_unless_it_loops():
     assert passes([_segment(("hello", 1.0, 1.5))])
     assert not passes([])
     assert not passes([_segment(("hello", 1.0, 1.5), avg_logprob=-1.4)])
+    assert passes([_segment(("hello", 1.0, 1.5), avg_logprob=-1.4)], "fallback")
+    looping = _segment(("hello", 1.0, 1.5))
+    looping.compression_ratio = 3.1
+    assert not passes([looping], "fallback")
 
 
 def test_the_warning_names_the_stretches_and_their_total():

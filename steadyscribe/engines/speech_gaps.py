@@ -5,10 +5,11 @@ the model calls silence, a decoding that ends early, text that passes over a sen
 group's windows are decoded (tasks/infer.py), every gap between a window's words (and between
 its edges and its first and last word) that holds at least `min_speech_s` of what the VAD calls
 speech is decoded again as a window of its own, by the same engine: first without any prompt at
-the first temperature, then, for what is still empty, at the fallback temperatures. A
-re-decoding counts only where its text passes the thresholds that trigger the fallback
-(engines.decoding: not repetitive, average log-probability at least LOGPROB_THRESHOLD), so noise
-the VAD takes for speech does not fill up with sampled text; its words go into the gap only
+the first temperature, kept only where its text passes the thresholds that trigger the fallback
+(engines.decoding: not repetitive, average log-probability at least LOGPROB_THRESHOLD); then,
+for what is still empty, at the fallback temperatures, keeping the least bad text as the first
+decoding of any window does, unless it is repetitive (a loop is no transcript). The model's
+no-speech verdict is not asked: the VAD hears speech there. The words go into the gap only
 (their middle inside it), so the words around the gap are not doubled.
 
 What is still empty afterwards stays in the file's transcript as `speech_without_text_ms` and a
@@ -68,11 +69,11 @@ def speech_seconds(speech: np.ndarray, start: float, end: float) -> float:
     return float(np.count_nonzero(speech[max(first, 0) : max(last, 0)])) * FRAME_S
 
 
-def passes(segments: list[Segment]) -> bool:
-    """Whether a re-decoding's text is trustworthy enough to fill a gap: words, and no segment
-    that would have triggered the temperature fallback (repetitive or improbable)."""
+def passes(segments: list[Segment], attempt: str = "no_prompt") -> bool:
+    """Whether a re-decoding's text may fill a gap: words, none of them in a repetitive segment,
+    and (at the first temperature, where the fallback is still to come) none in an improbable one."""
     return any(s.words for s in segments) and not any(
-        (s.avg_logprob is not None and s.avg_logprob < LOGPROB_THRESHOLD)
+        (attempt == "no_prompt" and s.avg_logprob is not None and s.avg_logprob < LOGPROB_THRESHOLD)
         or (s.compression_ratio is not None and s.compression_ratio > COMPRESSION_RATIO_THRESHOLD)
         for s in segments
         if s.words
@@ -110,7 +111,7 @@ def fill_gaps(
         decoded = {r.window: r for r in engine.transcribe(items)}
         for gap, item in zip(open_gaps, items):
             found = decoded.get(item.window)
-            segments = words_within(found.segments, gap.start, gap.end) if found is not None and passes(found.segments) else []
+            segments = words_within(found.segments, gap.start, gap.end) if found is not None and passes(found.segments, attempt) else []
             if segments:
                 original = by_window[(gap.window.file_id, gap.window.index)]
                 original.segments = sorted([*original.segments, *segments], key=lambda s: s.start)

@@ -208,7 +208,7 @@ def _run_transformers_engine(model_name: str, batch: int, speech: Path, beam_siz
     generated: list[int] = []
     phases: dict[str, dict[str, int]] = {}
 
-    def worst_case_decode(encoded, tokenizers, no_speech_probs, windows=None, temperatures=None, prompt_ids=()):
+    def worst_case_decode(encoded, tokenizers, no_speech_probs, windows=None, temperatures=None, prompt_ids=(), timestamps=False):
         # The temperature fallback at its most expensive: every window but one again, from a copy of their
         # encoder states (all windows again would reuse the batch's own). Its outcome is not used.
         everything = list(range(len(encoded)))

@@ -208,13 +208,13 @@ def _run_transformers_engine(model_name: str, batch: int, speech: Path, beam_siz
     generated: list[int] = []
     phases: dict[str, dict[str, int]] = {}
 
-    def worst_case_decode(encoded, tokenizers, no_speech_probs, windows=None):
+    def worst_case_decode(encoded, tokenizers, no_speech_probs, windows=None, temperatures=None, prompt_ids=(), timestamps=False):
         # The temperature fallback at its most expensive: every window but one again, from a copy of their
         # encoder states (all windows again would reuse the batch's own). Its outcome is not used.
         everything = list(range(len(encoded)))
-        decodings = engine._generate(encoded, everything, tokenizers, no_speech_probs, 0.0)
+        decodings = engine._generate(encoded, everything, tokenizers, no_speech_probs, 0.0, list(prompt_ids))
         if len(encoded) > 1:
-            engine._generate(encoded, everything[1:], tokenizers, no_speech_probs, 0.2)
+            engine._generate(encoded, everything[1:], tokenizers, no_speech_probs, 0.2, list(prompt_ids))
         generated.extend(len(d.tokens) for d in decodings)
         phases["decoded"] = _snapshot()
         return decodings

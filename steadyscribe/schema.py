@@ -70,6 +70,8 @@ FILES_SCHEMA = _schema(
         pa.field("aligned_share", pa.float64()),
         # status duplicate: the source whose `ok` row in the same run holds this content's transcription.
         pa.field("duplicate_of", pa.string()),
+        # Seconds of VAD speech left without words even after decoding those stretches again (null unless ok).
+        pa.field("speech_without_text_s", pa.float64()),
     ],
 )
 

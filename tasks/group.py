@@ -172,7 +172,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
                     infer = infer_task.with_options(task_run_name=f"infer {plan.model} batch {plan.batch_size}, {job.label}")
                     description = f"Windows transcribed, {job.label} (percent)"
                     packing = packing_for(plan, job.profile)
-                    inference = infer(plan, units, windows, work_dir, description, check_cancelled, packing)
+                    inference = infer(plan, units, windows, work_dir, description, check_cancelled, packing, vad)
                     infer_s = {unit_id: result.infer_s for unit_id, result in inference.items()}
                     raw_paths = {unit_id: result.transcript_path for unit_id, result in inference.items()}
                     stable_paths = named(stabilize_task)(raw_paths, units, chunked, settings, vad)

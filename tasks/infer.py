@@ -4,6 +4,8 @@ One engine serves all files of a group so that batched engines can fill a batch 
 from many files, and it stays loaded in the process (`cached_engine`) for every later group the
 process handles: a Dask worker or the local process loads the model once per run, not per group.
 Transcripts go to JSON files in the group's work directory; only their paths travel on.
+Whatever engine ran, stretches of VAD speech it left without words are decoded again, and those
+still empty are counted (steadyscribe.engines.speech_gaps).
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from steadyscribe.engines import Engine, WindowResult, load_engine
+from steadyscribe.engines.speech_gaps import fill_gaps, unheard_warning
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.tasks.pack import PackedWindow, heard_whole, pack_windows, packed_stream, unpack_result
+from steadyscribe.vad import VadThresholds, file_probabilities, speech_frames
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +90,16 @@ def transcribe_files(
     work_dir: str | Path,
     on_progress: ProgressCallback | None = None,
     packing: Packing | None = None,
+    vad: Mapping[str, Any] | None = None,
 ) -> dict[str, InferenceResult]:
     """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
 
     With `packing`, single-window files share windows (tasks/pack.py). A packed file whose words do
     not reach from its start to its end (`heard_whole`) is decoded again alone: the model may end
     its text at the pause between two files, or skip the start of the file after it.
+    Stretches of speech (the VAD's, with the profile's `vad` thresholds) that the engine left
+    without words are decoded again; those still empty are counted and named in the transcript
+    (steadyscribe.engines.speech_gaps).
     """
     started = time.perf_counter()
     items = pack_windows(windows, packing.max_window_s, packing.gap_s) if packing else windows
@@ -121,17 +130,27 @@ def transcribe_files(
         )
         for result in engine.transcribe(packed_stream(unpacked_again, samples_of)):
             results[result.window.file_id].append(result)
+    thresholds = VadThresholds(**dict(vad or {}))
+
+    def speech_of(file_id: str):
+        return speech_frames(file_probabilities(decoded[file_id].pcm_path, samples_of[file_id]), thresholds)
+
+    unheard = fill_gaps(engine, results, samples_of, speech_of)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out: dict[str, InferenceResult] = {}
     for file_id, item in decoded.items():
         ordered = sorted(results.get(file_id, []), key=lambda r: r.window.index)
         languages = [r.language for r in ordered if r.language and r.segments]
+        gaps = unheard.get(file_id, [])
+        warning = unheard_warning(gaps)
         transcript = Transcript(
             file_id=file_id,
             language=max(set(languages), key=languages.count) if languages else None,
             segments=[s for r in ordered for s in r.segments],
             batch_size=engine.batch_size,
+            stabilization={"speech_without_text_ms": round(1000 * sum(g.speech_s for g in gaps))},
+            warnings=[warning] if warning else [],
         )
         path = transcript.save(Path(work_dir) / f"{file_id}.raw.json")
         out[file_id] = InferenceResult(file_id, path, total_s * item.duration_s / total_audio)
@@ -169,6 +188,7 @@ def infer_task(
     progress_description: str = "Windows transcribed (percent)",
     check_cancelled: Callable[[], None] | None = None,
     packing: Packing | None = None,
+    vad: Mapping[str, Any] | None = None,
 ) -> dict[str, InferenceResult]:
     """Transcribe a group's windows with this process's engine (loaded on first use).
 
@@ -187,4 +207,4 @@ def infer_task(
             how, engine.name, plan.model, plan.batch_size, plan.threads, started - waited, len(windows), len(decoded),
         )
         reporter = _ProgressReporter(logger, progress_description, check_cancelled)
-        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter, packing=packing)
+        return transcribe_files(engine, decoded, windows, work_dir, on_progress=reporter, packing=packing, vad=vad)

@@ -129,7 +129,7 @@ def stabilize(
         bool(abs(w.start - original[id(w)][0]) > 1e-6 or abs(w.end - original[id(w)][1]) > 1e-6) for w in words
     )
     segments = _split_at_pauses(segments, options, counts)
-    return replace(transcript, segments=segments, stabilization=counts, warnings=warnings)
+    return replace(transcript, segments=segments, stabilization={**transcript.stabilization, **counts}, warnings=warnings)
 
 
 def _pauses(probs: np.ndarray, thresholds: VadThresholds, min_pause_s: float) -> list[tuple[float, float]]:

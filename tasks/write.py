@@ -176,7 +176,15 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "mode": run.mode,
         "aligned_share": _aligned_share(transcript) if transcript and run.mode == "align" else None,
         "duplicate_of": result.duplicate_of,
+        "speech_without_text_s": _speech_without_text_s(transcript),
     }
+
+
+def _speech_without_text_s(transcript: Transcript | None) -> float | None:
+    """Seconds of VAD speech left without words (engines/speech_gaps.py); None where not measured (align mode)."""
+    if transcript is None or "speech_without_text_ms" not in transcript.stabilization:
+        return None
+    return transcript.stabilization["speech_without_text_ms"] / 1000
 
 
 def _aligned_share(transcript: Transcript) -> float:

@@ -21,7 +21,7 @@ from steadyscribe.engines.decoding import (  # noqa: E402
     MAX_PROMPT_TOKENS,
     conditions_on_previous_text,
     prompt_tokens,
-    stops_in_empty_segment,
+    resume_time,
     window_seed,
 )
 from steadyscribe.engines.whisper_batch1 import _carried_tokens  # noqa: E402
@@ -109,20 +109,38 @@ def test_seeds_depend_on_file_and_window_only():
     assert len({window_seed(a), window_seed(b), window_seed(Window("file-b", 0, 0.0, 30.0))}) == 3
 
 
-def test_a_decoding_that_stops_in_an_empty_segment_before_the_window_end_is_cut_short():
+def test_a_decoding_that_stops_in_an_empty_segment_before_the_window_end_resumes_where_its_text_ended():
     begin = 50364  # <|0.00|>; each timestamp token is 20 ms
     at = lambda seconds: begin + round(seconds / 0.02)  # noqa: E731
     text = [400, 401]
-    # `<|a|> text <|b|><|c|>`: a segment opens at 20 s and says nothing; 10 s of the window are left.
-    assert stops_in_empty_segment([at(0), *text, at(19.0), at(20.0)], begin, window_s=30.0)
-    assert stops_in_empty_segment([at(0), *text, at(20.0), at(20.0)], begin, window_s=30.0)
+    # `<|a|> text <|b|><|c|>`: a segment opens at 20 s and says nothing; the text ended at 19 s.
+    assert resume_time([at(0), *text, at(19.0), at(20.0)], begin, window_s=30.0) == pytest.approx(19.0)
+    assert resume_time([at(0), *text, at(20.0), at(20.0)], begin, window_s=30.0) == pytest.approx(20.0)
+    assert resume_time([at(7.0)], begin, window_s=30.0) == pytest.approx(7.0)
     # The last segment closes (single timestamp ending), or the empty one opens at the window's end.
-    assert not stops_in_empty_segment([at(0), *text, at(20.0)], begin, window_s=30.0)
-    assert not stops_in_empty_segment([at(0), *text, at(29.0), at(29.5)], begin, window_s=30.0)
+    assert resume_time([at(0), *text, at(20.0)], begin, window_s=30.0) is None
+    assert resume_time([at(0), *text, at(29.0), at(29.5)], begin, window_s=30.0) is None
     # Text runs to the end without a timestamp, or there are no timestamps at all.
-    assert not stops_in_empty_segment([at(0), *text], begin, window_s=30.0)
-    assert not stops_in_empty_segment(text, begin, window_s=30.0)
-    assert not stops_in_empty_segment([], begin, window_s=30.0)
+    assert resume_time([at(0), *text], begin, window_s=30.0) is None
+    assert resume_time(text, begin, window_s=30.0) is None
+    assert resume_time([], begin, window_s=30.0) is None
+
+
+def test_the_rest_of_a_window_cut_short_is_decoded_as_a_window_of_its_own():
+    import numpy as np
+
+    from steadyscribe.engines.base import WindowAudio
+    from steadyscribe.engines.ctranslate2_engine import REST_LEAD_S, _rest
+
+    begin = 50364
+    at = lambda seconds: begin + round(seconds / 0.02)  # noqa: E731
+    item = WindowAudio(Window("f", 3, 60.0, 90.0), np.zeros(30 * 16000, dtype=np.float32))
+    rest = _rest(item, [at(0), 400, at(19.0), at(20.0)], begin)
+    # The same file and index (its seed), from a little before where the text ended to the window's end.
+    assert rest.window == Window("f", 3, 79.0 - REST_LEAD_S, 90.0)
+    assert len(rest.samples) == round((11.0 + REST_LEAD_S) * 16000)
+    assert _rest(item, [at(0), 400, at(20.0)], begin) is None  # the text went to the end
+    assert _rest(item, [at(0.5)], begin) is None  # left off at its start: the same audio again says nothing new
 
 
 # ---------------------------------------------------------------- every engine, real weights

@@ -158,7 +158,7 @@ def test_cross_file_batch_gives_the_same_text_as_batch_one(float32_results, spee
 
 
 def test_a_partial_batch_reuses_the_batch_encoder_output(speech_windows):
-    """Windows decoded again (without timestamps, or at a higher temperature) take their rows of
+    """Windows decoded again (at a higher temperature) take their rows of
     the batch's encoder output: the features their own encoding gives, without encoding again."""
     ct2 = engine(batch_size=4)
     mel = np.stack([ct2._log_mel(w.samples) for w in speech_windows[:3]])

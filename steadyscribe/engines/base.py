@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -17,6 +17,11 @@ class WindowAudio:
 
     window: Window
     samples: np.ndarray
+    # Set when the window is a stretch of speech that an earlier decoding left without words
+    # (steadyscribe.engines.speech_gaps): decode it without any prompt, and keep its text even where
+    # the model calls it silence; "no_prompt" at the first temperature only, "fallback" at the
+    # temperatures after it (sampling, each window seeded on its own).
+    redecode: Literal["no_prompt", "fallback"] | None = None
 
 
 @dataclass
@@ -39,3 +44,14 @@ class Engine(Protocol):
         Results may come in any order; each names its window.
         """
         ...
+
+
+def same_redecode(batch: list[WindowAudio]) -> list[list[WindowAudio]]:
+    """The batch cut, in order, into runs of windows decoded the same way (WindowAudio.redecode)."""
+    runs: list[list[WindowAudio]] = []
+    for item in batch:
+        if runs and runs[-1][0].redecode == item.redecode:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs

@@ -2,8 +2,9 @@
 
 Per batch: log-mel features -> the encoder (window by window on the CPU, see _Encoded) ->
 language (multilingual models: once per file, from its first window) -> greedy or beam decoding
-of the whole batch with the plan's decoding options (with timestamp tokens; again without them
-where they cut a window short: see __init__) -> temperature fallback, window by window and
+of the whole batch with the plan's decoding options (with timestamp tokens; where they end a
+window's text early, the rest is decoded as a window of its own in the next batch: see __init__)
+-> temperature fallback, window by window and
 seeded, for windows that look like hallucinations -> DTW word alignment of every window's text
 (window by window on the CPU). The encoder output is reused by every step (on a GPU, the rare
 partial re-runs of fallback encode again).
@@ -15,6 +16,7 @@ Nothing here imports torch, numba or openai-whisper: features are computed with 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -23,9 +25,17 @@ from pathlib import Path
 import ctranslate2
 import numpy as np
 
-from steadyscribe.engines.base import WindowAudio, WindowResult
-from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, stops_in_empty_segment, window_seed
+from steadyscribe.engines.base import WindowAudio, WindowResult, same_redecode
+from steadyscribe.engines.decoding import (
+    Decoding,
+    decode_with_fallback,
+    prompt_tokens,
+    redecode_temperatures,
+    resume_time,
+    window_seed,
+)
 from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from steadyscribe.engines.speech_gaps import words_within
 from steadyscribe.engines.tokenizer import WhisperTokenizer, whisper_tokenizer
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
@@ -109,7 +119,9 @@ class CTranslate2Engine:
         8.4% WER against 7.2% with them; docs/benchmark.md). But Whisper ends a window whose last
         sentence runs close to its end with an empty segment ("continues in the next window",
         which fixed windows never decode; on the benchmark's ten-minute file that lost 7 of 22
-        windows' last sentences): such a window is decoded again without timestamps (_decode).
+        windows' last sentences). So, as `transcribe` seeks, the rest of such a window, from where
+        its text ended, is decoded as a window of its own in the next batch (_rest), and its words
+        complete the window's result.
         Segments are the sentences of a window's words; with_timestamps=True keeps the model's
         own segments where it decoded timestamps.
         """
@@ -142,26 +154,49 @@ class CTranslate2Engine:
 
     def transcribe(self, windows: Iterable[WindowAudio]) -> Iterator[WindowResult]:
         pending = iter(windows)
+        # The rests of windows whose text ended early (see _rest), first in the next batch, and the
+        # results they complete: a window's result is yielded once its last rest is decoded.
+        rests: deque[WindowAudio] = deque()
+        partial: dict[Window, WindowResult] = {}
         # batch_size is read per batch: the pipeline may lower it under memory pressure.
-        while batch := list(islice(pending, self.batch_size)):
-            yield from self._transcribe_batch(batch)
+        while batch := _next_batch(rests, pending, self.batch_size):
+            for run in same_redecode(batch):
+                for result, rest in self._transcribe_batch(run):
+                    whole = partial.pop(result.window, None)
+                    if whole is not None:
+                        # The rest starts a little before where the text ended: only its words after the last one count.
+                        last = max((w.end for s in whole.segments for w in s.words), default=whole.window.start)
+                        whole.segments.extend(words_within(result.segments, last, whole.window.end))
+                        result = whole
+                    if rest is None:
+                        yield result
+                    else:
+                        partial[rest.window] = result
+                        rests.append(rest)
 
-    def _transcribe_batch(self, batch: list[WindowAudio]) -> Iterator[WindowResult]:
+    def _transcribe_batch(self, batch: list[WindowAudio]) -> Iterator[tuple[WindowResult, WindowAudio | None]]:
+        """Each window's result, and the rest of the window still to decode (None when it is done)."""
+        redecode = batch[0].redecode  # the same for the whole batch (same_redecode)
+        temperatures = redecode_temperatures(redecode, self.options.temperatures)
+        if not temperatures:  # no fallback temperatures in the profile
+            yield from ((WindowResult(item.window, None, []), None) for item in batch)
+            return
         encoded = self._encode(np.stack([self._log_mel(item.samples) for item in batch]))
         languages = self._languages(encoded, batch)
         tokenizers = [self._tokenizer(language) for language in languages]
-        decodings = self._decode(encoded, tokenizers, [item.window for item in batch])
-        # Silence gets no segments, so nothing of it to align.
+        decodings = self._decode(encoded, tokenizers, [item.window for item in batch], temperatures, prompted=not redecode)
+        # Silence gets no segments, so nothing of it to align; a stretch decoded again is speech to the VAD.
+        silent = [d.is_silence and not redecode for d in decodings]
         text_tokens = [
-            [] if d.is_silence else [t for t in d.tokens if t < tokenizer.eot]
-            for d, tokenizer in zip(decodings, tokenizers)
+            [] if quiet else [t for t in d.tokens if t < tokenizer.eot]
+            for d, quiet, tokenizer in zip(decodings, silent, tokenizers)
         ]
         num_frames = [min(len(item.samples), N_SAMPLES) // HOP_LENGTH for item in batch]
         alignments = self._align(encoded, tokenizers, text_tokens, num_frames)
         for i, item in enumerate(batch):
-            silent = decodings[i].is_silence
-            segments = [] if silent else self._segments(item, tokenizers[i], decodings[i], alignments[i])
-            yield WindowResult(window=item.window, language=languages[i], segments=segments)
+            segments = [] if silent[i] else self._segments(item, tokenizers[i], decodings[i], alignments[i])
+            rest = None if silent[i] else _rest(item, decodings[i].tokens, tokenizers[i].timestamp_begin)
+            yield WindowResult(window=item.window, language=languages[i], segments=segments), rest
 
     def align(self, items: Iterable[tuple[WindowAudio, str]]) -> Iterator[WindowResult]:
         """Word times for known text: each window's text tokens aligned to its audio, nothing decoded.
@@ -241,38 +276,28 @@ class CTranslate2Engine:
         return whisper_tokenizer(self.model_dir, self.model.is_multilingual, language, self.options.task)
 
     def _decode(
-        self, encoded: _Encoded, tokenizers: list[WhisperTokenizer], windows: list[Window]
+        self,
+        encoded: _Encoded,
+        tokenizers: list[WhisperTokenizer],
+        windows: list[Window],
+        temperatures: tuple[float, ...],
+        prompted: bool = True,
     ) -> list[Decoding]:
-        """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do; a
-        window whose decoding stops in an empty segment well before its end (the model would go on
-        in a next window that fixed windows never give it) is decoded again without timestamps.
-        Suspicious decodings are retried at the next temperature, as openai-whisper does."""
-        previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt else []
+        """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do.
+        Suspicious decodings are retried at the next of `temperatures`, as openai-whisper does.
+        `prompted`: whether the profile's prompt (initial prompt, hotwords) goes first."""
+        previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt and prompted else []
+        prompts = [previous + list(tokenizer.sot_sequence) for tokenizer in tokenizers]
 
-        def decode(rows: list[int], timestamps: bool) -> list[Decoding]:
-            prompts = [
-                previous + list(tokenizers[i].sot_sequence if timestamps else tokenizers[i].sot_sequence_including_notimestamps)
-                for i in rows
-            ]
+        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+            if temperature > 0:  # decode_with_fallback samples one window at a time
+                ctranslate2.set_random_seed(window_seed(windows[rows[0]]))
+            features = encoded.of(rows)
+            return self._generate(features, [prompts[i] for i in rows], [tokenizers[i] for i in rows], temperature)
 
-            def generate(picked: list[int], temperature: float) -> list[Decoding]:
-                chosen = [rows[j] for j in picked]
-                if temperature > 0:  # decode_with_fallback samples one window at a time
-                    ctranslate2.set_random_seed(window_seed(windows[chosen[0]]))
-                features = encoded.of(chosen)
-                return self._generate(features, [prompts[j] for j in picked], [tokenizers[i] for i in chosen], temperature)
-
-            decodings = decode_with_fallback(generate, len(rows), self.options.temperatures)
-            for decoding in decodings:
-                decoding.timestamps = timestamps
-            return decodings
-
-        everything = list(range(len(tokenizers)))
-        decodings = decode(everything, timestamps=True)
-        spans = [window.end - window.start for window in windows]
-        cut_short = [i for i in everything if stops_in_empty_segment(decodings[i].tokens, tokenizers[i].timestamp_begin, spans[i])]
-        for i, redone in zip(cut_short, decode(cut_short, timestamps=False) if cut_short else []):
-            decodings[i] = redone
+        decodings = decode_with_fallback(generate, len(tokenizers), temperatures)
+        for decoding in decodings:
+            decoding.timestamps = True
         return decodings
 
     def _generate(
@@ -369,3 +394,30 @@ class CTranslate2Engine:
             compression_ratio=decoding.compression_ratio,
         )
         return [segment for segment in segments if segment.words]
+
+
+def _next_batch(rests: deque[WindowAudio], pending: Iterator[WindowAudio], size: int) -> list[WindowAudio]:
+    """Up to `size` windows: the rests waiting first, then new windows."""
+    batch = [rests.popleft() for _ in range(min(size, len(rests)))]
+    return batch + list(islice(pending, size - len(batch)))
+
+
+# A rest shorter than this is not decoded: the model said it holds nothing more.
+MIN_REST_S = 1.0
+# A rest starts this long before where the text ended: Whisper's timestamp there may cut into the
+# next word ("Making" lost from a sonnet's line when the rest began on the timestamp itself).
+REST_LEAD_S = 0.5
+
+
+def _rest(item: WindowAudio, tokens: list[int], timestamp_begin: int) -> WindowAudio | None:
+    """The part of the window after where its decoding left off (decoding.resume_time), as a window
+    of its own (the same file and index, so the same seed), decoded the same way; None when the
+    decoding went to the end, or left off at its start (decoding the same audio again gives the
+    same text: what stays empty there is for speech_gaps to decode again)."""
+    span = min(item.window.end - item.window.start, len(item.samples) / SAMPLE_RATE)
+    resume = resume_time(tokens, timestamp_begin, span)
+    if resume is None or resume < MIN_REST_S or span - resume < MIN_REST_S:
+        return None
+    offset = resume - REST_LEAD_S
+    window = Window(item.window.file_id, item.window.index, round(item.window.start + offset, 3), item.window.end)
+    return WindowAudio(window, item.samples[round(offset * SAMPLE_RATE) :], redecode=item.redecode)

@@ -79,17 +79,23 @@ EMPTY_SEGMENT_MARGIN_S = 1.0
 TIMESTAMP_PRECISION_S = 0.02
 
 
-def stops_in_empty_segment(tokens: Sequence[int], timestamp_begin: int, window_s: float) -> bool:
-    """Whether a decoding with timestamp tokens ends in a segment that opens and holds no text
-    (`... <|a|><|b|>` or a lone `<|b|>`) more than EMPTY_SEGMENT_MARGIN_S before the window's end.
+def resume_time(tokens: Sequence[int], timestamp_begin: int, window_s: float) -> float | None:
+    """Where a decoding with timestamp tokens left off (seconds into its window), when it ends in
+    a segment that opens and holds no text (`... <|a|><|b|>` or a lone `<|b|>`) more than
+    EMPTY_SEGMENT_MARGIN_S before the window's end; None when it went to the end.
 
-    That is how Whisper says that the rest goes on in the next 30 s: `transcribe` seeks there and
-    decodes it again. A fixed window has no such next window, so the rest would be lost.
+    That is how Whisper says that the rest goes on in the next 30 s: `transcribe` seeks to the end
+    of the last segment with text (`a`; `b` for a lone timestamp) and decodes from there. A fixed
+    window has no such next window, so the engine decodes the rest as a window of its own.
     """
     if not tokens or tokens[-1] < timestamp_begin:
-        return False
-    lone = len(tokens) == 1 or tokens[-2] >= timestamp_begin
-    return lone and (tokens[-1] - timestamp_begin) * TIMESTAMP_PRECISION_S < window_s - EMPTY_SEGMENT_MARGIN_S
+        return None
+    closed = len(tokens) > 1 and tokens[-2] >= timestamp_begin
+    if not (closed or len(tokens) == 1):
+        return None
+    if (tokens[-1] - timestamp_begin) * TIMESTAMP_PRECISION_S >= window_s - EMPTY_SEGMENT_MARGIN_S:
+        return None
+    return (tokens[-2 if closed else -1] - timestamp_begin) * TIMESTAMP_PRECISION_S
 
 
 def window_seed(window: Window) -> int:
@@ -156,3 +162,13 @@ def choose(attempts: list[Decoding]) -> Decoding:
     if not attempts[-1].needs_fallback:
         return attempts[-1]
     return min(attempts, key=lambda d: (d.is_repetitive, -d.avg_logprob))
+
+
+def redecode_temperatures(redecode: str | None, temperatures: Sequence[float]) -> tuple[float, ...]:
+    """The temperatures a window is decoded at: all of them normally; for a stretch decoded again
+    (engines.base.WindowAudio.redecode) the first alone ("no_prompt") or the rest ("fallback")."""
+    if redecode == "no_prompt":
+        return tuple(temperatures[:1])
+    if redecode == "fallback":
+        return tuple(temperatures[1:])
+    return tuple(temperatures)

@@ -33,8 +33,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from whisper.timing import dtw, median_filter
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from steadyscribe.engines.base import WindowAudio, WindowResult
-from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, window_seed
+from steadyscribe.engines.base import WindowAudio, WindowResult, same_redecode
+from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, redecode_temperatures, window_seed
 from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
@@ -233,12 +233,26 @@ class TransformersEngine:
     def _decode_batch(self, batch: list[WindowAudio]) -> list[WindowResult]:
         if self.batch_hook is not None:
             self.batch_hook(batch)
+        return [result for run in same_redecode(batch) for result in self._decode_run(run)]
+
+    def _decode_run(self, batch: list[WindowAudio]) -> list[WindowResult]:
+        """Decode windows that are all decoded the same way (WindowAudio.redecode)."""
+        redecode = batch[0].redecode
+        temperatures = redecode_temperatures(redecode, self.options.temperatures)
+        if not temperatures:  # no fallback temperatures in the profile
+            return [WindowResult(item.window, None, []) for item in batch]
+        # A stretch decoded again gets no prompt, and is speech to the VAD whatever the model says. It
+        # is decoded with timestamp tokens: without them tiny.en wrote " The" for 11 s of fast speech
+        # and stopped, where with them it goes on, as the other engines do.
+        prompt_ids = [] if redecode else self.prompt_ids
+        timestamps = self.with_timestamps or redecode is not None
         with torch.inference_mode():
             encoded = self.model.model.encoder(self._features(batch)).last_hidden_state
             no_speech_probs, languages = self._first_step(encoded, [item.window for item in batch])
             tokenizers = [self._tokenizer(language) for language in languages]
-            decodings = self._decode(encoded, tokenizers, no_speech_probs, [item.window for item in batch])
-            speech = [i for i, decoding in enumerate(decodings) if not decoding.is_silence]
+            windows = [item.window for item in batch]
+            decodings = self._decode(encoded, tokenizers, no_speech_probs, windows, temperatures, prompt_ids, timestamps)
+            speech = [i for i, decoding in enumerate(decodings) if redecode or not decoding.is_silence]
             spans = {i: timestamped_spans(decodings[i].tokens, tokenizers[i], _span(batch[i])) for i in speech}
             text_tokens = {i: [t for span in spans[i] for t in span.tokens] for i in speech}
             words = self._align(encoded, batch, tokenizers, text_tokens)
@@ -301,16 +315,23 @@ class TransformersEngine:
         )
 
     def _decode(
-        self, encoded: torch.Tensor, tokenizers: list[Tokenizer], no_speech_probs: list[float], windows: list[Window]
+        self,
+        encoded: torch.Tensor,
+        tokenizers: list[Tokenizer],
+        no_speech_probs: list[float],
+        windows: list[Window],
+        temperatures: tuple[float, ...],
+        prompt_ids: list[int],
+        timestamps: bool,
     ) -> list[Decoding]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
 
         def generate(rows: list[int], temperature: float) -> list[Decoding]:
             if temperature > 0:  # decode_with_fallback samples one window at a time
                 torch.manual_seed(window_seed(windows[rows[0]]))
-            return self._generate(encoded, rows, tokenizers, no_speech_probs, temperature)
+            return self._generate(encoded, rows, tokenizers, no_speech_probs, temperature, prompt_ids, timestamps)
 
-        return decode_with_fallback(generate, len(encoded), self.options.temperatures)
+        return decode_with_fallback(generate, len(encoded), temperatures)
 
     def _generate(
         self,
@@ -319,6 +340,8 @@ class TransformersEngine:
         tokenizers: list[Tokenizer],
         no_speech_probs: list[float],
         temperature: float,
+        prompt_ids: list[int],
+        timestamps: bool = False,
     ) -> list[Decoding]:
         logprobs = _ChosenTokenLogprobs()
         language_args = {}
@@ -331,11 +354,11 @@ class TransformersEngine:
             search_args = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples}
         else:
             search_args = {"num_beams": beams} if beams > 1 else {}
-        prompt_args = {"prompt_ids": torch.tensor(self.prompt_ids, device=self.device)} if self.prompt_ids else {}
+        prompt_args = {"prompt_ids": torch.tensor(prompt_ids, device=self.device)} if prompt_ids else {}
         rows_encoded = encoded if len(rows) == len(encoded) else encoded[rows]
         output = self.model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=rows_encoded),
-            return_timestamps=self.with_timestamps,
+            return_timestamps=timestamps,
             # One call per window: with encoder outputs given, generate cannot seek on its own.
             force_unique_generate_call=True,
             return_dict_in_generate=True,
@@ -350,8 +373,8 @@ class TransformersEngine:
         )
         if beams > 1:
             # Beam search reorders hypotheses every step: score the chosen ones in one teacher-forced pass.
-            generated = self._generated_tokens(output.sequences, tokenizers, rows)
-            avg_logprobs = self._average_logprobs(rows_encoded, tokenizers, rows, generated)
+            generated = self._generated_tokens(output.sequences, tokenizers, rows, timestamps)
+            avg_logprobs = self._average_logprobs(rows_encoded, tokenizers, rows, generated, prompt_ids, timestamps)
         else:
             step_logprobs = logprobs.per_step(output.sequences)
             generated = output.sequences[:, output.sequences.shape[1] - step_logprobs.shape[1] :].tolist()
@@ -373,12 +396,14 @@ class TransformersEngine:
         # best_of: the likeliest of each window's samples, as openai-whisper ranks them.
         return [max(decodings[k : k + samples], key=lambda d: d.avg_logprob) for k in range(0, len(decodings), samples)]
 
-    def _generated_tokens(self, sequences: torch.Tensor, tokenizers: list[Tokenizer], rows: list[int]) -> list[list[int]]:
+    def _generated_tokens(
+        self, sequences: torch.Tensor, tokenizers: list[Tokenizer], rows: list[int], timestamps: bool
+    ) -> list[list[int]]:
         """The generated tokens of each row, after its start sequence and before end-of-text."""
         generated = []
         for sequence, row in zip(sequences.tolist(), rows):
             tokenizer = tokenizers[row]
-            start = list(tokenizer.sot_sequence_including_notimestamps if not self.with_timestamps else tokenizer.sot_sequence)
+            start = list(tokenizer.sot_sequence if timestamps else tokenizer.sot_sequence_including_notimestamps)
             for i in range(len(sequence) - len(start) + 1):  # skip the prompt and start sequence, if returned
                 if sequence[i : i + len(start)] == start:
                     sequence = sequence[i + len(start) :]
@@ -387,11 +412,17 @@ class TransformersEngine:
         return generated
 
     def _average_logprobs(
-        self, encoded: torch.Tensor, tokenizers: list[Tokenizer], rows: list[int], generated: list[list[int]]
+        self,
+        encoded: torch.Tensor,
+        tokenizers: list[Tokenizer],
+        rows: list[int],
+        generated: list[list[int]],
+        prompt_ids: list[int],
+        timestamps: bool,
     ) -> list[float]:
         """openai-whisper's avg_logprob of each row's tokens (plus end-of-text), teacher-forced."""
         starts = [
-            [*self.prompt_ids, *(tokenizers[row].sot_sequence if self.with_timestamps else tokenizers[row].sot_sequence_including_notimestamps)]
+            [*prompt_ids, *(tokenizers[row].sot_sequence if timestamps else tokenizers[row].sot_sequence_including_notimestamps)]
             for row in rows
         ]
         sequences = [start + tokens + [tokenizers[row].eot] for start, tokens, row in zip(starts, generated, rows)]

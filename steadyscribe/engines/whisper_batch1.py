@@ -25,6 +25,7 @@ from steadyscribe.engines.decoding import (
     NO_SPEECH_THRESHOLD,
     conditions_on_previous_text,
     prompt_tokens,
+    redecode_temperatures,
     window_seed,
 )
 from steadyscribe.models.provision import load_openai_whisper
@@ -59,20 +60,28 @@ class WhisperBatch1Engine:
     def transcribe(self, windows: Iterable[WindowAudio]) -> Iterator[WindowResult]:
         for item in windows:
             state = self.files.setdefault(item.window.file_id, _FileState(self.language))
-            prompt = prompt_tokens(self.tokenizer.encode, self.options, state.previous if self.condition else ())
+            # A stretch decoded again (WindowAudio.redecode) gets no prompt and leaves the file's prompt as it was.
+            condition = self.condition and item.redecode is None
+            prompt = [] if item.redecode else prompt_tokens(self.tokenizer.encode, self.options, state.previous if condition else ())
+            temperatures = redecode_temperatures(item.redecode, self.options.temperatures)
+            if not temperatures:  # no fallback temperatures in the profile
+                yield WindowResult(item.window, state.language, [])
+                continue
             # Fallback sampling draws from torch's global generator: seeded by the window alone.
             torch.manual_seed(window_seed(item.window))
             result = self.model.transcribe(
                 torch.from_numpy(item.samples.copy()),
                 language=state.language,
                 task=self.options.task,
-                temperature=self.options.temperatures,
+                temperature=temperatures,
                 beam_size=self.options.beam_size if self.options.beam_size > 1 else None,
                 patience=self.options.patience,
                 best_of=self.options.best_of,
                 suppress_tokens=list(self.options.suppress_tokens),
                 initial_prompt=self.tokenizer.decode(prompt) if prompt else None,
-                condition_on_previous_text=self.condition,
+                condition_on_previous_text=condition,
+                # A stretch decoded again is speech to the VAD: its text is judged by the caller.
+                no_speech_threshold=None if item.redecode else NO_SPEECH_THRESHOLD,
                 word_timestamps=True,
                 fp16=self.fp16,
                 verbose=None,
@@ -81,7 +90,7 @@ class WhisperBatch1Engine:
             segments = [s for s in (_segment(raw, offset, item.window.end) for raw in result["segments"]) if s.words]
             if state.language is None and segments:
                 state.language = result["language"]  # the file's first speech decides
-            if self.condition:
+            if condition:
                 state.previous = _carried_tokens(state.previous, result["segments"], self.tokenizer.eot)
             yield WindowResult(item.window, state.language or result.get("language"), segments)
 

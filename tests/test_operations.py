@@ -147,7 +147,7 @@ def test_cli_run_reports_to_the_server(api_url, threads_run):
     assert by_key["run-summary"].type == "markdown"
     for measure in ("files ok / failed / skipped", "audio hours", "wall time", "real-time factor", "peak memory"):
         assert measure in summary
-    assert "| 2 / 0 / 0 |" in summary
+    assert "| 2 / 0 / 0 / 0 |" in summary
     # What an operator acts on: which run, from where to where, and how far it got.
     run_id = summary.split("| run id | ", 1)[1].split(" |", 1)[0]
     assert f"| run id | {run_id} |" in by_key["plan"].data and f"| output | {threads_run}" in summary
@@ -326,7 +326,7 @@ def test_dask_local_cluster_writes_the_same_tables(api_url, api_env, threads_run
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     assert flow_run.state.is_completed()
     stabilize_runs = [t.name for t in task_runs if t.name.startswith("stabilize ")]
-    assert stabilize_runs == [f"stabilize files 1–{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)}"]  # one group
+    assert stabilize_runs == [f"stabilize files 1-{len(SHORT_FIXTURES)} of {len(SHORT_FIXTURES)}"]  # one group
     for table in ("files", "segments", "words"):
         dask_rows, threads_rows = table_rows(output, table), table_rows(threads_run, table)
         if table == "files":  # the profile's name is recorded; everything else must match

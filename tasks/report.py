@@ -127,15 +127,16 @@ def failure_reason(outcome: FileOutcome) -> str:
 
 
 def file_name(source: str) -> str:
-    """The last part of a path or URL: what a task run (and a flow run, for its first input) is named after."""
-    return source.rstrip("/").rsplit("/", 1)[-1] or source
+    """The last part of a path or URL, control characters escaped: what a task run (and a flow run,
+    for its first input) is named after."""
+    return printable(source.rstrip("/").rsplit("/", 1)[-1] or source)
 
 
 @task(name="failed-file", task_run_name="failed: {name}", cache_policy=NO_CACHE)
 def failed_file_task(name: str, source: str, reason: str) -> State:
     """Ends Failed with the file and its reason as the state's message, so that the UI shows a
     failed file as a red task run named after it (the group's stages end Completed: they ran)."""
-    return Failed(message=f"{source}: {reason}")
+    return Failed(message=printable(f"{source}: {reason}"))
 
 
 def announce_outcomes(outcomes: list[FileOutcome], failed_before: int) -> None:
@@ -147,7 +148,7 @@ def announce_outcomes(outcomes: list[FileOutcome], failed_before: int) -> None:
     for outcome in outcomes:
         if outcome.status == "failed":
             reason = failure_reason(outcome)
-            logger.error("file failed: %s: %s", outcome.source, reason)
+            logger.error("file failed: %s", printable(f"{outcome.source}: {reason}"))
             if failed < FAILED_FILE_TASK_RUNS:
                 failed_file_task(file_name(outcome.source), outcome.source, reason, return_state=True)
             elif failed == FAILED_FILE_TASK_RUNS:
@@ -156,17 +157,19 @@ def announce_outcomes(outcomes: list[FileOutcome], failed_before: int) -> None:
                 )
             failed += 1
         elif outcome.warnings:
-            logger.warning("file ok with warnings: %s: %s", outcome.source, "; ".join(outcome.warnings))
+            logger.warning(
+                "file %s with warnings: %s", outcome.status, printable(f"{outcome.source}: {'; '.join(outcome.warnings)}")
+            )
 
 
 def failed_message(summary: RunSummary) -> str:
     """The flow run's final state message: how many files failed, and the first few with their reasons."""
-    total = summary.files_ok + summary.files_failed + summary.files_skipped
+    total = summary.files_ok + summary.files_failed + summary.files_skipped + summary.files_duplicate
     first = summary.failures[:FAILURES_IN_MESSAGE]
     named = "; ".join(f"{f.source}: {_shorten(failure_reason(f))}" for f in first)
     more = summary.files_failed - len(first)
     rest = f"; and {more} more" if more > 0 else ""
-    return f"{summary.files_failed} of {total} files failed: {named}{rest} (see the run-summary artifact)"
+    return printable(f"{summary.files_failed} of {total} files failed: {named}{rest} (see the run-summary artifact)")
 
 
 def _shorten(text: str, limit: int = 200) -> str:

@@ -195,7 +195,7 @@ def test_links_in_folders_are_followed_and_loops_end(tmp_path):
 def test_the_summary_says_what_was_passed_over_and_what_was_a_duplicate():
     outcomes = [FileOutcome("/in/a.flac", "ok", 3.0), FileOutcome("/in/b.flac", "duplicate", 3.0)]
     names = tuple(f"/in/n{i}.txt" for i in range(5))
-    summary = summarize("run-1", "out", {}, outcomes, 1.0, [PassedOver("not an audio extension", 7, names)])
+    summary = summarize("run-1", "out", {}, outcomes, 1.0, passed_over=[PassedOver("not an audio extension", 7, names)])
     assert summary.files_duplicate == 1 and summary.audio_s == 3.0
     text = summary_text(summary)
     assert "files: 1 ok, 0 failed, 0 skipped, 1 duplicate" in text

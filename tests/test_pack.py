@@ -156,7 +156,7 @@ def _packed_run(tmp_path, engine):
     for name in ("a", "b", "c"):
         pcm = tmp_path / f"{name}.pcm"
         np.zeros(16000 * 4, dtype="<f4").tofile(pcm)
-        decoded[name] = DecodedAudio(f"{name}.wav", "ok", name, str(pcm), 4.0)
+        decoded[name] = DecodedAudio(f"{name}.wav", "ok", file_id=name, pcm_path=str(pcm), duration_s=4.0)
     windows = [Window(name, 0, 0.0, 4.0) for name in decoded]
     results = transcribe_files(engine, decoded, windows, tmp_path, packing=Packing(30.0, 1.0))
     return {name: Transcript.load(result.transcript_path) for name, result in results.items()}

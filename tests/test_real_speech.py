@@ -60,7 +60,8 @@ def engine_run(request, tmp_path_factory):
         truth[flac.stem] = json.loads(flac.with_suffix(".json").read_text())
     for name, audio in _non_speech().items():
         audio.tofile(work_dir / f"{name}.f32")
-        decoded[name] = DecodedAudio(name, "ok", name, str(work_dir / f"{name}.f32"), len(audio) / SAMPLE_RATE)
+        pcm_path = str(work_dir / f"{name}.f32")
+        decoded[name] = DecodedAudio(name, "ok", file_id=name, pcm_path=pcm_path, duration_s=len(audio) / SAMPLE_RATE)
     samples = {name: load_pcm(item.pcm_path) for name, item in decoded.items()}
     probabilities = {name: speech_probabilities(audio) for name, audio in samples.items()}
     windows = {name: plan_windows(samples[name], name, probabilities=probabilities[name]) for name in samples}

@@ -101,6 +101,7 @@ def test_a_retried_group_replaces_its_own_commit(tmp_path):
     assert [(r["source"], r["error"], r["worker"]) for r in rows] == [("a.flac", "failed again", "host:2")]
 
 
+@pytest.mark.slow
 def test_a_group_stops_when_its_flow_run_is_cancelled(prefect_server):
     from prefect import flow
     from prefect.client.orchestration import get_client

@@ -74,6 +74,7 @@ def test_layer_check_sees_imports_inside_functions(tmp_path):
     assert "steadyscribe.flows.transcribe" in imported_names(source)
 
 
+@pytest.mark.slow
 def test_every_module_is_loaded_under_one_name():
     """Import the whole package from the checkout (where bare `tasks` would also resolve)."""
     script = """
@@ -110,6 +111,7 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("steadyscribe-*.whl"))
 
 
+@pytest.mark.slow
 def test_wheel_installs_one_namespace_with_its_profiles(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.split("/")[0] in {"tasks", "flows", "profiles"}]
@@ -119,6 +121,7 @@ def test_wheel_installs_one_namespace_with_its_profiles(wheel):
     assert {"steadyscribe/assets/silero_vad_v6.onnx", "steadyscribe/assets/LICENSE-silero-vad.txt"} <= set(names)
 
 
+@pytest.mark.slow
 def test_installed_package_works_outside_the_checkout(wheel, tmp_path):
     """The wheel's contents, first on the path, from a folder that is not the checkout."""
     site = tmp_path / "site"

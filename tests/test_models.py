@@ -177,6 +177,7 @@ def test_transformers_export_loads_offline() -> None:
     assert processor.tokenizer.decode([50363, 50413], decode_with_timestamps=True) == "<|0.00|><|1.00|>"
 
 
+@pytest.mark.slow
 def test_transformers_and_openai_exports_transcribe_alike() -> None:
     clips = sorted(FIXTURES.glob("*.flac"))
     if not clips:

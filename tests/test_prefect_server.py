@@ -26,6 +26,7 @@ def _without_api(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_the_server_answers_then_stops(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     server = TemporaryServer()
@@ -41,6 +42,7 @@ def test_the_server_answers_then_stops(tmp_path, monkeypatch):
     assert not Path(server.home.path).exists() and not (tmp_path / "prefect-home" / "prefect.db").exists()
 
 
+@pytest.mark.slow
 def test_a_server_that_exits_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     server = TemporaryServer()
@@ -49,6 +51,7 @@ def test_a_server_that_exits_is_reported(tmp_path, monkeypatch):
         server.wait_until_ready(timeout_s=5)
 
 
+@pytest.mark.slow
 def test_no_server_where_an_api_is_configured(prefect_server):
     with temporary_server() as server:
         assert server is None
@@ -75,6 +78,7 @@ def test_a_run_without_an_api_uses_and_stops_its_own_server(tmp_path):
     assert not list((tmp_path / "tmp").glob("steadyscribe-*")) and not (tmp_path / "prefect-home" / "prefect.db").exists()
 
 
+@pytest.mark.slow
 def test_bad_configuration_stops_the_server_and_exits_2(tmp_path):
     # The server starts before the profile is read; a server left running would hold the pipes open.
     done = subprocess.run(

@@ -330,6 +330,7 @@ def test_relative_extends_and_candidates_are_taken_from_the_profiles_folder(tmp_
     assert load_profile(str(picker)).candidates == [str(folder / "shared" / "base.yaml"), "cpu-small"]
 
 
+@pytest.mark.slow
 def test_every_profile_error_exits_2_from_any_folder(tmp_path):
     """The real commands, started from another folder, as a cron job starts them."""
     import subprocess

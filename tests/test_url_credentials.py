@@ -257,6 +257,7 @@ def test_no_secret_reaches_the_terminal_the_tables_or_the_prefect_server(prefect
     assert "call.flac" in left_behind and PASSWORD not in left_behind and SIGNATURE not in left_behind
 
 
+@pytest.mark.slow
 def test_the_flow_refuses_secrets_from_callers_that_skip_the_cli(prefect_server, tmp_path):
     """A deployment's or a Python caller's parameters reach the server first; the flow still reads and writes nothing."""
     from prefect import get_client

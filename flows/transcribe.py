@@ -247,7 +247,8 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
         progress.add(finished)
         # Reported here, not where the rows are written, so that groups on Dask workers count too.
         statuses = [outcome.status for outcome in finished]
-        reporter().files_done(statuses.count("ok"), statuses.count("failed"), statuses.count("skipped") + statuses.count("duplicate"))
+        skipped = statuses.count("skipped") + statuses.count("duplicate")
+        reporter().files_done(job.label, statuses.count("ok"), statuses.count("failed"), skipped)
 
     for job in jobs:
         if len(in_flight) >= limit:

@@ -43,7 +43,6 @@ class RunProgress:
         self.windows_total = 0  # of the groups started so far
         self.windows_finished = 0
         self.audio_s_done = 0.0  # audio in the windows transcribed
-        self.group_label = ""
         self.group_files = 0
         self.group_windows = 0
         self.group_windows_done = 0
@@ -57,9 +56,9 @@ class RunProgress:
             self.action = action
             self._show(self._show_run_started, plan)
 
-    def group_started(self, label: str, files: int, windows: int) -> None:
+    def group_started(self, files: int, windows: int) -> None:
         with self._lock:
-            self.group_label, self.group_files, self.group_windows, self.group_windows_done = label, files, windows, 0
+            self.group_files, self.group_windows, self.group_windows_done = files, windows, 0
             self.windows_total += windows
             self._show(self._show_progress)
 
@@ -70,11 +69,12 @@ class RunProgress:
             self.audio_s_done += audio_s
             self._show(self._show_progress)
 
-    def files_done(self, ok: int, failed: int, skipped: int) -> None:
+    def files_done(self, label: str, ok: int, failed: int, skipped: int) -> None:
+        """Group `label` is committed; named by the caller, since another group may have started since."""
         with self._lock:
             self.files_finished += ok + failed + skipped
             self.group_files = self.group_windows = self.group_windows_done = 0  # the group now counts as files
-            self._show(self._show_files_done, ok, failed, skipped)
+            self._show(self._show_files_done, label, ok, failed, skipped)
 
     def close(self) -> None:
         """The run is over (or stopped): release the terminal."""
@@ -123,7 +123,7 @@ class RunProgress:
     def _show_progress(self) -> None:
         pass
 
-    def _show_files_done(self, ok: int, failed: int, skipped: int) -> None:
+    def _show_files_done(self, label: str, ok: int, failed: int, skipped: int) -> None:
         pass
 
 
@@ -140,8 +140,8 @@ class PlainProgress(RunProgress):
     def _show_run_started(self, plan: str) -> None:
         self._print(f"{self.action} {self.files_total} file{'' if self.files_total == 1 else 's'}: {plan}")
 
-    def _show_files_done(self, ok: int, failed: int, skipped: int) -> None:
-        self._print(f"{self.group_label}: {ok} ok, {failed} failed, {skipped} skipped · {self.stats_text()}")
+    def _show_files_done(self, label: str, ok: int, failed: int, skipped: int) -> None:
+        self._print(f"{label}: {ok} ok, {failed} failed, {skipped} skipped · {self.stats_text()}")
 
 
 class RichProgress(RunProgress):
@@ -174,7 +174,7 @@ class RichProgress(RunProgress):
     def _show_progress(self) -> None:
         self.bar.update(self.task, completed=self.fraction_done())
 
-    def _show_files_done(self, ok: int, failed: int, skipped: int) -> None:
+    def _show_files_done(self, label: str, ok: int, failed: int, skipped: int) -> None:
         self._show_progress()
 
     def close(self) -> None:

@@ -158,7 +158,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         units = transcription_units(todo, splits)
         chunked = named(chunk_task)(units, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) if units else {}
         windows = [w for file_windows in chunked.values() for w in file_windows]
-        reporter().group_started(job.label, len(job.files), len(windows))
+        reporter().group_started(len(job.files), len(windows))
         check_cancelled()
         stable_paths: dict[str, str] = {}
         infer_s: dict[str, float] = {}

@@ -16,14 +16,14 @@ from steadyscribe.run_log import logs_to_file
 def feed_two_groups(progress: RunProgress) -> None:
     """A run of 5 files in groups of 3 and 2, as the flow, inference and writing report it."""
     progress.run_started(5, "tiny.en with whisper, batch 1")
-    progress.group_started("files 1–3 of 5", 3, 4)
+    progress.group_started(3, 4)
     for _ in range(4):
         progress.windows_done(1, 30.0)
-    progress.files_done(2, 1, 0)
-    progress.group_started("files 4–5 of 5", 2, 2)
+    progress.group_started(2, 2)  # two groups in flight: the first commits after the second starts
+    progress.files_done("files 1–3 of 5", 2, 1, 0)
     for _ in range(2):
         progress.windows_done(1, 15.0)
-    progress.files_done(1, 0, 1)
+    progress.files_done("files 4–5 of 5", 1, 0, 1)
 
 
 def test_plain_progress_prints_one_line_per_group():
@@ -32,7 +32,7 @@ def test_plain_progress_prints_one_line_per_group():
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     assert lines[0] == "transcribing 5 files: tiny.en with whisper, batch 1"
-    assert lines[1].startswith("files 1–3 of 5: 2 ok, 1 failed, 0 skipped · 3/5 files · 4/4 windows · ")
+    assert lines[1].startswith("files 1–3 of 5: 2 ok, 1 failed, 0 skipped · 3/5 files · 4/6 windows · ")
     assert lines[2].startswith("files 4–5 of 5: 1 ok, 0 failed, 1 skipped · 5/5 files · 6/6 windows · ")
     assert all("audio-h/h · ETA " in line for line in lines[1:])
 
@@ -47,14 +47,14 @@ def test_fraction_counts_the_running_groups_windows_and_the_eta_follows():
     progress = RunProgress()
     progress.run_started(4, "plan")
     assert progress.fraction_done() == 0.0 and progress.eta_s() is None
-    progress.group_started("files 1–2 of 4", 2, 4)
+    progress.group_started(2, 4)
     progress.windows_done(1, 30.0)
     progress.windows_done(1, 30.0)
     assert progress.fraction_done() == pytest.approx(0.25)  # half of a group holding half the files
     progress.started -= 100.0  # 100 s in, a quarter done
     assert progress.eta_s() == pytest.approx(300.0, rel=0.01)
     assert progress.audio_hours_per_hour() == pytest.approx(60.0 / 100.0, rel=0.01)
-    progress.files_done(2, 0, 0)
+    progress.files_done("files 1–2 of 4", 2, 0, 0)
     assert progress.fraction_done() == pytest.approx(0.5)
 
 

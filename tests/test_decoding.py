@@ -228,6 +228,8 @@ def test_batch_one_prompts_a_window_with_the_previous_windows_text(tmp_path):
     first_text = " ".join(s.text for s in results[0].segments)
     assert prompts[0].strip() == "Station announcements."
     assert prompts[1].startswith(prompts[0]) and word_error_rate(first_text, prompts[1][len(prompts[0]) :]) < 0.1
+    list(engine.transcribe(windows))  # the same file again (a rerun in a served process): no earlier text carried
+    assert [call["initial_prompt"] for call in recorder.calls[2:]] == prompts
 
 
 def test_a_multilingual_file_keeps_the_language_of_its_first_window():

@@ -59,6 +59,9 @@ class WhisperBatch1Engine:
 
     def transcribe(self, windows: Iterable[WindowAudio]) -> Iterator[WindowResult]:
         for item in windows:
+            if item.window.index == 0 and item.redecode is None:
+                # A file starts without a prompt, also when this long-lived engine transcribed it before.
+                self.files[item.window.file_id] = _FileState(self.language)
             state = self.files.setdefault(item.window.file_id, _FileState(self.language))
             # A stretch decoded again (WindowAudio.redecode) gets no prompt and leaves the file's prompt as it was.
             condition = self.condition and item.redecode is None

@@ -61,7 +61,7 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    """Run the flow once; exit status 0 all files ok or skipped, 1 some file failed (or the run passed
+    """Run the flow once; exit status 0 all files ok, skipped or duplicate, 1 some file failed (or the run passed
     STEADYSCRIBE_RUN_TIMEOUT_HOURS), 2 bad configuration (or no Prefect server)."""
     from steadyscribe.prefect_server import ServerStartError, temporary_server, using
 

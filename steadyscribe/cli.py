@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="transcribe inputs into Parquet tables",
-        description="Exit status: 0 all files ok or skipped, 1 some file failed, 2 bad configuration.",
+        description="Exit status: 0 all files ok, skipped or duplicate, 1 some file failed, 2 bad configuration.",
     )
     add_run_arguments(run)
     run.set_defaults(func=run_job)
@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="word times for texts you already have: align each audio file to the text beside it",
         description=(
             "For each audio input, the text file of the same name (with --text-suffix) holds what was said; its words "
-            "get times from the audio, into the same tables as `run` (files.mode = align). Exit status: 0 all files ok "
-            "or skipped, 1 some file failed (among them a missing text, or a text that does not match its audio), "
+            "get times from the audio, into the same tables as `run` (files.mode = align). Exit status: 0 all files ok, "
+            "skipped or duplicate, 1 some file failed (among them a missing text, or a text that does not match its audio), "
             "2 bad configuration."
         ),
     )

@@ -64,23 +64,7 @@ def test_served_one_minute_cron_fires_and_writes_the_tables(prefect_services: Pr
             start_new_session=True,
         )
     try:
-
-        def completed_scheduled_run() -> dict | None:
-            if serve.poll() is not None:
-                pytest.fail(f"steadyscribe serve exited with {serve.returncode}:\n{serve_log.read_text()}")
-            # A failing scheduler service logs an error on its first loop: no need to wait out the deadline.
-            assert prefect_services.errors() == []
-            for run in served_runs(prefect_services, "served-nightly", output):
-                if run["auto_scheduled"] and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
-                    return run
-            return None
-
-        run = wait_for(
-            "a run scheduled by the one-minute cron completed",
-            completed_scheduled_run,
-            SCHEDULED_RUN_TIMEOUT_S,
-            explain=lambda: f"server errors: {prefect_services.errors()}\nserve log:\n{serve_log.read_text()}",
-        )
+        run = wait_for_scheduled_run(prefect_services, serve, serve_log, "served-nightly", output)
     finally:
         stop_process_group(serve)
 
@@ -119,22 +103,7 @@ def test_deployed_nightly_on_a_process_worker_fires_and_writes_the_tables(prefec
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-
-        def completed_scheduled_run() -> dict | None:
-            if worker.poll() is not None:
-                pytest.fail(f"prefect worker exited with {worker.returncode}:\n{worker_log.read_text()}")
-            assert prefect_services.errors() == []
-            for run in served_runs(prefect_services, "nightly", output):
-                if run["auto_scheduled"] and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
-                    return run
-            return None
-
-        run = wait_for(
-            "a run of the deployed nightly, scheduled by the one-minute cron, completed on the worker",
-            completed_scheduled_run,
-            SCHEDULED_RUN_TIMEOUT_S,
-            explain=lambda: f"server errors: {prefect_services.errors()}\nworker log:\n{worker_log.read_text()}",
-        )
+        run = wait_for_scheduled_run(prefect_services, worker, worker_log, "nightly", output)
     finally:
         stop_process_group(worker)
         api(prefect_services, "POST", f"/deployments/{deployment_id(prefect_services, 'nightly')}/pause_deployment")
@@ -150,3 +119,26 @@ def test_deployed_nightly_on_a_process_worker_fires_and_writes_the_tables(prefec
 
 def deployment_id(server: PrefectServer, name: str) -> str:
     return api(server, "GET", f"/deployments/name/steadyscribe-transcribe/{name}")["id"]
+
+
+def wait_for_scheduled_run(
+    services: PrefectServer, process: subprocess.Popen, log: Path, deployment: str, output: Path
+) -> dict:
+    """The first run of `deployment` that its cron scheduled and that ended, while `process` (serve or a worker) runs it."""
+
+    def completed_scheduled_run() -> dict | None:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args} exited with {process.returncode}:\n{log.read_text()}")
+        # A failing scheduler service logs an error on its first loop: no need to wait out the deadline.
+        assert services.errors() == []
+        for run in served_runs(services, deployment, output):
+            if run["auto_scheduled"] and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
+                return run
+        return None
+
+    return wait_for(
+        f"a run of {deployment} scheduled by the one-minute cron ended",
+        completed_scheduled_run,
+        SCHEDULED_RUN_TIMEOUT_S,
+        explain=lambda: f"server errors: {services.errors()}\n{log.name}:\n{log.read_text()}",
+    )

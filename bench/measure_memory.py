@@ -18,7 +18,7 @@ what ran:
     .venv/bin/python bench/measure_memory.py --out bench/memory_calibration.csv [--engine whisper] [--method engine]
 
 Rows are appended to --out; configurations already there are skipped (a rerun resumes).
-`--fit` prints the constants of steadyscribe.memory.CALIBRATION fitted from the CSV;
+`--fit` prints the constants of each engine's EngineCalibration (steadyscribe.engines.registry) fitted from the CSV;
 `--markdown` prints the CSV as the table in docs/memory-calibration.md.
 """
 
@@ -360,7 +360,7 @@ def decoding_bytes(row: dict[str, str]) -> float:
 
 
 def fit(csv_path: Path) -> dict[str, dict[str, float]]:
-    """Per-engine constants for steadyscribe.memory.CALIBRATION from the rows that decode as the engine does.
+    """Per-engine constants for EngineCalibration (steadyscribe.engines.registry) from the rows that decode as the engine does.
 
     Decoding memory (decoding_bytes) is modelled as
     [fixed +] weight_factor x weights + activation_factor x analytic bytes of the batch, fitted by

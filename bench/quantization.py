@@ -71,7 +71,7 @@ class QuantizationRunner(systems.SteadyscribeRunner):
         self.profile = validate_profile_data(data, source="bench.quantization")
         probe = probe_resources([str(model_cache_dir())])
         self.plan = select_plan(self.profile, probe, {engine}, {"batch_size": BATCH})
-        importlib.import_module(ENGINES[self.plan.engine][0])
+        importlib.import_module(ENGINES[self.plan.engine].module)
 
 
 # ---- workers: one configuration in this process ----

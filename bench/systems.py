@@ -121,7 +121,7 @@ class SteadyscribeRunner(Runner):
         # An explicit batch size (bench.batching) is a run's override, as `--batch-size` would be.
         overrides = {"batch_size": self.options["batch_size"]} if "batch_size" in self.options else None
         self.plan = select_plan(self.profile, probe, {self.options["engine"]}, overrides)
-        importlib.import_module(ENGINES[self.plan.engine][0])
+        importlib.import_module(ENGINES[self.plan.engine].module)
 
     def load(self) -> None:
         from steadyscribe.engines import load_engine

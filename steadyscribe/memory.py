@@ -16,6 +16,8 @@ import re
 import sys
 from dataclasses import dataclass
 
+from steadyscribe.engines.registry import engine_spec
+
 GiB = 1024**3
 MiB = 1024**2
 
@@ -61,27 +63,28 @@ class Architecture:
         return self.encoder_layers * 12 * d * d + self.decoder_layers * 16 * d * d
 
     def batch_elements(self, engine: str, batch_size: int, device: str = "cpu") -> int:
-        """Activation tensor elements a batch of 30 s windows keeps alive at peak (before calibration)."""
+        """Activation tensor elements a batch of 30 s windows keeps alive at peak (before calibration),
+        as the engine's record describes them (steadyscribe.engines.registry.EngineCalibration)."""
+        shape = engine_spec(engine).memory
         d, h, t = self.width, self.heads, AUDIO_CTX
         caches = 2 * self.decoder_layers * (t + TEXT_CTX) * d  # cross- and self-attention keys/values
-        if engine == "transformers":
-            # SDPA never materializes attention maps; word timing is one teacher-forced decoder pass
-            # that keeps the alignment layers' cross-attention queries and keys.
-            return batch_size * (10 * t * d + caches + self.decoder_layers * (DECODE_TOKENS + t) * d)
-        encoder_scratch = 10 * t * d + 2 * h * t * t  # one layer's projections, MLP and attention map
-        if engine == "whisper":
-            # Word alignment reruns the decoder over all tokens: full logits and cross-attention maps.
-            return batch_size * (encoder_scratch + caches + DECODE_TOKENS * (self.vocab + self.decoder_layers * h * t))
-        if device == "cpu":
-            # CTranslate2 on the CPU encodes and aligns one window at a time: only the decoder's
-            # caches grow with the batch (steadyscribe.engines.ctranslate2_engine._Encoded).
-            return encoder_scratch + batch_size * (t * d + caches)
-        return batch_size * (encoder_scratch + caches)
+        encoder_scratch = 10 * t * d  # one layer's projections and MLP
+        if shape.attention_maps:
+            encoder_scratch += 2 * h * t * t
+        alignment = {
+            "logits": DECODE_TOKENS * (self.vocab + self.decoder_layers * h * t),
+            "queries-keys": self.decoder_layers * (DECODE_TOKENS + t) * d,
+            "none": 0,
+        }[shape.alignment]
+        if shape.cpu_window_by_window and device == "cpu":
+            # Each window is encoded and aligned on its own: only the decoder's caches grow with the batch.
+            return encoder_scratch + alignment + batch_size * (t * d + caches)
+        return batch_size * (encoder_scratch + caches + alignment)
 
     def beam_elements(self) -> int:
-        """Elements each further beam hypothesis of a window holds in the transformers engine: its
-        copy of the encoder output and its cross-attention keys and values (its self-attention
-        cache grows with the few tokens decoded and is left out)."""
+        """Elements each further beam hypothesis of a window holds where the engine keeps beam state
+        (EngineCalibration.beam_state): its copy of the encoder output and its cross-attention keys
+        and values (its self-attention cache grows with the few tokens decoded and is left out)."""
         d = self.width
         return AUDIO_CTX * d + 2 * self.decoder_layers * AUDIO_CTX * d
 
@@ -156,53 +159,9 @@ def hf_config_kwargs(arch: Architecture) -> dict[str, int]:
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 QUANTIZED_BYTES = {"int8": 1.0, "dynamic-int8": 1.0, "nf4": 0.5 + 4 / 64}  # nf4: fp32 scale per 64 weights
-ENGINES = ("whisper", "transformers", "ctranslate2")
 # A CUDA context plus cuBLAS/cuDNN workspaces on the device. Not measurable on this CPU-only
 # machine: a typical figure for CUDA 12 on recent cards, kept on the safe side.
 CUDA_CONTEXT_BYTES = 600 * MiB
-
-
-@dataclass(frozen=True)
-class EngineCalibration:
-    """Constants fitted from docs/memory-calibration.md (CPU, fp32; `bench/measure_memory.py --fit`)."""
-
-    runtime_bytes: int  # process RSS once the engine's libraries are imported
-    load_copy_factor: float  # transient copy while loading, as a share of the weights' bytes
-    weight_factor: float  # decoding memory that grows with the weights, as a share of them
-    activation_factor: float  # measured per-window bytes / analytic per-window bytes
-    decode_fixed_bytes: int = 0  # decoding memory that grows with neither the weights nor the batch
-    # Whether the runtime is torch's: already resident in a process that imported torch (the probe's GPU
-    # check). CTranslate2's libraries are not: they load with the engine, whatever the process holds.
-    torch_runtime: bool = True
-
-
-CALIBRATION: dict[str, EngineCalibration] = {
-    "whisper": EngineCalibration(runtime_bytes=370 * MiB, load_copy_factor=0.67, weight_factor=1.75,
-                                 activation_factor=1.43),
-    # Fitted on the engine itself (tiny.en at batch 1, 8, 24; base at 1, 8): no-speech step, generate, a
-    # temperature fallback and the alignment pass. The fixed term (numba compiling the DTW, full-vocabulary
-    # logits of the aligned tokens, the no-speech step) is raised so that no measured row is underestimated.
-    # (The first calibration, generate alone: runtime 440 MiB, weight_factor 1.21, activation_factor 0.40,
-    # no fixed term; ~35 MiB a window and ~300 MiB in all short.)
-    "transformers": EngineCalibration(runtime_bytes=490 * MiB, load_copy_factor=0.53, weight_factor=0.09,
-                                      activation_factor=1.04, decode_fixed_bytes=335 * MiB),
-    # Fitted on the engine itself (tiny.en at batch 1, 8 and 24), which imports neither torch nor openai-whisper
-    # and, on the CPU, encodes and aligns window by window: 507 / 719 / 1134 MiB worst case (decoding to the
-    # length limit; 456 / 611 / 1087 before the engine kept large blocks on the heap, reuse_large_buffers),
-    # where encoding the batch at once peaked 473 / 970 at batch 1 / 8. Loading touches ~140 MiB
-    # of library pages beyond the weights (runtime 190 MiB). One model measured: the least-squares fit puts
-    # nothing on the weights; a quarter of them is kept so that larger models stay over-, not underestimated.
-    "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25,
-                                     activation_factor=1.1, torch_runtime=False),
-}
-
-
-# Engines whose peak grows with the beam. transformers' generate copies each window's encoder output
-# and cross-attention cache per hypothesis: bench/beam_memory.py, tiny.en at batch 8 on real speech,
-# 1474 MiB at beam 1 and 2033 MiB at beam 5 (+38%). CTranslate2's is not: 758 MiB at beam 1 and at
-# beam 5 (window-by-window encoding; before it, beam 5 added 11 MiB to 1436), so it is left out.
-# openai-whisper (batch 1) was not measured.
-BEAM_STATE_ENGINES = {"transformers"}
 
 
 def weight_bytes(model: str, dtype: str = "float32", quantization: str = "none") -> int:
@@ -228,18 +187,16 @@ def estimate_peak_bytes(
 
     peak = runtime + weights + max(load transient, decoding), where
     decoding = fixed + weight_factor x weights + activation_factor x analytic bytes of the batch;
-    with beam search, the transformers engine's windows hold beam_size hypotheses
-    (BEAM_STATE_ENGINES).
+    with beam search, the windows of an engine that keeps beam state hold beam_size hypotheses.
+    The calibration is the engine's record's (steadyscribe.engines.registry).
     """
-    if engine not in CALIBRATION:
-        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    calibration = CALIBRATION[engine]
+    calibration = engine_spec(engine).memory
     arch = architecture(model)
     weights = weight_bytes(model, dtype, quantization)
     # dynamic-int8 is built layer by layer (steadyscribe.models.quantize), never holding the fp32 model.
     load_copy = weights * calibration.load_copy_factor
     elements = arch.batch_elements(engine, batch_size, device)
-    if engine in BEAM_STATE_ENGINES:
+    if calibration.beam_state:
         elements += batch_size * (beam_size - 1) * arch.beam_elements()
     activations = elements * DTYPE_BYTES[dtype] * calibration.activation_factor
     decoding = calibration.decode_fixed_bytes + calibration.weight_factor * weights + activations

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
+from steadyscribe.engines.registry import ENGINES
 from steadyscribe.memory import ARCHITECTURES, ALIASES, architecture, is_english_only
 from steadyscribe.records import DEFAULT_TEMPERATURES, DecodingOptions
 from steadyscribe.vad import VadThresholds
@@ -31,7 +32,7 @@ SHIPPED_DIR = Path(importlib.util.find_spec("steadyscribe.profile_files").submod
 USER_DIR_ENV = "STEADYSCRIBE_PROFILES_DIR"
 DEFAULT_PROFILE = "cpu-small"
 
-EngineName = Literal["whisper", "transformers", "ctranslate2"]
+EngineName = Literal[tuple(ENGINES)]  # one per engine record (steadyscribe.engines.registry)
 Quantization = Literal["none", "int8", "nf4", "dynamic-int8"]
 Sidecar = Literal["srt", "vtt", "json"]
 

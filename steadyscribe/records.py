@@ -138,7 +138,7 @@ class DecodingOptions:
 class Plan:
     """What the selection stage chose to run, and why."""
 
-    engine: str  # "whisper" (batch 1), "transformers" (HF batched), "ctranslate2"
+    engine: str  # a name in steadyscribe.engines.registry.ENGINES
     model: str  # model spec, resolved by steadyscribe.models.provision
     device: str = "cpu"
     dtype: str = "float32"

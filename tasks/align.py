@@ -35,6 +35,7 @@ import numpy as np
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from steadyscribe.engines import ENGINES, AligningEngine
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
@@ -44,8 +45,8 @@ from steadyscribe.tasks.pack import packed_stream
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
-# Engines that implement `align(items)` (steadyscribe.engines.ctranslate2_engine).
-ALIGNING_ENGINES = ("ctranslate2",)
+# Engines whose record says they align known text (steadyscribe.engines.base.AligningEngine).
+ALIGNING_ENGINES = tuple(name for name, spec in ENGINES.items() if spec.aligns)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def sentence_segments(words: list[Word]) -> list[Segment]:
 
 
 def align_files(
-    engine: Any,
+    engine: AligningEngine,
     decoded: dict[str, DecodedAudio],
     windows: list[Window],
     texts: Mapping[str, str],

@@ -15,10 +15,10 @@ from typing import Any
 
 from prefect import task
 
-from steadyscribe.engines import available_engines, provisioning_error
+from steadyscribe.engines import available_engines, engine_spec, provisioning_error
 from steadyscribe.engines.decoding import unsupported_options
 from steadyscribe.errors import PlanError
-from steadyscribe.memory import CALIBRATION, estimate_peak_bytes, is_english_only
+from steadyscribe.memory import estimate_peak_bytes, is_english_only
 from steadyscribe.models.distil import recommended_window_s
 from steadyscribe.profiles import Profile, ProfileError, apply_overrides, format_bytes, load_profile, parse_size
 from steadyscribe.records import Plan
@@ -27,24 +27,10 @@ from steadyscribe.tasks.probe import Probe
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` on a GPU takes the largest that fits; 24 is transformers' default
-# On a CPU a larger batch soon buys no speed, only memory. Throughput (audio s / s) per batch size
-# on the benchmark's ten-minute file, 2 cores, tiny.en (bench/results/batching.md): `auto` takes
-# the smallest batch within THROUGHPUT_TOLERANCE of the best of those that fit.
-CPU_THROUGHPUT = {
-    "transformers": {1: 19.3, 4: 28.5, 8: 36.0, 24: 36.7},
-    # int8, measured again once the engine encoded window by window (2026-12-01): the decoder's
-    # batching now shows (34.1 / 33.1 / 34.9 / 37.7 / 36.7 / 37.7 before).
-    "ctranslate2": {1: 34.5, 2: 34.4, 4: 37.9, 8: 43.6, 16: 45.2, 24: 47.0},
-}
+# On a CPU a larger batch soon buys no speed, only memory: `auto` takes the smallest batch within
+# THROUGHPUT_TOLERANCE of the best measured throughput (EngineSpec.cpu_throughput) of those that fit.
 THROUGHPUT_TOLERANCE = 0.05
-BATCH_ONE_ENGINES = {"whisper"}
 INTERPRETER_BYTES = 15 * 2**20  # RSS of a bare Python process, part of every calibrated runtime
-# The transformers engine's peak over a whole run exceeds its one-batch estimate: +7% at batch 4
-# and 8 (bench.batching), +9% in a fresh-clone budget test at batch 4 (beside it, the VAD's
-# onnxruntime session and the next group decoding while one is in inference), and +17% (1787 MiB
-# against 1526) in a fresh clone's venv, where the same run held 155 MiB more than in the
-# development venv (cause not found yet).
-RUN_MARGIN = {"transformers": 0.20}  # openai-whisper decodes one window at a time
 
 
 @dataclass(frozen=True)
@@ -201,7 +187,7 @@ def accelerators_needed(profile: Profile) -> tuple[bool, frozenset[str]]:
     bitsandbytes = frozenset(
         "cpu" if p.device == "cpu" else "cuda"
         for p in profiles
-        if "transformers" in p.engine and {"int8", "nf4"} & set(p.quantization)
+        if any(engine_spec(e).quantizations.get(q) == "bitsandbytes" for e in p.engine for q in p.quantization)
     )
     return gpu, bitsandbytes
 
@@ -259,8 +245,8 @@ def _dtype(requested: str, engine: str, device: str) -> tuple[str, str | None]:
         return ("float16" if requested == "auto" else requested), None
     if requested in ("auto", "float32"):
         return "float32", None
-    if requested == "bfloat16" and engine == "transformers":
-        return "bfloat16", None
+    if requested in engine_spec(engine).cpu_dtypes:
+        return requested, None
     return "float32", f"{requested} is not used on the CPU by {engine}; float32 instead"
 
 
@@ -268,12 +254,15 @@ def _quantization_unusable(quantization: str, engine: str, device: str, probe: P
     """Why a quantization cannot run with this engine on this device; None when it can."""
     if quantization == "none":
         return None
-    if engine == "whisper":
-        return "the whisper engine runs unquantized"
-    if engine == "ctranslate2":  # its int8 is native and needs no bitsandbytes; dynamic-int8 means the same
-        return None if quantization in ("int8", "dynamic-int8") else f"ctranslate2 has no {quantization}"
-    if quantization == "dynamic-int8":
-        return None if device == "cpu" else "dynamic-int8 is CPU-only"
+    kernels = engine_spec(engine).quantizations
+    if not kernels:
+        return f"the {engine} engine runs unquantized"
+    if quantization not in kernels:
+        return f"{engine} has no {quantization}"
+    if kernels[quantization] == "native":
+        return None
+    if kernels[quantization] == "native-cpu":
+        return None if device == "cpu" else f"{quantization} is CPU-only"
     if device == "cuda":
         return None if probe.bitsandbytes_cuda else "bitsandbytes does not work on this GPU"
     if quantization == "int8":
@@ -290,7 +279,8 @@ def _choose_batch(
     THROUGHPUT_TOLERANCE of the best measured throughput that fits. When none fits: (None, the
     estimate at batch 1, "").
     """
-    if engine in BATCH_ONE_ENGINES:
+    spec = engine_spec(engine)
+    if not spec.batched:
         sizes: list[int] = [1]
     elif profile.batch_size == "auto":
         sizes = list(BATCH_SIZES)
@@ -299,9 +289,10 @@ def _choose_batch(
     # The estimate is calibrated in a bare process whose RSS is the engine's runtime; the host
     # process holds more (Prefect, the VAD, probes): beyond that runtime where torch is already
     # imported, all of it but the interpreter where the engine's libraries are still to come.
-    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident and CALIBRATION[engine].torch_runtime else INTERPRETER_BYTES
+    calibration = spec.memory
+    runtime_held = calibration.runtime_bytes if target.runtime_resident and calibration.torch_runtime else INTERPRETER_BYTES
     host_overhead = max(0, target.process_rss_bytes - runtime_held)
-    margin = 1 + RUN_MARGIN.get(engine, 0.0) if device == "cpu" else 1
+    margin = 1 + calibration.cpu_run_margin if device == "cpu" else 1
     needs = {
         batch: host_overhead + int(margin * estimate_peak_bytes(
             model, engine=engine, device=device, dtype=dtype, quantization=quantization, batch_size=batch,
@@ -312,7 +303,7 @@ def _choose_batch(
     fitting = [batch for batch in sizes if needs[batch] <= target.budget_bytes]
     if not fitting:
         return None, needs[sizes[-1]], ""
-    measured = {b: t for b, t in CPU_THROUGHPUT.get(engine, {}).items() if b in fitting}
+    measured = {b: t for b, t in spec.cpu_throughput.items() if b in fitting}
     if device != "cpu" or profile.batch_size != "auto" or not measured:
         return fitting[0], needs[fitting[0]], ""
     best = max(measured, key=measured.__getitem__)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from steadyscribe.engines.registry import ENGINES
 from steadyscribe.memory import ARCHITECTURES, architecture, estimate_peak_bytes, weight_bytes
 from steadyscribe.profiles import ProfileError, load_profile
 from steadyscribe.tasks.probe import GpuInfo, Probe
-from steadyscribe.tasks.select import RUN_MARGIN, PlanError, select_plan
+from steadyscribe.tasks.select import PlanError, select_plan
 
 GiB = 2**30
 ALL_ENGINES = {"whisper", "transformers", "ctranslate2"}
@@ -165,7 +166,7 @@ def test_overrides_set_budget_and_batch_for_one_run():
 
 def test_fixed_batch_falls_back_to_a_smaller_one():
     # The transformers engine is planned with its whole-run margin over the one-batch estimate.
-    budget = int((1 + RUN_MARGIN["transformers"]) * estimate_peak_bytes("base.en", engine="transformers", batch_size=2)) + 1
+    budget = int((1 + ENGINES["transformers"].memory.cpu_run_margin) * estimate_peak_bytes("base.en", engine="transformers", batch_size=2)) + 1
     plan = plan_for("cpu-batched", machine(), {"transformers"}, {"memory_budget": str(budget), "batch_size": 8})
     assert (plan.model, plan.batch_size) == ("base.en", 2)
 
@@ -287,7 +288,7 @@ def test_beam_search_raises_the_transformers_estimate_and_the_plan_follows():
         "tiny.en", engine="ctranslate2", batch_size=8
     )
     # A budget that fits batch 8 greedy fits a smaller batch at beam 5.
-    budget = int((1 + RUN_MARGIN["transformers"]) * estimate_peak_bytes("tiny.en", engine="transformers", batch_size=8)) + 1
+    budget = int((1 + ENGINES["transformers"].memory.cpu_run_margin) * estimate_peak_bytes("tiny.en", engine="transformers", batch_size=8)) + 1
     overrides = {"memory_budget": str(budget), "batch_size": 8, "model": "tiny.en"}
     assert plan_for("cpu-batched", machine(), {"transformers"}, overrides).batch_size == 8
     beam = plan_for("cpu-batched", machine(), {"transformers"}, {**overrides, "beam_size": 5})

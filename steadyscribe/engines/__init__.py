@@ -5,34 +5,30 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from steadyscribe.engines.base import Engine, WindowAudio, WindowResult
+from steadyscribe.engines.base import AligningEngine, Engine, WindowAudio, WindowResult
+from steadyscribe.engines.registry import ENGINES, EngineSpec, engine_spec
 from steadyscribe.records import Plan
 
-__all__ = ["Engine", "WindowAudio", "WindowResult", "available_engines", "load_engine", "provisioning_error"]
-
-# engine name → (module, class, the package it needs, the model format it loads)
-ENGINES = {
-    "whisper": ("steadyscribe.engines.whisper_batch1", "WhisperBatch1Engine", "whisper", "openai-whisper"),
-    "transformers": ("steadyscribe.engines.transformers_engine", "TransformersEngine", "transformers", "transformers"),
-    "ctranslate2": ("steadyscribe.engines.ctranslate2_engine", "CTranslate2Engine", "ctranslate2", "ctranslate2"),
-}
+__all__ = [
+    "ENGINES", "AligningEngine", "Engine", "EngineSpec", "WindowAudio", "WindowResult",
+    "available_engines", "engine_spec", "load_engine", "provisioning_error",
+]
 
 
 def available_engines() -> set[str]:
-    """Engines whose module exists and whose runtime package is installed."""
+    """Engines whose module exists and whose runtime packages are installed."""
     return {
         name
-        for name, (module, _, package, _) in ENGINES.items()
-        if importlib.util.find_spec(module) is not None and importlib.util.find_spec(package) is not None
+        for name, spec in ENGINES.items()
+        if importlib.util.find_spec(spec.module) is not None
+        and all(importlib.util.find_spec(package) is not None for package in spec.packages)
     }
 
 
 def load_engine(plan: Plan) -> Engine:
     """Build the engine the plan names, with its model loaded."""
-    if plan.engine not in ENGINES:
-        raise ValueError(f"unknown engine {plan.engine!r}; known: {', '.join(ENGINES)}")
-    module, cls, _, _ = ENGINES[plan.engine]
-    return getattr(importlib.import_module(module), cls)(plan)
+    spec = engine_spec(plan.engine)
+    return getattr(importlib.import_module(spec.module), spec.class_name)(plan)
 
 
 def provisioning_error(model: str, engine: str, cache_dir: str | None = None) -> str | None:
@@ -41,7 +37,7 @@ def provisioning_error(model: str, engine: str, cache_dir: str | None = None) ->
     from steadyscribe.models.provision import provision
 
     try:
-        provision(model, ENGINES[engine][3], cache_dir)
+        provision(model, engine_spec(engine).model_format, cache_dir)
     except ModelUnavailableError as error:
         return str(error).partition(". ")[0]  # the what and why; the offline options follow
     return None

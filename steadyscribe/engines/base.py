@@ -35,13 +35,25 @@ class WindowResult:
 
 class Engine(Protocol):
     name: str
-    # Batch size the engine is running at now; it may shrink under memory pressure.
+    # Batch size the engine is running at now; the transformers engine lowers it under memory pressure.
     batch_size: int
 
     def transcribe(self, windows: Iterable[WindowAudio]) -> Iterator[WindowResult]:
         """Decode windows (possibly from many files) and yield one result per window.
 
         Results may come in any order; each names its window.
+        """
+        ...
+
+
+class AligningEngine(Engine, Protocol):
+    """An engine that also aligns known text (its record says `aligns`: steadyscribe.engines.registry)."""
+
+    def align(self, items: Iterable[tuple[WindowAudio, str]]) -> Iterator[WindowResult]:
+        """Word times for each window's text, nothing decoded: one result per (window, text).
+
+        Segments are the text's sentences; each word's probability is the model's for it given the
+        audio and the text before it.
         """
         ...
 

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from steadyscribe.engines.registry import engine_spec
 from steadyscribe.records import DEFAULT_TEMPERATURES, DecodingOptions, Window
 
 # openai-whisper's decoding defaults: retry a window at higher temperature when its text is
@@ -27,22 +28,17 @@ CARRY_MAX_TEMPERATURE = 0.5
 # A prompt holds at most half the decoder's context (openai-whisper's n_text_ctx // 2 - 1).
 MAX_PROMPT_TOKENS = 223
 
-# Options an engine cannot honour, and why. condition_on_previous_text is checked separately:
-# only its explicit `true` is refused by the batched engines.
-UNSUPPORTED = {
-    "transformers": {"patience": "transformers' beam search has no patience (it stops at beam_size finished hypotheses)"},
-}
-BATCHED_ENGINES = {"transformers", "ctranslate2"}
-
 
 def unsupported_options(engine: str, options: DecodingOptions) -> list[str]:
-    """'decoding.OPTION: why' for each option set in `options` that `engine` cannot honour."""
+    """'decoding.OPTION: why' for each option set in `options` that `engine` cannot honour: those
+    its record refuses, and an explicit condition_on_previous_text `true` on a batched engine."""
+    spec = engine_spec(engine)
     problems = [
         f"decoding.{option}: {why}"
-        for option, why in UNSUPPORTED.get(engine, {}).items()
+        for option, why in spec.refused_options.items()
         if getattr(options, option) != getattr(DecodingOptions(), option)
     ]
-    if engine in BATCHED_ENGINES and options.condition_on_previous_text:
+    if spec.batched and options.condition_on_previous_text:
         problems.append(
             "decoding.condition_on_previous_text: this engine decodes a file's windows side by side in a batch, "
             "so a window cannot wait for the previous one's text (use engine whisper)"
@@ -54,7 +50,7 @@ def conditions_on_previous_text(engine: str, options: DecodingOptions) -> bool:
     """Whether windows are prompted with the previous window's text: on by default for batch 1 only."""
     if options.condition_on_previous_text is not None:
         return options.condition_on_previous_text
-    return engine not in BATCHED_ENGINES
+    return not engine_spec(engine).batched
 
 
 def fixed_prompt_text(options: DecodingOptions) -> str:

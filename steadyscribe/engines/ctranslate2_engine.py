@@ -158,7 +158,6 @@ class CTranslate2Engine:
         # results they complete: a window's result is yielded once its last rest is decoded.
         rests: deque[WindowAudio] = deque()
         partial: dict[Window, WindowResult] = {}
-        # batch_size is read per batch: the pipeline may lower it under memory pressure.
         while batch := _next_batch(rests, pending, self.batch_size):
             for run in same_redecode(batch):
                 for result, rest in self._transcribe_batch(run):

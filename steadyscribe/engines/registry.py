@@ -47,7 +47,8 @@ class EngineCalibration:
     # Each further beam hypothesis of a window holds its own copy of the encoder output and of
     # the cross-attention keys and values.
     beam_state: bool = False
-    # On the CPU, a whole run peaks this share above its one-batch estimate (allocator growth over many batches).
+    # On the CPU, selection plans a whole run this share above the one-batch estimate (a run of many
+    # batches, beside the rest of the pipeline, peaks higher than one batch in a bare process).
     cpu_run_margin: float = 0.0
 
 

@@ -5,7 +5,7 @@ The file is bench/whole_run.py's `long` input (the 11 real recordings end to end
 bracketed by time.process_time(): the process's CPU seconds over all its threads (CTranslate2's
 included), which a shared machine does not distort as it does wall time.
 
-steadyscribe runs its stages' plain functions as a group does (tasks/group.py), without Prefect:
+steadyscribe runs its stages' plain functions as a group does (flows/group.py), without Prefect:
 decode_input, the VAD's frame probabilities, plan_windows, the engine's load, transcribe_files,
 stabilize, write_file_results. Inside the engine, the CTranslate2 model's calls are timed through
 a wrapper (encode; generate with timestamp tokens; generate again without them for windows that

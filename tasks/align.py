@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import time
 from difflib import SequenceMatcher
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import Task, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from steadyscribe.engines.packing import packed_stream
@@ -42,7 +42,6 @@ from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
 from steadyscribe.tasks.infer import call_engine
-from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
 # Engines that implement `align(items)` (steadyscribe.engines.ctranslate2_engine).
@@ -98,7 +97,7 @@ def read_texts(decoded: list[DecodedAudio], suffix: str) -> dict[str, str]:
             continue
         text = " ".join(text.split())
         if texts.setdefault(item.file_id, text) != text:
-            # Identical audio is aligned once (tasks/group.py); two texts for it cannot both be.
+            # Identical audio is aligned once (flows/group.py); two texts for it cannot both be.
             first = next(d.source for d in decoded if d.file_id == item.file_id and d.status == "ok")
             item.status, item.error = "failed", (
                 f"{item.source}: the same audio as {first} with a different text; align one of them in another run"
@@ -363,35 +362,3 @@ def judge_task(
 ) -> dict[str, tuple[str, str | None]]:
     """judge_file for each file of a group (one task run per group), by file id."""
     return {file_id: judge_file(transcript_paths[file_id], item, texts[file_id], vad) for file_id, item in decoded.items()}
-
-
-def align_group(
-    plan: Plan,
-    decoded: dict[str, DecodedAudio],
-    windows: dict[str, list[Window]],
-    texts: dict[str, str],
-    work_dir: str,
-    stabilization: Mapping[str, Any],
-    vad: Mapping[str, Any],
-    named: Callable[[Task], Task],
-) -> tuple[dict[str, str], dict[str, float]]:
-    """A group's align mode, after chunking: align, stabilize, judge. Returns (transcript paths, infer seconds) per file.
-
-    `named` names each stage's task run after the group.
-
-    A file whose text does not match its audio is marked failed here (its DecodedAudio), with the reason.
-    """
-    aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
-    # The given text is judged by judge_alignment, not by the hallucination filter.
-    settings = {**stabilization, "drop_hallucinations": False}
-    aligned_paths = {file_id: result.transcript_path for file_id, result in aligned.items()}
-    stable = named(stabilize_task)(aligned_paths, decoded, windows, settings, vad)
-    judged = named(judge_task)(stable, decoded, texts, vad)
-    paths = {}
-    for file_id, item in decoded.items():
-        paths[file_id], error = judged[file_id]
-        if error and not windows[file_id]:
-            error = "the VAD is confident the audio holds no speech at all: none of the text's words were placed on it"
-        if error:
-            item.status, item.error = "failed", f"{item.source}: {error}"
-    return paths, {file_id: result.infer_s for file_id, result in aligned.items()}

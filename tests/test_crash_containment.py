@@ -27,7 +27,7 @@ import pytest
 
 from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
-from steadyscribe.tasks.write import open_table
+from steadyscribe.schema import open_table
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def faulty_run(prefect_server, tmp_path_factory):
     shutil.copy(FIXTURES / "real" / "r15_ljspeech.flac", inputs / "hang.flac")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
     done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), "--output", str(output),
+        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output),
          "--channels", "split", "--summary-json", str(summary)],
         env=env, capture_output=True, text=True, timeout=600,
     )
@@ -134,7 +134,7 @@ def engine_crash_run(prefect_server, tmp_path_factory):
     profile.write_text("extends: cpu-small\nrunner: {files_per_group: 1}\n")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
     done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), "--output", str(output),
+        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output),
          "--profile", str(profile), "--summary-json", str(summary)],
         env=env, capture_output=True, text=True, timeout=600,
     )

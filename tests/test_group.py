@@ -107,7 +107,7 @@ def test_a_group_stops_when_its_flow_run_is_cancelled(prefect_server):
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling, Running
 
-    from steadyscribe.tasks.group import CancelWatch, GroupCancelled
+    from steadyscribe.flows.group import CancelWatch, GroupCancelled
 
     @flow
     def placeholder() -> None: ...

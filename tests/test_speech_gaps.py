@@ -90,7 +90,7 @@ def run_cli(inputs: list[Path], output: Path, profile: str) -> subprocess.Comple
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    command = [sys.executable, "-m", "steadyscribe.cli", "run", *map(str, inputs), "--output", str(output),
+    command = [sys.executable, "-m", "steadyscribe.app.cli", "run", *map(str, inputs), "--output", str(output),
                "--profile", profile, "--model", "tiny.en"]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
 

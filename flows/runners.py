@@ -15,7 +15,7 @@ import re
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.profiles import Profile, ProfileError
-from steadyscribe.tasks.group import THREADS_ENV
+from steadyscribe.flows.group import THREADS_ENV
 from steadyscribe.tasks.probe import probe_resources
 
 SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://[\w.\-\[\]:]+(/\S*)?|[\w.\-]+:\d+")

@@ -4,11 +4,11 @@ It only composes the stages in tasks/. The flow itself discovers the inputs, has
 probe its machine and plan the run (engine, model, precision, quantization: fixed for the whole
 run, since they are part of the settings key), hands the files out in groups and reports. Each
 group runs as one task where the profile's runner puts it (a thread of this process, or a Dask
-worker: tasks/group.py), which commits the group's rows itself; at most a few groups per worker
+worker: flows/group.py), which commits the group's rows itself; at most a few groups per worker
 are in flight, so memory and local disk stay bounded however many files there are. This
 process never loads a model.
 
-Run it with `steadyscribe run` or `python -m steadyscribe.flows.transcribe INPUT... --output OUT`.
+Run it with `steadyscribe run INPUT... --output OUT` (app/cli.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from steadyscribe.run_policy import arm_retries, end_without_retries, run_timeou
 from steadyscribe.storage import check_writable
 from steadyscribe.tasks.align import ALIGNING_ENGINES
 from steadyscribe.tasks.discover import discover_task
-from steadyscribe.tasks.group import GroupCancelled, GroupJob, commit_lost_group, group_task
+from steadyscribe.flows.group import GroupCancelled, GroupJob, commit_lost_group, group_task
 from steadyscribe.tasks.probe import probe_task
 from steadyscribe.tasks.report import (
     ProgressArtifact, RunSummary, announce_outcomes, failed_message, file_name, run_markdown, summarize, summary_markdown,
@@ -258,8 +258,3 @@ def _run_groups(runner: TaskRunner, jobs: list[GroupJob], limit: int) -> list[Fi
         collect()
     return outcomes
 
-
-if __name__ == "__main__":
-    from steadyscribe.flows.job import main
-
-    raise SystemExit(main())

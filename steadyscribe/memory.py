@@ -208,6 +208,7 @@ def estimate_peak_bytes(
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 _peak_before_resets = 0  # the process's peak before its latest reset_peak_rss()
+_engine_process_peak = 0
 
 
 def vm_hwm_bytes() -> int:
@@ -246,6 +247,17 @@ def process_peak_rss_bytes() -> int:
     except ImportError:  # Windows
         maxrss = 0
     return max(maxrss, vm_hwm_bytes(), _peak_before_resets)
+
+
+def note_engine_process_peak(peak_bytes: int) -> None:
+    """Keep the peak RSS that this process's engine child (tasks/infer.py) reported, for run_peak_rss_bytes()."""
+    global _engine_process_peak
+    _engine_process_peak = max(_engine_process_peak, peak_bytes)
+
+
+def run_peak_rss_bytes() -> int:
+    """The run's peak memory: this process's peak plus its engine child's (their sum bounds what both held at once)."""
+    return process_peak_rss_bytes() + _engine_process_peak
 
 
 # glibc's mallopt parameters (malloc.h).

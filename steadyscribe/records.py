@@ -45,7 +45,7 @@ class DecodedAudio:
     decode_s: float = 0.0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. the input was truncated
-    # status duplicate: the source, in this run, whose transcription this content has (tasks/claims.py).
+    # status duplicate: the source, in this run, whose transcription this content has (steadyscribe/claims.py).
     duplicate_of: str | None = None
 
 

@@ -8,7 +8,7 @@ callers, a run is tried once and has no time limit:
   the bucket, the Dask scheduler or the Prefect API was unreachable (after RETRY_DELAY_S).
 - STEADYSCRIBE_RUN_TIMEOUT_HOURS: past it an attempt ends TimedOut (a Failed state, retried
   like an exception: the next attempt skips the files already committed), and the last one
-  fires the failed-run notification (steadyscribe/notify.py).
+  fires the failed-run notification (app/notify.py).
 
 Bad input files are rows, not retries. Retries are armed only once the run's configuration and
 plan are known to work (`arm_retries`: a bad profile, a plan that does not fit or a credential in

@@ -1,4 +1,4 @@
-"""The three output tables (files, segments, words): Arrow schemas and on-storage layout.
+"""The three output tables (files, segments, words): Arrow schemas, on-storage layout, and reading them back.
 
 docs/tables.md describes every column, the partitioning and the commit contract.
 """
@@ -9,6 +9,9 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+from fsspec import AbstractFileSystem
+
+from steadyscribe.storage import StorageOptions, filesystem_for, join
 
 # Bump when a column is removed, renamed or changes meaning; adding a nullable column is not a bump.
 SCHEMA_VERSION = "1"
@@ -114,3 +117,35 @@ SCHEMAS: dict[TableName, pa.Schema] = {
     "segments": SEGMENTS_SCHEMA,
     "words": WORDS_SCHEMA,
 }
+
+
+def open_table(output: str, table: TableName, storage_options: StorageOptions | None = None) -> ds.Dataset:
+    """One table as a pyarrow dataset, with `run_date` read from the path as a date.
+
+    Only its Parquet files are read: anything else a person or a tool left in the table's
+    directory (a README.txt, .DS_Store, an editor's backup) is ignored, as the documented
+    `OUT/<table>/**/*.parquet` globs ignore it.
+    """
+    fs, root = filesystem_for(output, storage_options)
+    directory = join(root, table)
+    # fsspec reuses filesystem instances, and s3fs/gcsfs cache listings: a long-lived worker
+    # would not see what other runs committed since it last looked.
+    fs.invalidate_cache()
+    schema = SCHEMAS[table].append(pa.field(PARTITION_COLUMN, pa.date32()))
+    return ds.dataset(
+        table_files(fs, directory), schema=schema, format="parquet", partitioning=PARTITIONING,
+        partition_base_dir=directory, filesystem=fs,
+    )
+
+
+def table_files(fs: AbstractFileSystem, directory: str) -> list[str]:
+    """The Parquet files under a table's directory, skipping names that start with "." or "_"
+    (hidden files, writers' scratch) anywhere below it, as pyarrow's own discovery does."""
+    if not fs.exists(directory):
+        return []
+    found = fs.find(directory)
+    prefix = directory.rstrip("/") + "/"
+    return sorted(
+        path for path in found
+        if path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in path.removeprefix(prefix).split("/"))
+    )

@@ -26,23 +26,23 @@ from __future__ import annotations
 
 import time
 from difflib import SequenceMatcher
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import Task, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from steadyscribe.engines import ENGINES, AligningEngine
+from steadyscribe.engines.packing import packed_stream
+from steadyscribe.inference import InferenceResult, WindowsDone, prepared_engine, report_windows, transcribe_files
+from steadyscribe.pcm import load_pcm
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
-from steadyscribe.tasks.decode import load_pcm
-from steadyscribe.tasks.infer import InferenceResult, cached_engine, inference_lock, transcribe_files
-from steadyscribe.tasks.pack import packed_stream
-from steadyscribe.tasks.stabilize import stabilize_task
+from steadyscribe.tasks.infer import call_engine
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
 # Engines whose record says they align known text (steadyscribe.engines.base.AligningEngine).
@@ -98,7 +98,7 @@ def read_texts(decoded: list[DecodedAudio], suffix: str) -> dict[str, str]:
             continue
         text = " ".join(text.split())
         if texts.setdefault(item.file_id, text) != text:
-            # Identical audio is aligned once (tasks/group.py); two texts for it cannot both be.
+            # Identical audio is aligned once (flows/group.py); two texts for it cannot both be.
             first = next(d.source for d in decoded if d.file_id == item.file_id and d.status == "ok")
             item.status, item.error = "failed", (
                 f"{item.source}: the same audio as {first} with a different text; align one of them in another run"
@@ -203,6 +203,7 @@ def align_files(
     windows: list[Window],
     texts: Mapping[str, str],
     work_dir: str | Path,
+    on_windows: WindowsDone | None = None,
 ) -> dict[str, InferenceResult]:
     """Align every file's text to its audio with `engine`; one raw aligned transcript JSON per file.
 
@@ -218,7 +219,7 @@ def align_files(
     heard: dict[str, Transcript] = {}
     if several:
         several_windows = [w for w in windows if w.file_id in several]
-        for file_id, result in transcribe_files(engine, several, several_windows, work_dir).items():
+        for file_id, result in transcribe_files(engine, several, several_windows, work_dir, on_windows).items():
             heard[file_id] = Transcript.load(result.transcript_path)
     spans: dict[tuple[str, int], tuple[int, int]] = {}
     for file_id, file_windows in by_file.items():
@@ -237,8 +238,8 @@ def align_files(
         span = spans[(result.window.file_id, result.window.index)]
         aligned[result.window.file_id].append((result.window.index, span, [w for s in result.segments for w in s.words]))
         languages.setdefault(result.window.file_id, result.language)
-        if result.window.file_id not in several:  # the others' windows were counted as they were transcribed
-            reporter().windows_done(1, result.window.end - result.window.start)
+        if on_windows and result.window.file_id not in several:  # the others' windows were counted as they were transcribed
+            on_windows(1, result.window.end - result.window.start)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out = {}
@@ -331,11 +332,16 @@ def align_task(
     texts: dict[str, str],
     work_dir: str,
 ) -> dict[str, InferenceResult]:
-    """Align a group's texts with this process's engine (loaded on first use, shared with inference)."""
-    with inference_lock:
-        engine = cached_engine(plan)
-        get_run_logger().info("aligning the texts of %d files (%d windows) with %s", len(decoded), len(windows), plan.model)
-        return align_files(engine, decoded, windows, texts, work_dir)
+    """Align a group's texts in this process's engine child (tasks/infer.py; the engine is shared with inference)."""
+    get_run_logger().info("aligning the texts of %d files (%d windows) with %s", len(decoded), len(windows), plan.model)
+    return call_engine(align_in_child, plan, decoded, windows, texts, work_dir, on_windows=reporter().windows_done)
+
+
+def align_in_child(
+    plan: Plan, decoded: dict[str, DecodedAudio], windows: list[Window], texts: dict[str, str], work_dir: str
+) -> dict[str, InferenceResult]:
+    """align_task's call into the engine child: align_files with that process's engine."""
+    return align_files(prepared_engine(plan), decoded, windows, texts, work_dir, report_windows)
 
 
 def judge_file(
@@ -357,35 +363,3 @@ def judge_task(
 ) -> dict[str, tuple[str, str | None]]:
     """judge_file for each file of a group (one task run per group), by file id."""
     return {file_id: judge_file(transcript_paths[file_id], item, texts[file_id], vad) for file_id, item in decoded.items()}
-
-
-def align_group(
-    plan: Plan,
-    decoded: dict[str, DecodedAudio],
-    windows: dict[str, list[Window]],
-    texts: dict[str, str],
-    work_dir: str,
-    stabilization: Mapping[str, Any],
-    vad: Mapping[str, Any],
-    named: Callable[[Task], Task],
-) -> tuple[dict[str, str], dict[str, float]]:
-    """A group's align mode, after chunking: align, stabilize, judge. Returns (transcript paths, infer seconds) per file.
-
-    `named` names each stage's task run after the group.
-
-    A file whose text does not match its audio is marked failed here (its DecodedAudio), with the reason.
-    """
-    aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
-    # The given text is judged by judge_alignment, not by the hallucination filter.
-    settings = {**stabilization, "drop_hallucinations": False}
-    aligned_paths = {file_id: result.transcript_path for file_id, result in aligned.items()}
-    stable = named(stabilize_task)(aligned_paths, decoded, windows, settings, vad)
-    judged = named(judge_task)(stable, decoded, texts, vad)
-    paths = {}
-    for file_id, item in decoded.items():
-        paths[file_id], error = judged[file_id]
-        if error and not windows[file_id]:
-            error = "the VAD is confident the audio holds no speech at all: none of the text's words were placed on it"
-        if error:
-            item.status, item.error = "failed", f"{item.source}: {error}"
-    return paths, {file_id: result.infer_s for file_id, result in aligned.items()}

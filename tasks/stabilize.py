@@ -35,10 +35,10 @@ import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
+from steadyscribe.pcm import load_pcm
 from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
 from steadyscribe.speech import true_runs
 from steadyscribe.tasks.chunk import skipped_seconds
-from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.vad import (
     FRAME_S,
     VadThresholds,

@@ -30,7 +30,7 @@ from prefect import task
 
 from steadyscribe.profiles import Output as OutputOptions
 from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, Transcript
-from steadyscribe.schema import PARTITION_COLUMN, PARTITIONING, SCHEMAS, TableName
+from steadyscribe.schema import PARTITION_COLUMN, SCHEMAS, TableName, open_table, table_files
 from steadyscribe.storage import (
     TEMP_DIR,
     StorageOptions,
@@ -389,38 +389,6 @@ def write_file_result(
         sidecar_formats=sidecar_formats,
         row_group_size=row_group_size,
         storage_options=storage_options,
-    )
-
-
-def open_table(output: str, table: TableName, storage_options: StorageOptions | None = None) -> ds.Dataset:
-    """One table as a pyarrow dataset, with `run_date` read from the path as a date.
-
-    Only its Parquet files are read: anything else a person or a tool left in the table's
-    directory (a README.txt, .DS_Store, an editor's backup) is ignored, as the documented
-    `OUT/<table>/**/*.parquet` globs ignore it.
-    """
-    fs, root = filesystem_for(output, storage_options)
-    directory = join(root, table)
-    # fsspec reuses filesystem instances, and s3fs/gcsfs cache listings: a long-lived worker
-    # would not see what other runs committed since it last looked.
-    fs.invalidate_cache()
-    schema = SCHEMAS[table].append(pa.field(PARTITION_COLUMN, pa.date32()))
-    return ds.dataset(
-        table_files(fs, directory), schema=schema, format="parquet", partitioning=PARTITIONING,
-        partition_base_dir=directory, filesystem=fs,
-    )
-
-
-def table_files(fs: AbstractFileSystem, directory: str) -> list[str]:
-    """The Parquet files under a table's directory, skipping names that start with "." or "_"
-    (hidden files, writers' scratch) anywhere below it, as pyarrow's own discovery does."""
-    if not fs.exists(directory):
-        return []
-    found = fs.find(directory)
-    prefix = directory.rstrip("/") + "/"
-    return sorted(
-        path for path in found
-        if path.endswith(".parquet") and not any(part.startswith((".", "_")) for part in path.removeprefix(prefix).split("/"))
     )
 
 

@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from align_inputs import TIMED, prepare
-from steadyscribe.cli import main
+from steadyscribe.app.cli import main
 from steadyscribe.errors import FilesFailed
 from steadyscribe.flows.transcribe import transcribe
 from steadyscribe.metrics import boundary_errors

@@ -46,7 +46,7 @@ def runs(prefect_server, tmp_path_factory) -> dict[str, dict]:
         work = tmp_path_factory.mktemp(f"budget-{budget}")
         summary_path = work / "summary.json"
         done = subprocess.run(
-            [sys.executable, "-m", "steadyscribe.cli", "run", *inputs, "--output", str(work / "out"),
+            [sys.executable, "-m", "steadyscribe.app.cli", "run", *inputs, "--output", str(work / "out"),
              "--profile", "cpu-batched", "--memory-budget", budget, "--summary-json", str(summary_path)],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
         )

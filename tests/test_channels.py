@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FIXTURES
-from steadyscribe.flows.job import add_run_arguments
+from steadyscribe.app.job import add_run_arguments
 from steadyscribe.flows.transcribe import output_settings
 from steadyscribe.profiles import ProfileError, apply_overrides, load_profile, validate_profile_data
 from steadyscribe.records import DecodedAudio, InputFile, Plan, Segment, Transcript, Word
@@ -30,8 +30,10 @@ from steadyscribe.tasks.channels import (
     join_channels,
     split_channels,
 )
-from steadyscribe.tasks.decode import decode_input, load_pcm
-from steadyscribe.tasks.write import FileResult, RunInfo, open_table, settings_key, to_srt, write_file_results
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
+from steadyscribe.schema import open_table
+from steadyscribe.tasks.write import FileResult, RunInfo, settings_key, to_srt, write_file_results
 from steadyscribe.vad import VadThresholds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,7 +273,7 @@ def test_run_command_takes_channels():
 
 
 def test_a_group_transcribes_mixed_files_whole_and_split_files_by_channel(tmp_path):
-    from steadyscribe.tasks.group import transcription_units
+    from steadyscribe.flows.group import transcription_units
 
     memo = DecodedAudio("memo.wav", "ok", file_id="m", pcm_path="m.f32", duration_s=3.0)
     call = decode_input(InputFile(str(CALL)), tmp_path, channels="split")

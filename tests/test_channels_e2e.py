@@ -191,7 +191,7 @@ def test_a_silent_channel_is_left_out_and_said(split_run):
 
 
 def test_run_command_splits_channels(prefect_server, tmp_path):
-    from steadyscribe.cli import main
+    from steadyscribe.app.cli import main
 
     script = _fixture_script()
     memo = script.read_mono(FIXTURES / "real" / "r26_goforward.flac")

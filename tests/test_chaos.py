@@ -27,7 +27,7 @@ import pytest
 
 from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
-from steadyscribe.tasks.write import open_table
+from steadyscribe.schema import open_table
 from test_crash_containment import decoded_mono, write_eight_channels
 from test_isolation import wait_until
 from test_reliability import cut_at_packet_boundary, encode
@@ -85,7 +85,7 @@ def test_killed_runs_leave_nothing_behind_and_the_rerun_completes(tmp_path):
     profile.write_text("extends: cpu-small\nrunner: {files_per_group: 2}\n")
     summary = tmp_path / "summary.json"
     command = [
-        sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), str(vanishing), "--output", str(output),
+        sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), str(vanishing), "--output", str(output),
         "--profile", str(profile), "--channels", "split", "--summary-json", str(summary),
     ]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

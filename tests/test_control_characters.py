@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from steadyscribe.printable import printable
-from steadyscribe.tasks.write import open_table
+from steadyscribe.schema import open_table
 from test_output_tree import run_cli
 
 FAKE_LINE = "files: 99 ok, 0 failed, 0 skipped"

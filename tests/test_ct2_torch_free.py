@@ -223,7 +223,7 @@ def test_int8_engine_is_as_accurate_as_the_previous_implementation(real_windows)
 
 RUN_AND_REPORT_MODULES = """
 import json, sys
-from steadyscribe.cli import main
+from steadyscribe.app.cli import main
 status = main(sys.argv[1:])
 print(json.dumps({"status": status, "modules": sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)}))
 """

@@ -68,6 +68,7 @@ def threads_output(prefect_server, one_file_groups, tmp_path_factory) -> Path:
 
 def test_groups_run_on_both_workers_and_match_the_thread_runner(cluster, one_file_groups, threads_output, tmp_path, monkeypatch):
     import steadyscribe.engines
+    import steadyscribe.inference
     import steadyscribe.models.provision
     import steadyscribe.tasks.infer
     from steadyscribe.flows.transcribe import transcribe
@@ -82,9 +83,9 @@ def test_groups_run_on_both_workers_and_match_the_thread_runner(cluster, one_fil
         return call
 
     monkeypatch.setattr(steadyscribe.engines, "load_engine", forbidden("load_engine"))
-    monkeypatch.setattr(steadyscribe.tasks.infer, "load_engine", forbidden("load_engine"))
+    monkeypatch.setattr(steadyscribe.inference, "load_engine", forbidden("load_engine"))
     monkeypatch.setattr(steadyscribe.models.provision, "provision", forbidden("provision"))
-    engines_before = steadyscribe.tasks.infer.loaded_engines()
+    engines_before = steadyscribe.tasks.infer.loaded_engines()  # this process's engine child
 
     output = tmp_path / "dask-out"
     summary = transcribe(inputs=FILES, output=str(output), profile=one_file_groups, scheduler=cluster.address)

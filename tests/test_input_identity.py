@@ -1,5 +1,5 @@
 """Every input exactly once: a recording is its content, a name is taken as given, and runs that
-overlap in one output transcribe each recording once (tasks/discover.py, tasks/claims.py).
+overlap in one output transcribe each recording once (tasks/discover.py, steadyscribe/claims.py).
 
 The end-to-end tests run `steadyscribe run` as a subprocess on short real recordings with the
 real tiny.en, then check the two promises of the tables: the README's words/files join gives
@@ -28,11 +28,11 @@ import pytest
 from conftest import FIXTURES
 from steadyscribe.records import DecodedAudio, FileOutcome, PassedOver
 from steadyscribe.storage import filesystem_for
-from steadyscribe.tasks import claims
-from steadyscribe.tasks.claims import GroupClaims, claim_dir, create_exclusive, latest_claim
+from steadyscribe import claims
+from steadyscribe.claims import GroupClaims, claim_dir, create_exclusive, latest_claim
 from steadyscribe.tasks.discover import discover, local_path, normalise_url
 from steadyscribe.tasks.report import summarize, summary_markdown, summary_text
-from steadyscribe.tasks.write import open_table
+from steadyscribe.schema import open_table
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = FIXTURES / "real"
@@ -59,7 +59,7 @@ def api_env(**extra: str) -> dict[str, str]:
 
 
 def run_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "steadyscribe.cli", "run", *args]
+    return [sys.executable, "-m", "steadyscribe.app.cli", "run", *args]
 
 
 def steadyscribe_run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

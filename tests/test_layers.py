@@ -12,32 +12,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Where each installed package's source lives in the checkout (pyproject's package-dir).
-SOURCE_DIRS = {"steadyscribe": ROOT / "steadyscribe", "steadyscribe.tasks": ROOT / "tasks", "steadyscribe.flows": ROOT / "flows"}
-ENTRY_POINTS = {"steadyscribe.cli", "steadyscribe.serve", "steadyscribe.profiles_cli", "steadyscribe.models.cli"}
-LAYERS = ("core", "tasks", "flows", "entry")  # each may import its own layer and those before it
-
-
-def layer_of(module: str) -> str:
-    if module in ENTRY_POINTS:
-        return "entry"
-    if module.startswith("steadyscribe.flows"):
-        return "flows"
-    if module.startswith("steadyscribe.tasks"):
-        return "tasks"
-    return "core"
+# The layers, each a folder of the checkout, in order: each may import its own layer and those
+# before it. Where each installed package's source lives is pyproject's package-dir.
+LAYERS = ("steadyscribe", "tasks", "flows", "app")
+PACKAGE_OF = {"steadyscribe": "steadyscribe", "tasks": "steadyscribe.tasks", "flows": "steadyscribe.flows", "app": "steadyscribe.app"}
 
 
 def package_modules() -> dict[str, Path]:
+    """Every module of the package, by its installed name, and its source file."""
     modules = {}
-    for package, folder in SOURCE_DIRS.items():
-        for path in folder.rglob("*.py"):
-            if package == "steadyscribe" and path.is_relative_to(ROOT / "steadyscribe" / "tasks"):
-                continue
-            parts = path.relative_to(folder).with_suffix("").parts
-            name = ".".join((package, *parts))
-            modules[name.removesuffix(".__init__")] = path
+    for layer, package in PACKAGE_OF.items():
+        for path in (ROOT / layer).rglob("*.py"):
+            parts = path.relative_to(ROOT / layer).with_suffix("").parts
+            modules[".".join((package, *parts)).removesuffix(".__init__")] = path
     return modules
+
+
+def layer_of(path: Path) -> str:
+    """A module's layer: the top folder of the checkout that holds it."""
+    return path.relative_to(ROOT).parts[0]
 
 
 def imported_names(path: Path) -> set[str]:
@@ -56,15 +49,16 @@ def imported_names(path: Path) -> set[str]:
 
 def test_layers_import_only_downwards():
     modules = package_modules()
-    assert {"steadyscribe.tasks.chunk", "steadyscribe.flows.transcribe", "steadyscribe.cli"} <= modules.keys()
+    assert {"steadyscribe.tasks.chunk", "steadyscribe.flows.transcribe", "steadyscribe.app.cli"} <= modules.keys()
+    assert {layer_of(path) for path in modules.values()} == set(LAYERS)
     violations = []
     for module, path in sorted(modules.items()):
-        rank = LAYERS.index(layer_of(module))
+        rank = LAYERS.index(layer_of(path))
         for name in sorted(imported_names(path)):
-            if name.split(".")[0] in {"tasks", "flows"}:
+            if name.split(".")[0] in {"tasks", "flows", "app"}:
                 violations.append(f"{module} imports {name} outside the steadyscribe namespace")
-            elif name in modules and LAYERS.index(layer_of(name)) > rank:
-                violations.append(f"{module} ({layer_of(module)}) imports {name} ({layer_of(name)})")
+            elif name in modules and LAYERS.index(layer_of(modules[name])) > rank:
+                violations.append(f"{module} ({layer_of(path)}) imports {name} ({layer_of(modules[name])})")
     assert not violations, "\n".join(violations)
 
 
@@ -86,7 +80,7 @@ for name in sys.argv[1:]:
 by_file = defaultdict(set)
 for name, module in list(sys.modules.items()):
     path = getattr(module, "__file__", None)
-    if path and os.path.realpath(path).startswith(tuple(os.path.join(os.getcwd(), d, "") for d in ("steadyscribe", "tasks", "flows"))):
+    if path and os.path.realpath(path).startswith(tuple(os.path.join(os.getcwd(), d, "") for d in ("steadyscribe", "tasks", "flows", "app"))):
         by_file[os.path.realpath(path)].add(name)
 twice = {path: sorted(names) for path, names in by_file.items() if len(names) > 1}
 print(twice)
@@ -114,8 +108,8 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_wheel_installs_one_namespace_with_its_profiles(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert not [n for n in names if n.split("/")[0] in {"tasks", "flows", "profiles"}]
-    assert "steadyscribe/tasks/chunk.py" in names and "steadyscribe/flows/transcribe.py" in names
+    assert not [n for n in names if n.split("/")[0] in {"tasks", "flows", "app", "profiles"}]
+    assert {"steadyscribe/tasks/chunk.py", "steadyscribe/flows/transcribe.py", "steadyscribe/app/cli.py"} <= set(names)
     assert "steadyscribe/profile_files/cpu-small.yaml" in names
     # The speech detector's model and its licence note ship in the default install.
     assert {"steadyscribe/assets/silero_vad_v6.onnx", "steadyscribe/assets/LICENSE-silero-vad.txt"} <= set(names)
@@ -133,6 +127,7 @@ def test_installed_package_works_outside_the_checkout(wheel, tmp_path):
 
     assert python("import tasks").returncode != 0
     assert python("import flows").returncode != 0
+    assert python("import app").returncode != 0
     works = python(
         "import steadyscribe.tasks.chunk, steadyscribe.flows.transcribe, steadyscribe.profiles as p; "
         f"assert steadyscribe.tasks.chunk.__file__.startswith({str(site)!r}); print(p.load_profile('cpu-small').name)"

@@ -18,7 +18,7 @@ import steadyscribe.models.provision as provisioning
 from steadyscribe.models import ModelUnavailableError
 from steadyscribe.models.alignment import decode_openai_heads
 from steadyscribe.models.cache import model_cache_dir
-from steadyscribe.models.cli import cmd_models_import, cmd_models_list, cmd_models_path
+from steadyscribe.app.models_cli import cmd_models_import, cmd_models_list, cmd_models_path
 from steadyscribe.models.ct2 import read_model_bin
 from steadyscribe.models.bundled import BundledModel
 from steadyscribe.models.provision import alignment_heads, load_openai_whisper, provision

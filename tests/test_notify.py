@@ -22,7 +22,7 @@ import pytest
 
 from conftest import FIXTURES
 from prefect_services import PrefectServer, api, stop_process_group, wait_for
-from steadyscribe.notify import FAILED_AUTOMATION, TOO_LONG_AUTOMATION
+from steadyscribe.app.notify import FAILED_AUTOMATION, TOO_LONG_AUTOMATION
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def receiver() -> Iterator[Receiver]:
 
 def steadyscribe(server: PrefectServer, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", *args], env=server.env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "steadyscribe.app.cli", *args], env=server.env(), capture_output=True, text=True, timeout=300
     )
 
 
@@ -84,7 +84,7 @@ def test_a_failed_deployment_run_sends_one_notification(prefect_services: Prefec
     serve_log = tmp_path / "serve.log"
     with open(serve_log, "w") as log:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "steadyscribe.cli", "serve", str(inputs), "--output", str(output), "--profile", "cpu-fast"],
+            [sys.executable, "-m", "steadyscribe.app.cli", "serve", str(inputs), "--output", str(output), "--profile", "cpu-fast"],
             # As deployments/prefect.yaml sets them: the run must still not be retried.
             env=prefect_services.env(STEADYSCRIBE_FLOW_RETRIES="2", STEADYSCRIBE_RUN_TIMEOUT_HOURS="1"),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

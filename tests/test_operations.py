@@ -251,7 +251,7 @@ def test_worker_runs_the_deployed_align(api_url, api_env, deployed, tmp_path):
 # `steadyscribe serve` as the CLI runs it, built from serve.register alone.
 SERVE = (
     "import argparse, sys\n"
-    "from steadyscribe.serve import register\n"
+    "from steadyscribe.app.serve import register\n"
     "parser = argparse.ArgumentParser(prog='steadyscribe')\n"
     "register(parser.add_subparsers(required=True))\n"
     "args = parser.parse_args(sys.argv[1:])\n"

@@ -19,7 +19,8 @@ import pytest
 from conftest import FIXTURES
 from steadyscribe.schema import SCHEMAS
 from steadyscribe.tasks.discover import content_sha256
-from steadyscribe.tasks.write import ORPHAN_AGE_S, open_table
+from steadyscribe.schema import open_table
+from steadyscribe.tasks.write import ORPHAN_AGE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = FIXTURES / "fast_speaker.flac"
@@ -33,7 +34,7 @@ def run_cli(
 
     environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [*wrapper, sys.executable, "-m", "steadyscribe.cli", "run", *args],
+        [*wrapper, sys.executable, "-m", "steadyscribe.app.cli", "run", *args],
         capture_output=True, text=True, env=environment, timeout=timeout_s,
     )
 

@@ -61,7 +61,7 @@ def test_no_server_where_an_api_is_configured(prefect_server):
 def test_a_run_without_an_api_uses_and_stops_its_own_server(tmp_path):
     summary = tmp_path / "summary.json"
     done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", "run", str(FIXTURES / "real" / "r26_goforward.flac"),
+        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(FIXTURES / "real" / "r26_goforward.flac"),
          "--output", str(tmp_path / "out"), "--profile", "cpu-fast", "--summary-json", str(summary)],
         env=_without_api(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=300,
     )
@@ -82,7 +82,7 @@ def test_a_run_without_an_api_uses_and_stops_its_own_server(tmp_path):
 def test_bad_configuration_stops_the_server_and_exits_2(tmp_path):
     # The server starts before the profile is read; a server left running would hold the pipes open.
     done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", "run", str(FIXTURES / "real" / "r26_goforward.flac"),
+        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(FIXTURES / "real" / "r26_goforward.flac"),
          "--output", str(tmp_path / "out"), "--profile", "no-such-profile"],
         env=_without_api(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=120,
     )

@@ -16,7 +16,7 @@ from steadyscribe.profiles import (
     load_profile,
     parse_memory_budget,
 )
-from steadyscribe.profiles_cli import register
+from steadyscribe.app.profiles_cli import register
 
 SHIPPED = ["auto", "cpu-accurate", "cpu-batched", "cpu-fast", "cpu-lowmem", "cpu-small", "gpu-24gb", "gpu-80gb", "gpu-8gb"]
 
@@ -308,7 +308,7 @@ def test_list_profiles_includes_user_dir(user_dir):
 
 
 def test_help_names_the_profile_each_command_runs_with():
-    from steadyscribe.cli import build_parser
+    from steadyscribe.app.cli import build_parser
 
     parser = build_parser()
     for command, profile in (("run", "cpu-small"), ("align", "cpu-fast")):
@@ -346,7 +346,7 @@ def test_every_profile_error_exits_2_from_any_folder(tmp_path):
 
     def steadyscribe(*argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "steadyscribe.cli", *argv], capture_output=True, text=True, cwd=elsewhere, timeout=300
+            [sys.executable, "-m", "steadyscribe.app.cli", *argv], capture_output=True, text=True, cwd=elsewhere, timeout=300
         )
 
     shown = steadyscribe("profiles", "show", str(good))

@@ -34,10 +34,10 @@ import steadyscribe.tasks.decode
 import steadyscribe.tasks.write
 from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
-from steadyscribe.cli import main
+from steadyscribe.app.cli import main
 from steadyscribe.records import InputFile
-from steadyscribe.tasks.decode import load_pcm
-from steadyscribe.tasks.write import open_table
+from steadyscribe.pcm import load_pcm
+from steadyscribe.schema import open_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_S = 3.0  # speech clips are cut short: inference on CPU is the slow part
@@ -482,7 +482,7 @@ def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp
     # Group 2: speech, still being transcribed when the kill lands.
     encode(inputs / "b0.flac", speech("fast_speaker", tmp_path))
     encode(inputs / "b1.flac", speech("clean_gb", tmp_path))
-    command = [sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), "--output", str(output)]
+    command = [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output)]
     log = (tmp_path / "run1.log").open("w")
     run = subprocess.Popen(command, env=api_env(), stdout=log, stderr=subprocess.STDOUT)
     checked: set[Path] = set()

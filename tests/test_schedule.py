@@ -55,7 +55,7 @@ def test_served_one_minute_cron_fires_and_writes_the_tables(prefect_services: Pr
     serve_log = tmp_path / "serve.log"
     with open(serve_log, "w") as log:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "steadyscribe.cli", "serve", str(inputs), "--output", str(output),
+            [sys.executable, "-m", "steadyscribe.app.cli", "serve", str(inputs), "--output", str(output),
              "--cron", "* * * * *", "--profile", "cpu-fast"],
             # As deployments/prefect.yaml sets them (steadyscribe/run_policy.py).
             env=prefect_services.env(STEADYSCRIBE_FLOW_RETRIES="2", STEADYSCRIBE_RUN_TIMEOUT_HOURS="1"),

@@ -90,7 +90,7 @@ def run_cli(inputs: list[Path], output: Path, profile: str) -> subprocess.Comple
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    command = [sys.executable, "-m", "steadyscribe.cli", "run", *map(str, inputs), "--output", str(output),
+    command = [sys.executable, "-m", "steadyscribe.app.cli", "run", *map(str, inputs), "--output", str(output),
                "--profile", profile, "--model", "tiny.en"]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
 
@@ -150,7 +150,8 @@ def long_real_file(path: Path) -> tuple[Path, str]:
     import av
 
     from steadyscribe.records import InputFile
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     names = sorted(p.stem for p in REAL.glob("*.flac") if "__" not in p.stem)
     rng = random.Random(28)

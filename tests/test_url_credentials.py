@@ -114,7 +114,7 @@ def test_no_url_form_leaves_its_secret_in_the_output_the_logs_or_the_prefect_hom
     environment = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
     environment |= {"PREFECT_HOME": str(home), "STEADYSCRIBE_LOG_DIR": str(logs), "PREFECT_LOGGING_LEVEL": "INFO"}
     refused = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", "run", str(FIXTURE), url, "--output", str(output)],
+        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(FIXTURE), url, "--output", str(output)],
         capture_output=True, text=True, env=environment, timeout=600, cwd=tmp_path,
     )
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -190,7 +190,7 @@ def run_cli(args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.C
         "STEADYSCRIBE_LOG_DIR": str(log_dir), **env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "steadyscribe.cli", "run", *args],
+        [sys.executable, "-m", "steadyscribe.app.cli", "run", *args],
         capture_output=True, text=True, env=environment, timeout=600,
     )
 

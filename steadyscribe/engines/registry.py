@@ -32,9 +32,6 @@ class EngineCalibration:
     weight_factor: float  # decoding memory that grows with the weights, as a share of them
     activation_factor: float  # measured per-window bytes / analytic per-window bytes
     decode_fixed_bytes: int = 0  # decoding memory that grows with neither the weights nor the batch
-    # Whether the runtime is torch's: already resident in a process that imported torch (the probe's GPU
-    # check). CTranslate2's libraries are not: they load with the engine, whatever the process holds.
-    torch_runtime: bool = True
     # The encoder holds one layer's attention maps (eager attention); False where SDPA never materializes them.
     attention_maps: bool = True
     # What word alignment keeps alive per window beyond decoding: "logits" (the decoder rerun over every
@@ -138,7 +135,7 @@ ENGINES: dict[str, EngineSpec] = {
             # the beam (docs/benchmark.md, "Beam search and memory").
             memory=EngineCalibration(
                 runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25, activation_factor=1.1,
-                torch_runtime=False, cpu_window_by_window=True,
+                cpu_window_by_window=True,
             ),
             cpu_throughput={1: 34.5, 2: 34.4, 4: 37.9, 8: 43.6, 16: 45.2, 24: 47.0},  # int8
         ),

@@ -44,6 +44,7 @@ import pyarrow.dataset as ds
 from fsspec import AbstractFileSystem
 
 from steadyscribe.records import DecodedAudio, FileOutcome
+from steadyscribe.schema import open_table
 from steadyscribe.storage import (
     TEMP_DIR,
     StorageOptions,
@@ -53,7 +54,6 @@ from steadyscribe.storage import (
     with_retries,
     write_bytes_atomic,
 )
-from steadyscribe.tasks.write import open_table
 
 log = logging.getLogger(__name__)
 

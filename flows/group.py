@@ -1,11 +1,12 @@
-"""One group of files, start to finish, where the task runs: decode → chunk → infer → stabilize → commit.
+"""One group of files, start to finish, where the task runs: decode → chunk → infer → stabilize → commit
+(align mode: decode → chunk → align → stabilize → judge → commit).
 
 A group is the unit of distribution. Its task runs on one worker (a Dask worker, or a thread of
 the flow's own process) and keeps everything between the stages on that worker's local disk
 (a temporary directory of its own); only the group's description goes in and one outcome per
 file comes out. The stages are the plain functions of their modules, each run as a nested task
-run (so they show in the Prefect UI under the group), and the worker's engine is loaded once per
-process and reused by all its groups (tasks/infer.py).
+run (so they show in the Prefect UI under the group), and the worker's engine is loaded once, in
+an engine process of its own that serves all the worker's groups (tasks/infer.py).
 
 The group's rows are committed under a part name fixed by the run and the group's index, so a
 group that is run again (its worker died after committing, and Dask retried it elsewhere)
@@ -18,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cache
@@ -29,19 +30,20 @@ from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
+from steadyscribe.claims import GroupClaims
 from steadyscribe.errors import PlanError
+from steadyscribe.inference import Packing
 from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.scratch import ScratchDir
 from steadyscribe.storage import is_disk_full, no_space_in_temp_dir
-from steadyscribe.tasks.align import align_group, read_texts
+from steadyscribe.tasks.align import align_task, judge_task, read_texts
 from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channel_files
-from steadyscribe.tasks.claims import GroupClaims
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
-from steadyscribe.tasks.infer import Packing, infer_task
+from steadyscribe.tasks.infer import EngineFailed, infer_task
 from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
@@ -149,7 +151,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         decoded = named(decode_task)(job.files, work_dir, job.skip_file_ids, audio.channels)
         check_cancelled()
         # A recording is transcribed once per output and settings, whatever its names and however
-        # many runs reach it: the others become `duplicate` or `skipped` rows (tasks/claims.py).
+        # many runs reach it: the others become `duplicate` or `skipped` rows (steadyscribe/claims.py).
         decoded = claims.resolve(decoded)
         texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
@@ -221,6 +223,38 @@ def packing_for(plan: Plan, profile: Profile) -> Packing | None:
     return Packing(plan.chunk_s, profile.chunking.pack_gap_s)
 
 
+def align_group(
+    plan: Plan,
+    decoded: dict[str, DecodedAudio],
+    windows: dict[str, list[Window]],
+    texts: dict[str, str],
+    work_dir: str,
+    stabilization: Mapping[str, Any],
+    vad: Mapping[str, Any],
+    named: Callable[[Task], Task],
+) -> tuple[dict[str, str], dict[str, float]]:
+    """A group's align mode, after chunking: align, stabilize, judge. Returns (transcript paths, infer seconds) per file.
+
+    `named` names each stage's task run after the group.
+
+    A file whose text does not match its audio is marked failed here (its DecodedAudio), with the reason.
+    """
+    aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
+    # The given text is judged by judge_alignment, not by the hallucination filter.
+    settings = {**stabilization, "drop_hallucinations": False}
+    aligned_paths = {file_id: result.transcript_path for file_id, result in aligned.items()}
+    stable = named(stabilize_task)(aligned_paths, decoded, windows, settings, vad)
+    judged = named(judge_task)(stable, decoded, texts, vad)
+    paths = {}
+    for file_id, item in decoded.items():
+        paths[file_id], error = judged[file_id]
+        if error and not windows[file_id]:
+            error = "the VAD is confident the audio holds no speech at all: none of the text's words were placed on it"
+        if error:
+            item.status, item.error = "failed", f"{item.source}: {error}"
+    return paths, {file_id: result.infer_s for file_id, result in aligned.items()}
+
+
 def transcription_units(todo: Mapping[str, DecodedAudio], splits: Mapping[str, ChannelSplit]) -> dict[str, DecodedAudio]:
     """What the engine transcribes, by id: each mixed file whole, each channel of a split file that is to be transcribed."""
     units: dict[str, DecodedAudio] = {}
@@ -239,6 +273,11 @@ def _engine_failure(error: Exception, plan: Plan, worker: str) -> str:
         )
     if isinstance(error, PlanError):
         return f"the planned {plan.engine} {plan.model} does not fit worker {worker} ({error}); rerun on a larger worker"
+    if isinstance(error, EngineFailed):  # native code crashed or hung: the files may be fine
+        return (
+            f"{error} of its group on worker {worker}; the other groups went on. Rerun to retry; "
+            "if it fails again, report it with the log"
+        )
     if is_disk_full(error):  # the transcripts between the stages live in the temporary directory
         return f"transcription failed on worker {worker}: {no_space_in_temp_dir(tempfile.gettempdir(), error)}"
     return f"transcription failed on worker {worker} ({error!r}); rerun to retry, or report it with the log"

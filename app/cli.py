@@ -7,11 +7,11 @@ import os
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from steadyscribe.flows.job import add_align_arguments, add_run_arguments, run_job
-    from steadyscribe.models.cli import register as register_models
-    from steadyscribe.notify import register as register_notify
-    from steadyscribe.profiles_cli import register as register_profiles
-    from steadyscribe.serve import register as register_serve
+    from steadyscribe.app.job import add_align_arguments, add_run_arguments, run_job
+    from steadyscribe.app.models_cli import register as register_models
+    from steadyscribe.app.notify import register as register_notify
+    from steadyscribe.app.profiles_cli import register as register_profiles
+    from steadyscribe.app.serve import register as register_serve
 
     parser = argparse.ArgumentParser(
         prog="steadyscribe",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steadyscribe.flows.job import add_job_arguments
-from steadyscribe.notify import DEPLOYMENT_TAG
+from steadyscribe.app.job import add_job_arguments
+from steadyscribe.app.notify import DEPLOYMENT_TAG
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 from steadyscribe.storage import StorageError
 from steadyscribe.url_credentials import refuse_credentials_in_urls

@@ -1,6 +1,6 @@
 """Running the transcribe flow as a command: its arguments, errors and exit status.
 
-Shared by `steadyscribe run`, `steadyscribe serve` and `python -m steadyscribe.flows.transcribe`.
+Shared by `steadyscribe run`, `steadyscribe align` and `steadyscribe serve`.
 """
 
 from __future__ import annotations
@@ -133,9 +133,3 @@ def terminal_progress(verbose: bool) -> RunProgress:
     """A live bar on an interactive terminal; plain lines when piped, in CI or cron, or among --verbose log lines."""
     return RichProgress() if sys.stderr.isatty() and not verbose else PlainProgress()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m steadyscribe.flows.transcribe`: the same as `steadyscribe run`."""
-    parser = argparse.ArgumentParser(prog="python -m steadyscribe.flows.transcribe")
-    add_run_arguments(parser)
-    return run_job(parser.parse_args(argv))

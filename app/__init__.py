@@ -1,0 +1,1 @@
+"""Entry points: the `steadyscribe` command line and its subcommands (run, align, serve, profiles, models, notify)."""

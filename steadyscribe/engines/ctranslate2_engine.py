@@ -27,7 +27,7 @@ import numpy as np
 
 from steadyscribe.engines.base import WindowAudio, WindowResult, same_redecode
 from steadyscribe.engines.decoding import (
-    Decoding,
+    Hypothesis,
     decode_with_fallback,
     prompt_tokens,
     redecode_temperatures,
@@ -282,14 +282,14 @@ class CTranslate2Engine:
         windows: list[Window],
         temperatures: tuple[float, ...],
         prompted: bool = True,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do.
         Suspicious decodings are retried at the next of `temperatures`, as openai-whisper does.
         `prompted`: whether the profile's prompt (initial prompt, hotwords) goes first."""
         previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt and prompted else []
         prompts = [previous + list(tokenizer.sot_sequence) for tokenizer in tokenizers]
 
-        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+        def generate(rows: list[int], temperature: float) -> list[Hypothesis]:
             if temperature > 0:  # decode_with_fallback samples one window at a time
                 ctranslate2.set_random_seed(window_seed(windows[rows[0]]))
             features = encoded.of(rows)
@@ -306,7 +306,7 @@ class CTranslate2Engine:
         prompts: list[list[int]],
         tokenizers: list[WhisperTokenizer],
         temperature: float,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         options = self.options
         if temperature == 0:
             sampling = {"beam_size": options.beam_size, "patience": options.patience or 1.0}
@@ -332,7 +332,7 @@ class CTranslate2Engine:
             # generated tokens plus the end-of-text token.
             avg_logprob = result.scores[best] * len(tokens) / (len(tokens) + 1)
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
-            decodings.append(Decoding(tokens, text, avg_logprob, result.no_speech_prob, compression_ratio(text)))
+            decodings.append(Hypothesis(tokens, text, avg_logprob, result.no_speech_prob, compression_ratio(text)))
         return decodings
 
     def _align(
@@ -371,7 +371,7 @@ class CTranslate2Engine:
         self,
         item: WindowAudio,
         tokenizer: WhisperTokenizer,
-        decoding: Decoding,
+        decoding: Hypothesis,
         alignment: ctranslate2.models.WhisperAlignmentResult,
     ) -> list[Segment]:
         """Split the window's tokens into segments at timestamp tokens and give each its words."""

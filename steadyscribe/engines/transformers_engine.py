@@ -34,7 +34,7 @@ from whisper.timing import dtw, median_filter
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult, same_redecode
-from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, redecode_temperatures, window_seed
+from steadyscribe.engines.decoding import Hypothesis, decode_with_fallback, prompt_tokens, redecode_temperatures, window_seed
 from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
@@ -323,10 +323,10 @@ class TransformersEngine:
         temperatures: tuple[float, ...],
         prompt_ids: list[int],
         timestamps: bool,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
 
-        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+        def generate(rows: list[int], temperature: float) -> list[Hypothesis]:
             if temperature > 0:  # decode_with_fallback samples one window at a time
                 torch.manual_seed(window_seed(windows[rows[0]]))
             return self._generate(encoded, rows, tokenizers, no_speech_probs, temperature, prompt_ids, timestamps)
@@ -342,7 +342,7 @@ class TransformersEngine:
         temperature: float,
         prompt_ids: list[int],
         timestamps: bool = False,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         logprobs = _ChosenTokenLogprobs()
         language_args = {}
         if self.is_multilingual:
@@ -385,7 +385,7 @@ class TransformersEngine:
             tokenizer = tokenizers[row]
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
             decodings.append(
-                Decoding(
+                Hypothesis(
                     tokens=list(tokens),
                     text=text,
                     avg_logprob=float(avg_logprob),

@@ -25,7 +25,6 @@ extension) holds what was said. Per file:
 from __future__ import annotations
 
 import time
-from difflib import SequenceMatcher
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.tasks.infer import InferenceResult, cached_engine, inference_lock, transcribe_files
 from steadyscribe.tasks.pack import packed_stream
 from steadyscribe.tasks.stabilize import stabilize_task
+from steadyscribe.text import ends_sentence, matching_words
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
 # Engines that implement `align(items)` (steadyscribe.engines.ctranslate2_engine).
@@ -169,11 +169,8 @@ def merge_candidates(text_words: list[str], aligned: list[tuple[tuple[int, int],
     """
     candidates: dict[int, list[tuple[int, Word]]] = {}
     for position, ((first, last), words) in enumerate(aligned):
-        span = [_letters(w) for w in text_words[first:last]]
-        matcher = SequenceMatcher(None, span, [_letters(w.word) for w in words], autojunk=False)
-        for block in matcher.get_matching_blocks():
-            for k in range(block.size):
-                candidates.setdefault(first + block.a + k, []).append((position, words[block.b + k]))
+        for i, j in matching_words(text_words[first:last], [w.word for w in words]):
+            candidates.setdefault(first + i, []).append((position, words[j]))
     merged, current = [], 0
     for index in sorted(candidates):
         later = [c for c in candidates[index] if c[0] >= current] or candidates[index]
@@ -182,16 +179,12 @@ def merge_candidates(text_words: list[str], aligned: list[tuple[tuple[int, int],
     return merged
 
 
-def _letters(word: str) -> str:
-    return "".join(c for c in word.lower() if c.isalnum() or c == "'")
-
-
 def sentence_segments(words: list[Word]) -> list[Segment]:
     """Segments of aligned words, one per sentence of the text."""
     sentences: list[list[Word]] = [[]]
     for word in words:
         sentences[-1].append(word)
-        if word.word.endswith((".", "?", "!")):
+        if ends_sentence(word.word):
             sentences.append([])
     return [Segment(s[0].start, s[-1].end, " ".join(w.word for w in s), s) for s in sentences if s]
 

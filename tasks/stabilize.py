@@ -39,6 +39,7 @@ from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
 from steadyscribe.speech import true_runs
 from steadyscribe.tasks.chunk import skipped_seconds
 from steadyscribe.tasks.decode import load_pcm
+from steadyscribe.text import ends_sentence
 from steadyscribe.vad import (
     FRAME_S,
     VadThresholds,
@@ -79,9 +80,6 @@ class StabilizeOptions:
     # A word lasts at most twice its window's median word length (the median capped at this):
     # a word DTW collapsed after a pause gets that much back, one at a sentence boundary is cut to it.
     max_word_median_s: float = 0.35
-
-
-SENTENCE_ENDS = (".", "!", "?", "。", "！", "？")
 
 
 def stabilize(
@@ -243,9 +241,9 @@ def _truncate_at_sentence_ends(words: list[Word], longest: float) -> None:
     for previous, word in zip([None, *words], words):
         if word.end - word.start <= longest:
             continue
-        if word.word.rstrip().endswith(SENTENCE_ENDS):
+        if ends_sentence(word.word):
             word.end = word.start + longest
-        elif previous is not None and previous.word.rstrip().endswith(SENTENCE_ENDS):
+        elif previous is not None and ends_sentence(previous.word):
             word.start = word.end - longest
 
 

@@ -246,6 +246,14 @@ class Decoding(_Strict):
             raise ValueError("patience applies to beam search only; set beam_size above 1")
         return self
 
+    def multilingual_need(self) -> str | None:
+        """What of these options an English-only model cannot do ("language 'de'", "task translate"), or None."""
+        if self.language not in (None, "en"):
+            return f"language {self.language!r}"
+        if self.task == "translate":
+            return "task translate"
+        return None
+
     def options(self, language: str | None) -> DecodingOptions:
         """The options for one plan, with the language resolved for its model."""
         return DecodingOptions(
@@ -337,13 +345,9 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _language_fits_a_model(self) -> Profile:
-        english_only = all(is_english_only(m) for m in self.model)
-        if self.decoding.language not in (None, "en") and english_only:
-            raise ValueError(
-                f"language {self.decoding.language!r} needs a multilingual model; {self.model} are English-only"
-            )
-        if self.decoding.task == "translate" and english_only:
-            raise ValueError(f"task translate needs a multilingual model; {self.model} are English-only")
+        need = self.decoding.multilingual_need()
+        if need and all(is_english_only(m) for m in self.model):
+            raise ValueError(f"{need} needs a multilingual model; {self.model} are English-only")
         return self
 
     @property
@@ -509,6 +513,11 @@ OVERRIDE_KEYS = {
     "initial_prompt": ("decoding", "initial_prompt"),
     "channels": ("audio", "channels"),
 }
+
+
+def run_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides (OVERRIDE_KEYS) among a run's command-line arguments or flow parameters."""
+    return {name: values.get(name) for name in OVERRIDE_KEYS}
 
 
 def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Profile:

@@ -7,7 +7,7 @@ per-run PCM files on local disk and is memory-mapped where it is needed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +81,29 @@ class Segment:
 
 
 @dataclass
+class StabilizationCounts:
+    """What the stages after inference counted in one transcript, or in all of a run's (a sum).
+
+    None: not counted in this mode.
+    """
+
+    words_moved: int = 0
+    words_dropped: int = 0  # removed as hallucinations (tasks/stabilize.py)
+    segments_dropped: int = 0
+    segments_split: int = 0  # extra segments from splitting at long pauses
+    skipped_ms: int = 0  # audio not transcribed: confidently silent, or a silent or copied channel
+    speech_without_text_ms: int | None = None  # transcribe mode: VAD speech left without words (engines/speech_gaps.py)
+    text_words: int | None = None  # align mode: the text's words
+    words_aligned: int | None = None  # align mode: those aligned with confidence
+
+    def __add__(self, other: StabilizationCounts) -> StabilizationCounts:
+        def add(a: int | None, b: int | None) -> int | None:
+            return b if a is None else a if b is None else a + b
+
+        return StabilizationCounts(**{f.name: add(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
+
+@dataclass
 class Transcript:
     """All segments of one file, with absolute times in seconds."""
 
@@ -88,7 +111,7 @@ class Transcript:
     language: str | None
     segments: list[Segment]
     batch_size: int | None = None  # batch size the engine finally ran with
-    stabilization: dict[str, int] = field(default_factory=dict)
+    stabilization: StabilizationCounts = field(default_factory=StabilizationCounts)
     warnings: list[str] = field(default_factory=list)  # e.g. words the filter would drop were kept
 
     def save(self, path: str | Path) -> str:
@@ -101,7 +124,7 @@ class Transcript:
         segments = [
             Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in data.pop("segments")
         ]
-        return cls(segments=segments, **data)
+        return cls(segments=segments, stabilization=StabilizationCounts(**data.pop("stabilization")), **data)
 
     @property
     def words(self) -> list[Word]:
@@ -163,6 +186,6 @@ class FileOutcome:
     status: Status
     duration_s: float = 0.0
     error: str | None = None
-    stabilization: dict[str, int] = field(default_factory=dict)
+    stabilization: StabilizationCounts = field(default_factory=StabilizationCounts)
     warnings: list[str] = field(default_factory=list)
     processing_s: float = 0.0  # decoding plus inference, for the summary's slowest files

@@ -287,7 +287,7 @@ def judge_alignment(
             kept_segments.append(replace(segment, start=kept[0].start, end=kept[-1].end, words=kept))
     aligned = len(keep)
     share = aligned / text_words if text_words else 0.0
-    counts = {**transcript.stabilization, "text_words": text_words, "words_aligned": aligned}
+    counts = replace(transcript.stabilization, text_words=text_words, words_aligned=aligned)
     warnings = list(transcript.warnings)
     if aligned < text_words:
         warnings.append(

@@ -29,7 +29,7 @@ import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
-from steadyscribe.records import DecodedAudio, Transcript
+from steadyscribe.records import DecodedAudio, StabilizationCounts, Transcript
 from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
@@ -147,17 +147,15 @@ def join_channels(split: ChannelSplit, transcripts: Mapping[int, Transcript]) ->
         key=lambda s: (s.start, s.channel),
     )
     languages = Counter(t.language for t in transcripts.values() if t.language and t.segments)
-    stabilization: Counter[str] = Counter()
-    for transcript in transcripts.values():
-        stabilization.update(transcript.stabilization)
-    stabilization["skipped_ms"] += round(1000 * split.duration_s * len(split.silent))
+    silent = StabilizationCounts(skipped_ms=round(1000 * split.duration_s * len(split.silent)))
+    stabilization = sum((t.stabilization for t in transcripts.values()), silent)
     batch_sizes = [t.batch_size for t in transcripts.values() if t.batch_size is not None]
     return Transcript(
         file_id=split.file_id,
         language=languages.most_common(1)[0][0] if languages else None,
         segments=segments,
         batch_size=max(batch_sizes) if batch_sizes else None,
-        stabilization=dict(stabilization),
+        stabilization=stabilization,
         warnings=[
             *split.warnings,
             *(f"{split.label(c)}: {warning}" for c, t in transcripts.items() for warning in t.warnings),

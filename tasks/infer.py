@@ -26,7 +26,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from steadyscribe.engines import Engine, WindowResult, load_engine
 from steadyscribe.engines.speech_gaps import fill_gaps, unheard_warning
 from steadyscribe.progress import reporter
-from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
+from steadyscribe.records import DecodedAudio, Plan, StabilizationCounts, Transcript, Window
 from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.tasks.pack import PackedWindow, heard_whole, pack_windows, packed_stream, unpack_result
 from steadyscribe.vad import VadThresholds, file_probabilities, speech_frames
@@ -149,7 +149,7 @@ def transcribe_files(
             language=max(set(languages), key=languages.count) if languages else None,
             segments=[s for r in ordered for s in r.segments],
             batch_size=engine.batch_size,
-            stabilization={"speech_without_text_ms": round(1000 * sum(g.speech_s for g in gaps))},
+            stabilization=StabilizationCounts(speech_without_text_ms=round(1000 * sum(g.speech_s for g in gaps))),
             warnings=[warning] if warning else [],
         )
         path = transcript.save(Path(work_dir) / f"{file_id}.raw.json")

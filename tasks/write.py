@@ -29,7 +29,7 @@ from fsspec import AbstractFileSystem
 from prefect import task
 
 from steadyscribe.profiles import Output as OutputOptions
-from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, Transcript
+from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, StabilizationCounts, Transcript
 from steadyscribe.schema import PARTITION_COLUMN, PARTITIONING, SCHEMAS, TableName
 from steadyscribe.storage import (
     TEMP_DIR,
@@ -165,8 +165,8 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "language": transcript.language if transcript else None,
         "segments_n": len(transcript.segments) if transcript else None,
         "words_n": len(transcript.words) if transcript else None,
-        "words_dropped": transcript.stabilization.get("words_dropped", 0) if transcript else None,
-        "skipped_s": transcript.stabilization.get("skipped_ms", 0) / 1000 if transcript else None,
+        "words_dropped": transcript.stabilization.words_dropped if transcript else None,
+        "skipped_s": transcript.stabilization.skipped_ms / 1000 if transcript else None,
         "decode_s": result.decode_s,
         "infer_s": result.infer_s,
         "started_at": _utc(result.started_at),
@@ -182,15 +182,15 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
 
 def _speech_without_text_s(transcript: Transcript | None) -> float | None:
     """Seconds of VAD speech left without words (engines/speech_gaps.py); None where not measured (align mode)."""
-    if transcript is None or "speech_without_text_ms" not in transcript.stabilization:
+    if transcript is None or transcript.stabilization.speech_without_text_ms is None:
         return None
-    return transcript.stabilization["speech_without_text_ms"] / 1000
+    return transcript.stabilization.speech_without_text_ms / 1000
 
 
 def _aligned_share(transcript: Transcript) -> float:
     """Confidently aligned words over the text's words (tasks/align.py counts both)."""
     counts = transcript.stabilization
-    return counts.get("words_aligned", 0) / counts["text_words"] if counts.get("text_words") else 0.0
+    return (counts.words_aligned or 0) / counts.text_words if counts.text_words else 0.0
 
 
 def _transcribed(results: Iterable[FileResult]) -> Iterable[tuple[FileResult, Transcript]]:
@@ -546,7 +546,7 @@ def write_task(
     )
     return [
         FileOutcome(
-            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings,
+            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else StabilizationCounts(), r.warnings,
             processing_s=(r.decode_s or 0.0) + (r.infer_s or 0.0),
         )
         for r in results

@@ -158,9 +158,10 @@ class TransformersEngine:
         memory: PeakRssMeter | None = None,
         with_timestamps: bool = False,
     ) -> None:
-        """with_timestamps=True decodes timestamp tokens and keeps Whisper's own segments; by
-        default segments are the sentences of each window's words (as in CTranslate2Engine, whose
-        __init__ says why)."""
+        """with_timestamps=True decodes timestamp tokens and keeps Whisper's own segments. By
+        default windows decode without them, since a fixed window loses the last sentence that
+        Whisper leaves to the next window (docs/benchmark.md, "Timestamp tokens"), and segments
+        are the sentences of each window's words."""
         torch.set_num_threads(max(1, plan.threads))
         self.with_timestamps = with_timestamps
         self.plan = plan

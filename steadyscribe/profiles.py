@@ -157,32 +157,6 @@ class Chunking(_Strict):
     pack_gap_s: float = Field(0.75, gt=0, le=10)
 
 
-_VAD = VadThresholds()
-
-
-class Vad(_Strict):
-    """Speech detection (steadyscribe/vad.py, Silero VAD): how frame probabilities become decisions.
-
-    Chunking cuts in the pauses and skips windows that are silent with confidence; stabilization
-    drops a word only over confident silence.
-    """
-
-    threshold: float = Field(_VAD.threshold, gt=0, lt=1)
-    neg_threshold: float = Field(_VAD.neg_threshold, gt=0, lt=1)
-    silence_threshold: float = Field(_VAD.silence_threshold, gt=0, lt=1)
-    min_silence_s: float = Field(_VAD.min_silence_s, ge=0)
-    min_speech_s: float = Field(_VAD.min_speech_s, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Vad:
-        if not self.silence_threshold <= self.neg_threshold <= self.threshold:
-            raise ValueError(
-                "expected silence_threshold <= neg_threshold <= threshold "
-                f"(got {self.silence_threshold}, {self.neg_threshold}, {self.threshold})"
-            )
-        return self
-
-
 class Stabilization(_Strict):
     """Word-timestamp stabilization (tasks/stabilize.py); unset values keep the stage's tuned defaults."""
 
@@ -322,7 +296,7 @@ class Profile(_Strict):
     decoding: Decoding = Field(default_factory=Decoding)
     audio: Audio = Field(default_factory=Audio)
     chunking: Chunking = Field(default_factory=Chunking)
-    vad: Vad = Field(default_factory=Vad)
+    vad: VadThresholds = Field(default_factory=VadThresholds)  # speech detection (steadyscribe/vad.py)
     stabilization: Stabilization = Field(default_factory=Stabilization)
     output: Output = Field(default_factory=Output)
     model_cache_dir: str | None = None

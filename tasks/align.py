@@ -34,6 +34,7 @@ import numpy as np
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from steadyscribe.profiles import Stabilization
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
@@ -331,12 +332,12 @@ def align_task(
 
 
 def judge_file(
-    transcript_path: str, decoded: DecodedAudio, text: str, vad: Mapping[str, Any] | None = None
+    transcript_path: str, decoded: DecodedAudio, text: str, vad: VadThresholds = VadThresholds()
 ) -> tuple[str, str | None]:
     """Judge one file's stabilized alignment: (path of the judged transcript, error when the text does not match)."""
     transcript = Transcript.load(transcript_path)
     probabilities = file_probabilities(decoded.pcm_path, load_pcm(decoded.pcm_path))
-    judged, error = judge_alignment(transcript, len(text.split()), probabilities, VadThresholds(**dict(vad or {})))
+    judged, error = judge_alignment(transcript, len(text.split()), probabilities, vad)
     return judged.save(Path(transcript_path).with_suffix(".judged.json")), error
 
 
@@ -345,7 +346,7 @@ def judge_task(
     transcript_paths: Mapping[str, str],
     decoded: Mapping[str, DecodedAudio],
     texts: Mapping[str, str],
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, tuple[str, str | None]]:
     """judge_file for each file of a group (one task run per group), by file id."""
     return {file_id: judge_file(transcript_paths[file_id], item, texts[file_id], vad) for file_id, item in decoded.items()}
@@ -357,8 +358,8 @@ def align_group(
     windows: dict[str, list[Window]],
     texts: dict[str, str],
     work_dir: str,
-    stabilization: Mapping[str, Any],
-    vad: Mapping[str, Any],
+    stabilization: Stabilization,
+    vad: VadThresholds,
     named: Callable[[Task], Task],
 ) -> tuple[dict[str, str], dict[str, float]]:
     """A group's align mode, after chunking: align, stabilize, judge. Returns (transcript paths, infer seconds) per file.
@@ -369,7 +370,7 @@ def align_group(
     """
     aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
     # The given text is judged by judge_alignment, not by the hallucination filter.
-    settings = {**stabilization, "drop_hallucinations": False}
+    settings = stabilization.model_copy(update={"drop_hallucinations": False})
     aligned_paths = {file_id: result.transcript_path for file_id, result in aligned.items()}
     stable = named(stabilize_task)(aligned_paths, decoded, windows, settings, vad)
     judged = named(judge_task)(stable, decoded, texts, vad)

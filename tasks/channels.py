@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prefect import task
@@ -171,8 +170,7 @@ def join_channel_files(split: ChannelSplit, transcript_paths: Mapping[str, str],
 
 @task(name="channels")
 def channels_task(
-    decoded: Mapping[str, DecodedAudio], speakers: list[str] | None, vad: Mapping[str, Any] | None = None
+    decoded: Mapping[str, DecodedAudio], speakers: list[str] | None, vad: VadThresholds = VadThresholds()
 ) -> dict[str, ChannelSplit]:
     """split_channels for each file of a group that has channel files (one task run per group), by file id."""
-    thresholds = VadThresholds(**dict(vad or {}))
-    return {file_id: split_channels(d, speakers, thresholds) for file_id, d in decoded.items() if d.channel_paths}
+    return {file_id: split_channels(d, speakers, vad) for file_id, d in decoded.items() if d.channel_paths}

@@ -153,7 +153,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         decoded = claims.resolve(decoded)
         texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
-        vad = job.profile.vad.model_dump()
+        vad = job.profile.vad
         splits = named(channels_task)(todo, audio.speakers, vad) if any(d.channel_paths for d in todo.values()) else {}
         units = transcription_units(todo, splits)
         chunked = named(chunk_task)(units, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) if units else {}
@@ -165,7 +165,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         try:
             if units:
                 plan = worker_plan(job) if job.refit else job.run.plan
-                settings = job.profile.stabilization.model_dump()
+                settings = job.profile.stabilization
                 if job.text_suffix:  # one text per file: the flow refuses split channels in align mode
                     stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad, named)
                 else:

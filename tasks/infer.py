@@ -14,10 +14,9 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -90,7 +89,7 @@ def transcribe_files(
     work_dir: str | Path,
     on_progress: ProgressCallback | None = None,
     packing: Packing | None = None,
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, InferenceResult]:
     """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
 
@@ -130,7 +129,7 @@ def transcribe_files(
         )
         for result in engine.transcribe(packed_stream(unpacked_again, samples_of)):
             results[result.window.file_id].append(result)
-    thresholds = VadThresholds(**dict(vad or {}))
+    thresholds = vad
 
     def speech_of(file_id: str):
         return speech_frames(file_probabilities(decoded[file_id].pcm_path, samples_of[file_id]), thresholds)
@@ -188,7 +187,7 @@ def infer_task(
     progress_description: str = "Windows transcribed (percent)",
     check_cancelled: Callable[[], None] | None = None,
     packing: Packing | None = None,
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, InferenceResult]:
     """Transcribe a group's windows with this process's engine (loaded on first use).
 

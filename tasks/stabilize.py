@@ -29,12 +29,12 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
+from steadyscribe.profiles import Stabilization
 from steadyscribe.records import DecodedAudio, Segment, StabilizationCounts, Transcript, Window, Word
 from steadyscribe.speech import true_runs
 from steadyscribe.tasks.chunk import skipped_seconds
@@ -333,17 +333,17 @@ def _text_of(words: list[Word]) -> str:
     return " ".join(w.word for w in words)
 
 
-def options_from_profile(settings: Mapping[str, Any]) -> StabilizeOptions:
-    """The profile's `stabilization` section over the tuned defaults (unset keys keep them)."""
-    return replace(StabilizeOptions(), **{k: v for k, v in settings.items() if v is not None})
+def options_from_profile(settings: Stabilization) -> StabilizeOptions:
+    """The profile's `stabilization` block over the tuned defaults (unset keys keep them)."""
+    return replace(StabilizeOptions(), **{k: v for k, v in settings.model_dump().items() if v is not None})
 
 
 def stabilize_file(
     transcript_path: str,
     decoded: DecodedAudio,
     windows: list[Window],
-    settings: Mapping[str, Any],
-    vad: Mapping[str, Any] | None = None,
+    settings: Stabilization,
+    vad: VadThresholds = VadThresholds(),
 ) -> str:
     """Stabilize one file's transcript; returns the path of the stabilized transcript.
 
@@ -360,7 +360,7 @@ def stabilize_file(
             options,
             windows,
             probabilities=file_probabilities(decoded.pcm_path, samples),
-            thresholds=VadThresholds(**dict(vad or {})),
+            thresholds=vad,
         )
     skipped_ms = round(1000 * skipped_seconds(decoded.duration_s, windows))
     transcript = replace(transcript, stabilization=replace(transcript.stabilization, skipped_ms=skipped_ms))
@@ -372,8 +372,8 @@ def stabilize_task(
     transcript_paths: Mapping[str, str],
     units: Mapping[str, DecodedAudio],
     windows: Mapping[str, list[Window]],
-    settings: Mapping[str, Any],
-    vad: Mapping[str, Any] | None = None,
+    settings: Stabilization,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, str]:
     """stabilize_file for each unit of a group (one task run per group); paths of the stabilized transcripts, by unit id."""
     return {

@@ -17,7 +17,6 @@ import os
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -175,7 +174,7 @@ def transcribe(
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(
-        run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started,
+        run.run_id, output, plan.to_dict(), outcomes, time.perf_counter() - started,
         inputs=shown_inputs, profile=chosen.name, passed_over=discovery.passed_over,
     )
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")

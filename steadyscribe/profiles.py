@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from steadyscribe.memory import ARCHITECTURES, ALIASES, architecture, is_english_only
-from steadyscribe.records import DEFAULT_TEMPERATURES, DecodingOptions
+from steadyscribe.records import DecodingOptions
 from steadyscribe.vad import VadThresholds
 
 # The repository's profiles/ folder, installed as the data package steadyscribe.profile_files.
@@ -171,79 +171,6 @@ class Stabilization(_Strict):
     split_pause_s: float | None = Field(None, gt=0)
 
 
-def _language_code(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"[a-z]{2,3}", value):
-        raise ValueError("expected a language code such as 'en' or 'de', or null to detect it")
-    return value
-
-
-class Decoding(_Strict):
-    """How windows are decoded (steadyscribe.records.DecodingOptions documents each option).
-
-    Every engine honours these the same way; an option the chosen engine cannot honour is
-    refused when the plan is made (tasks/select.py), since only then is the engine known.
-    """
-
-    beam_size: int = Field(1, ge=1, le=16)
-    patience: float | None = Field(None, gt=0)
-    best_of: int | None = Field(None, ge=1, le=16)
-    temperatures: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = list(DEFAULT_TEMPERATURES)
-    initial_prompt: str | None = None
-    hotwords: list[str] = Field(default_factory=list)
-    language: Annotated[str | None, PlainValidator(_language_code)] = None
-    task: Literal["transcribe", "translate"] = "transcribe"
-    suppress_tokens: list[int] = Field(default_factory=lambda: [-1])
-    condition_on_previous_text: bool | None = None
-
-    @field_validator("temperatures", mode="before")
-    @classmethod
-    def _one_temperature(cls, value: Any) -> Any:
-        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-    @field_validator("temperatures")
-    @classmethod
-    def _rising(cls, value: list[float]) -> list[float]:
-        if value != sorted(value):
-            raise ValueError("expected temperatures in rising order: each is tried when the one before fails")
-        return value
-
-    @field_validator("suppress_tokens")
-    @classmethod
-    def _token_ids(cls, value: list[int]) -> list[int]:
-        if any(token < -1 for token in value):
-            raise ValueError("expected token ids (0 or more), or -1 for the model's own list")
-        return value
-
-    @model_validator(mode="after")
-    def _beam_options(self) -> Decoding:
-        if self.patience is not None and self.beam_size == 1:
-            raise ValueError("patience applies to beam search only; set beam_size above 1")
-        return self
-
-    def multilingual_need(self) -> str | None:
-        """What of these options an English-only model cannot do ("language 'de'", "task translate"), or None."""
-        if self.language not in (None, "en"):
-            return f"language {self.language!r}"
-        if self.task == "translate":
-            return "task translate"
-        return None
-
-    def options(self, language: str | None) -> DecodingOptions:
-        """The options for one plan, with the language resolved for its model."""
-        return DecodingOptions(
-            beam_size=self.beam_size,
-            patience=self.patience,
-            best_of=self.best_of,
-            temperatures=tuple(self.temperatures),
-            initial_prompt=self.initial_prompt,
-            hotwords=tuple(self.hotwords),
-            language=language,
-            task=self.task,
-            suppress_tokens=tuple(self.suppress_tokens),
-            condition_on_previous_text=self.condition_on_previous_text,
-        )
-
-
 class Audio(_Strict):
     """How an input's channels are transcribed (tasks/channels.py).
 
@@ -293,7 +220,7 @@ class Profile(_Strict):
     quantization: Annotated[list[Quantization], Field(min_length=1)] = ["none"]
     batch_size: BatchSize = "auto"
     memory_budget: BudgetText = "80%"
-    decoding: Decoding = Field(default_factory=Decoding)
+    decoding: DecodingOptions = Field(default_factory=DecodingOptions)
     audio: Audio = Field(default_factory=Audio)
     chunking: Chunking = Field(default_factory=Chunking)
     vad: VadThresholds = Field(default_factory=VadThresholds)  # speech detection (steadyscribe/vad.py)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
+from pydantic import BaseModel
 
 from prefect import task
 
@@ -69,8 +70,15 @@ def settings_key(plan: Plan, extra: Mapping[str, Any] | None = None) -> str:
     word-timestamp options).
     """
     settings = {name: getattr(plan, name) for name in OUTPUT_AFFECTING_PLAN_FIELDS} | dict(extra or {})
-    canonical = json.dumps(settings, sort_keys=True, default=lambda v: asdict(v) if is_dataclass(v) else str(v))
+    canonical = json.dumps(settings, sort_keys=True, default=_plain)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """A record as JSON-able data: a dataclass as its fields, a pydantic model (the option blocks) as its dump."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return asdict(value) if is_dataclass(value) else str(value)
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,8 @@ class CTranslate2Engine:
             intra_threads=plan.threads,
             inter_threads=1,
         )
-        if not self.model.is_multilingual and (plan.language not in (None, "en") or self.options.task != "transcribe"):
-            raise ValueError(f"{plan.model} is English-only: it can only transcribe English")
+        if not self.model.is_multilingual and (need := self.options.multilingual_need()):
+            raise ValueError(f"{need} needs a multilingual model; {plan.model} is English-only")
         self.file_languages: dict[str, str] = {}  # file id -> the language of its first window
         # The prompt's text tokens (initial prompt, hotwords) are the same for every language.
         self.prompt = prompt_tokens(self._tokenizer("en").encode, self.options)

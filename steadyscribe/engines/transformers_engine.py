@@ -172,8 +172,8 @@ class TransformersEngine:
         self.device = self.model.device
         self.is_multilingual = self.model.config.vocab_size > _ENGLISH_ONLY_VOCAB
         self.options = plan.decoding
-        if not self.is_multilingual and (plan.language not in (None, "en") or self.options.task != "transcribe"):
-            raise ValueError(f"{plan.model} is English-only: it can only transcribe English")
+        if not self.is_multilingual and (need := self.options.multilingual_need()):
+            raise ValueError(f"{need} needs a multilingual model; {plan.model} is English-only")
         self.alignment_heads = [(int(layer), int(head)) for layer, head in self.model.generation_config.alignment_heads]
         # Start-of-transcript and the special tokens read at it (no-speech, languages).
         self.base_tokenizer = self._tokenizer(plan.language or "en")

@@ -22,8 +22,9 @@ from steadyscribe.metrics import boundary_errors
 from steadyscribe.records import InputFile, Plan, Transcript
 from steadyscribe.tasks.align import align_files, judge_alignment
 from steadyscribe.tasks.chunk import plan_windows
-from steadyscribe.tasks.decode import decode_input, load_pcm
-from steadyscribe.tasks.infer import transcribe_files
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
+from steadyscribe.inference import transcribe_files
 from steadyscribe.tasks.stabilize import StabilizeOptions, stabilize
 from steadyscribe.vad import speech_probabilities
 

@@ -29,7 +29,8 @@ def windows_of_real_speech(realspeech: Path, count: int) -> list:
     from steadyscribe.engines.base import WindowAudio
     from steadyscribe.records import InputFile
     from steadyscribe.tasks.chunk import plan_windows
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     work = Path(tempfile.mkdtemp(prefix="beam-memory-"))
     windows = []

@@ -4,7 +4,7 @@ Three modes:
 
 - measure (the default): the engines run through the pipeline's stages as the flow does:
   tasks.decode (`decode_input`), tasks.chunk (`plan_windows` with the profile's VAD and chunking
-  defaults), tasks.infer (`transcribe_files`) and tasks.stabilize (`stabilize`, on). WER is over
+  defaults), steadyscribe.inference (`transcribe_files`) and tasks.stabilize (`stabilize`, on). WER is over
   the stabilized words; the raw (unstabilized) words' WER is kept too. The set (`--parts`): the 11
   real recordings of the real-speech folder (`real`), the three of them mixed with babble (10 dB
   SNR), pink (5 dB) and brown (0 dB) noise in tests/fixtures/real (`real_noisy`), and the
@@ -58,8 +58,9 @@ from steadyscribe.memory import process_peak_rss_bytes
 from steadyscribe.metrics import corpus_wer, normalize_text
 from steadyscribe.records import DecodingOptions, InputFile, Plan, Transcript
 from steadyscribe.tasks.chunk import plan_windows
-from steadyscribe.tasks.decode import decode_input, load_pcm
-from steadyscribe.tasks.infer import cached_engine, transcribe_files
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
+from steadyscribe.inference import cached_engine, transcribe_files
 from steadyscribe.tasks.stabilize import StabilizeOptions, stabilize
 from steadyscribe.vad import file_probabilities
 

@@ -8,7 +8,7 @@ subprocess on the real stage functions, so peaks do not leak between stages:
 - chunk:     tasks.chunk.plan_windows on the decoded PCM
 - stabilize: tasks.stabilize.stabilize of a transcript built from the fixtures' true word
              times (shifted like an engine's), over the whole file
-- infer:     tasks.infer.transcribe_files with tiny.en at batch 1 on a few windows sampled
+- infer:     steadyscribe.inference.transcribe_files with tiny.en at batch 1 on a few windows sampled
              across the file (the whole file takes hours on a CPU); the PCM is the full file's
 
 Each subprocess reports its peak RSS (VmHWM, which getrusage's ru_maxrss also reads) over
@@ -49,7 +49,8 @@ def synthesize(minutes: float, flac_path: Path, transcript_path: Path) -> None:
 
     from bench.common import SAMPLE_RATE, flac_writer
     from steadyscribe.records import InputFile, Segment, Transcript, Word
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     pieces = []
     with tempfile.TemporaryDirectory() as work:
@@ -108,14 +109,15 @@ def run_stage(stage: str, work: Path, infer_windows: int) -> dict:
 
     from steadyscribe.records import DecodedAudio, InputFile, Plan, Transcript, Window
     from steadyscribe.tasks.chunk import plan_windows
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
     from steadyscribe.tasks.stabilize import stabilize
 
     decoded_path, windows_path = work / "decoded.json", work / "windows.json"
     engine = None
     if stage == "infer":
         from steadyscribe.engines import load_engine
-        from steadyscribe.tasks.infer import transcribe_files
+        from steadyscribe.inference import transcribe_files
 
         engine = load_engine(Plan(engine="whisper", model="tiny.en", threads=1))
     before_stage = _status_kib("VmRSS") * 1024

@@ -138,7 +138,8 @@ def compressed_pauses(
     chunking drops non-speech; and the kept pieces as (start in the new file, start in the file, length).
     `confident`: cut only confident silence instead (the probability, averaged over
     SMOOTHING_FRAMES, below the profile's silence_threshold: what the chunk stage may leave out)."""
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
     from steadyscribe.records import InputFile
     from steadyscribe.speech import true_runs
     from steadyscribe.vad import FRAME_S, SMOOTHING_FRAMES, VadThresholds, file_probabilities, speech_frames
@@ -181,8 +182,9 @@ def steadyscribe_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
         from steadyscribe.profiles import load_profile
         from steadyscribe.records import InputFile, Transcript
         from steadyscribe.tasks.chunk import plan_windows
-        from steadyscribe.tasks.decode import decode_input, load_pcm
-        from steadyscribe.tasks.infer import cached_engine, transcribe_files
+        from steadyscribe.pcm import load_pcm
+        from steadyscribe.tasks.decode import decode_input
+        from steadyscribe.inference import cached_engine, transcribe_files
         from steadyscribe.tasks.probe import probe_resources
         from steadyscribe.tasks.select import accelerators_needed, select_plan
         from steadyscribe.tasks.stabilize import options_from_profile, stabilize

@@ -171,7 +171,8 @@ def speech_window(path: Path) -> Path:
     import numpy as np
 
     from steadyscribe.records import InputFile
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     work = Path(tempfile.mkdtemp(prefix="measure-memory-"))
     samples = np.asarray(load_pcm(decode_input(InputFile(str(path)), work).pcm_path)[: SAMPLES_30S])

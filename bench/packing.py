@@ -26,9 +26,10 @@ from steadyscribe.metrics import boundary_errors, corpus_wer, normalize_text
 from steadyscribe.profiles import load_profile
 from steadyscribe.records import InputFile, Plan, Transcript
 from steadyscribe.tasks.chunk import plan_windows
-from steadyscribe.tasks.decode import decode_input, load_pcm
-from steadyscribe.tasks.infer import Packing, transcribe_files
-from steadyscribe.tasks.pack import PackedWindow, pack_windows
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
+from steadyscribe.inference import Packing, transcribe_files
+from steadyscribe.engines.packing import PackedWindow, pack_windows
 from steadyscribe.tasks.stabilize import options_from_profile, stabilize
 from steadyscribe.vad import file_probabilities
 

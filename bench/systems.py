@@ -61,7 +61,8 @@ SYSTEMS_BY_NAME = {system.name: system for system in SYSTEMS}
 def read_audio(path: Path, work_dir: str) -> np.ndarray:
     """16 kHz mono float32 samples, through steadyscribe's decode stage (the same for every system)."""
     from steadyscribe.records import InputFile
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     decoded = decode_input(InputFile(str(path)), work_dir)
     if decoded.status != "ok":
@@ -142,8 +143,9 @@ class SteadyscribeRunner(Runner):
     def transcribe(self, paths: dict[str, Path]) -> dict[str, dict[str, Words]]:
         from steadyscribe.records import InputFile, Transcript
         from steadyscribe.tasks.chunk import plan_windows
-        from steadyscribe.tasks.decode import decode_input, load_pcm
-        from steadyscribe.tasks.infer import transcribe_files
+        from steadyscribe.pcm import load_pcm
+        from steadyscribe.tasks.decode import decode_input
+        from steadyscribe.inference import transcribe_files
         from steadyscribe.tasks.stabilize import options_from_profile, stabilize
 
         decoded = {}

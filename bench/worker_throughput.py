@@ -35,8 +35,9 @@ def measure(profile_name: str, inputs: Path) -> dict:
     from steadyscribe.profiles import load_profile
     from steadyscribe.records import InputFile
     from steadyscribe.tasks.chunk import plan_windows
-    from steadyscribe.tasks.decode import decode_input, load_pcm
-    from steadyscribe.tasks.infer import transcribe_files
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
+    from steadyscribe.inference import transcribe_files
     from steadyscribe.tasks.probe import probe_resources
     from steadyscribe.tasks.select import select_plan
     from steadyscribe.records import Transcript

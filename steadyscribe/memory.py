@@ -171,9 +171,6 @@ class EngineCalibration:
     weight_factor: float  # decoding memory that grows with the weights, as a share of them
     activation_factor: float  # measured per-window bytes / analytic per-window bytes
     decode_fixed_bytes: int = 0  # decoding memory that grows with neither the weights nor the batch
-    # Whether the runtime is torch's: already resident in a process that imported torch (the probe's GPU
-    # check). CTranslate2's libraries are not: they load with the engine, whatever the process holds.
-    torch_runtime: bool = True
 
 
 CALIBRATION: dict[str, EngineCalibration] = {
@@ -189,7 +186,7 @@ CALIBRATION: dict[str, EngineCalibration] = {
     # One model measured: the least-squares fit puts nothing on the weights; a quarter of them is kept so
     # that larger models stay over-, not underestimated.
     "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25,
-                                     activation_factor=1.1, torch_runtime=False),
+                                     activation_factor=1.1),
 }
 
 
@@ -245,6 +242,7 @@ def estimate_peak_bytes(
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 _peak_before_resets = 0  # the process's peak before its latest reset_peak_rss()
+_engine_process_peak = 0
 
 
 def vm_hwm_bytes() -> int:
@@ -283,6 +281,17 @@ def process_peak_rss_bytes() -> int:
     except ImportError:  # Windows
         maxrss = 0
     return max(maxrss, vm_hwm_bytes(), _peak_before_resets)
+
+
+def note_engine_process_peak(peak_bytes: int) -> None:
+    """Keep the peak RSS that this process's engine child (tasks/infer.py) reported, for run_peak_rss_bytes()."""
+    global _engine_process_peak
+    _engine_process_peak = max(_engine_process_peak, peak_bytes)
+
+
+def run_peak_rss_bytes() -> int:
+    """The run's peak memory: this process's peak plus its engine child's (their sum bounds what both held at once)."""
+    return process_peak_rss_bytes() + _engine_process_peak
 
 
 # glibc's mallopt parameters (malloc.h).

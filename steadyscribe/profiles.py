@@ -150,7 +150,7 @@ class _Strict(BaseModel):
 class Chunking(_Strict):
     max_window_s: float = Field(30.0, gt=0, le=30)  # Whisper sees 30 s at most
     min_pause_s: float = Field(0.3, ge=0)
-    # Short files share 30-second windows, `pack_gap_s` of silence apart (tasks/pack.py). Only
+    # Short files share 30-second windows, `pack_gap_s` of silence apart (steadyscribe/engines/packing.py). Only
     # where the language is known before decoding (English-only model, or `decoding.language`).
     # Off: on tiny.en it costs 1.6-3.4 WER points on unrelated real-speech clips (docs/benchmark.md).
     pack_files: bool = False

@@ -34,13 +34,14 @@ import numpy as np
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from steadyscribe.engines.packing import packed_stream
+from steadyscribe.inference import InferenceResult, WindowsDone, prepared_engine, report_windows, transcribe_files
+from steadyscribe.pcm import load_pcm
 from steadyscribe.profiles import Stabilization
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
-from steadyscribe.tasks.decode import load_pcm
-from steadyscribe.tasks.infer import InferenceResult, cached_engine, inference_lock, transcribe_files
-from steadyscribe.tasks.pack import packed_stream
+from steadyscribe.tasks.infer import call_engine
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.text import ends_sentence, matching_words
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
@@ -196,6 +197,7 @@ def align_files(
     windows: list[Window],
     texts: Mapping[str, str],
     work_dir: str | Path,
+    on_windows: WindowsDone | None = None,
 ) -> dict[str, InferenceResult]:
     """Align every file's text to its audio with `engine`; one raw aligned transcript JSON per file.
 
@@ -211,7 +213,7 @@ def align_files(
     heard: dict[str, Transcript] = {}
     if several:
         several_windows = [w for w in windows if w.file_id in several]
-        for file_id, result in transcribe_files(engine, several, several_windows, work_dir).items():
+        for file_id, result in transcribe_files(engine, several, several_windows, work_dir, on_windows).items():
             heard[file_id] = Transcript.load(result.transcript_path)
     spans: dict[tuple[str, int], tuple[int, int]] = {}
     for file_id, file_windows in by_file.items():
@@ -230,8 +232,8 @@ def align_files(
         span = spans[(result.window.file_id, result.window.index)]
         aligned[result.window.file_id].append((result.window.index, span, [w for s in result.segments for w in s.words]))
         languages.setdefault(result.window.file_id, result.language)
-        if result.window.file_id not in several:  # the others' windows were counted as they were transcribed
-            reporter().windows_done(1, result.window.end - result.window.start)
+        if on_windows and result.window.file_id not in several:  # the others' windows were counted as they were transcribed
+            on_windows(1, result.window.end - result.window.start)
     total_s = time.perf_counter() - started
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out = {}
@@ -324,11 +326,16 @@ def align_task(
     texts: dict[str, str],
     work_dir: str,
 ) -> dict[str, InferenceResult]:
-    """Align a group's texts with this process's engine (loaded on first use, shared with inference)."""
-    with inference_lock:
-        engine = cached_engine(plan)
-        get_run_logger().info("aligning the texts of %d files (%d windows) with %s", len(decoded), len(windows), plan.model)
-        return align_files(engine, decoded, windows, texts, work_dir)
+    """Align a group's texts in this process's engine child (tasks/infer.py; the engine is shared with inference)."""
+    get_run_logger().info("aligning the texts of %d files (%d windows) with %s", len(decoded), len(windows), plan.model)
+    return call_engine(align_in_child, plan, decoded, windows, texts, work_dir, on_windows=reporter().windows_done)
+
+
+def align_in_child(
+    plan: Plan, decoded: dict[str, DecodedAudio], windows: list[Window], texts: dict[str, str], work_dir: str
+) -> dict[str, InferenceResult]:
+    """align_task's call into the engine child: align_files with that process's engine."""
+    return align_files(prepared_engine(plan), decoded, windows, texts, work_dir, report_windows)
 
 
 def judge_file(

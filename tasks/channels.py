@@ -28,8 +28,8 @@ import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
+from steadyscribe.pcm import load_pcm
 from steadyscribe.records import DecodedAudio, StabilizationCounts, Transcript
-from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
 # A channel whose samples correlate with an earlier channel's at least this much (either sign) is

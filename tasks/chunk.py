@@ -14,9 +14,9 @@ import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
+from steadyscribe.pcm import load_pcm
 from steadyscribe.records import DecodedAudio, Window
 from steadyscribe.speech import frame_loudness_db, true_runs
-from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.vad import (
     FRAME_S,
     VadThresholds,

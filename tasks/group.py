@@ -4,8 +4,8 @@ A group is the unit of distribution. Its task runs on one worker (a Dask worker,
 the flow's own process) and keeps everything between the stages on that worker's local disk
 (a temporary directory of its own); only the group's description goes in and one outcome per
 file comes out. The stages are the plain functions of their modules, each run as a nested task
-run (so they show in the Prefect UI under the group), and the worker's engine is loaded once per
-process and reused by all its groups (tasks/infer.py).
+run (so they show in the Prefect UI under the group), and the worker's engine is loaded once, in
+an engine process of its own that serves all the worker's groups (tasks/infer.py).
 
 The group's rows are committed under a part name fixed by the run and the group's index, so a
 group that is run again (its worker died after committing, and Dask retried it elsewhere)
@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from steadyscribe.errors import PlanError
+from steadyscribe.inference import Packing
 from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
 from steadyscribe.profiles import Profile
 from steadyscribe.progress import reporter
@@ -41,7 +42,7 @@ from steadyscribe.tasks.channels import ChannelSplit, channels_task, join_channe
 from steadyscribe.tasks.claims import GroupClaims
 from steadyscribe.tasks.chunk import chunk_task
 from steadyscribe.tasks.decode import decode_task
-from steadyscribe.tasks.infer import Packing, infer_task
+from steadyscribe.tasks.infer import EngineFailed, infer_task
 from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
@@ -239,6 +240,11 @@ def _engine_failure(error: Exception, plan: Plan, worker: str) -> str:
         )
     if isinstance(error, PlanError):
         return f"the planned {plan.engine} {plan.model} does not fit worker {worker} ({error}); rerun on a larger worker"
+    if isinstance(error, EngineFailed):  # native code crashed or hung: the files may be fine
+        return (
+            f"{error} of its group on worker {worker}; the other groups went on. Rerun to retry; "
+            "if it fails again, report it with the log"
+        )
     if is_disk_full(error):  # the transcripts between the stages live in the temporary directory
         return f"transcription failed on worker {worker}: {no_space_in_temp_dir(tempfile.gettempdir(), error)}"
     return f"transcription failed on worker {worker} ({error!r}); rerun to retry, or report it with the log"

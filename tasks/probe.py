@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,10 +54,8 @@ class Probe:
     bitsandbytes_nf4_cpu: bool = False  # a 4-bit NF4 Linear runs a forward pass on the CPU
     bitsandbytes_cuda: bool = False  # 8-bit and 4-bit Linears run on the first GPU
     disk_free_bytes: dict[str, int | None] = field(default_factory=dict)  # None: remote or missing
-    # RSS of the probing process, which also hosts the engine (a thread-runner flow, or a worker).
+    # RSS of the probing process, which runs the groups beside its engine process (a thread-runner flow, or a worker).
     process_rss_bytes: int = 0
-    # Whether torch (in the calibrated runtime of the torch engines: whisper, transformers) is already in that RSS.
-    engine_runtime_resident: bool = True
 
     @property
     def gpu_free_bytes(self) -> int:
@@ -126,7 +123,6 @@ def probe_resources(
         ) = bitsandbytes_support(probe.cuda_available)
     # Measured last: the accelerator checks import torch and bitsandbytes, which the run keeps.
     probe.process_rss_bytes = psutil.Process().memory_info().rss
-    probe.engine_runtime_resident = "torch" in sys.modules
     return probe
 
 

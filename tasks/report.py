@@ -9,7 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
-from steadyscribe.memory import process_peak_rss_bytes
+from steadyscribe.memory import run_peak_rss_bytes
 from steadyscribe.printable import printable
 from steadyscribe.records import FileOutcome, PassedOver, StabilizationCounts
 
@@ -72,7 +72,7 @@ def summarize(
         files_skipped=len(by_status["skipped"]),
         audio_s=sum(o.duration_s for o in by_status["ok"]),
         wall_s=wall_s,
-        peak_rss_bytes=process_peak_rss_bytes(),
+        peak_rss_bytes=run_peak_rss_bytes(),
         failures=by_status["failed"],
         warned=[o for o in by_status["ok"] + by_status["skipped"] if o.warnings],
         stabilization=sum((o.stabilization for o in by_status["ok"]), StabilizationCounts()),

@@ -50,8 +50,7 @@ class _Target:
     free_bytes: int
     budget_bytes: int
     description: str
-    process_rss_bytes: int  # already resident in the process that will host the engine (CPU only)
-    runtime_resident: bool = True  # torch (the runtime of the torch engines' calibration) is part of process_rss_bytes
+    process_rss_bytes: int  # resident in the run's process, beside the engine's own process (CPU only)
 
 
 # (model, engine) → None when the model can be had in that engine's format, else why not.
@@ -241,7 +240,7 @@ def _target(profile: Profile, probe: Probe) -> _Target:
     description = f"{where}, budget {budget.describe()} = {format_bytes(budget_bytes)}"
     return _Target(
         "cuda" if gpu else "cpu", free, budget_bytes, description,
-        0 if gpu else probe.process_rss_bytes, probe.engine_runtime_resident,
+        0 if gpu else probe.process_rss_bytes,
     )
 
 
@@ -288,11 +287,9 @@ def _choose_batch(
         sizes = list(BATCH_SIZES)
     else:
         sizes = [profile.batch_size, *(b for b in BATCH_SIZES if b < profile.batch_size)]
-    # The estimate is calibrated in a bare process whose RSS is the engine's runtime; the host
-    # process holds more (Prefect, the VAD, probes): beyond that runtime where torch is already
-    # imported, all of it but the interpreter where the engine's libraries are still to come.
-    runtime_held = CALIBRATION[engine].runtime_bytes if target.runtime_resident and CALIBRATION[engine].torch_runtime else INTERPRETER_BYTES
-    host_overhead = max(0, target.process_rss_bytes - runtime_held)
+    # The estimate is calibrated in a bare process, as the engine's own process is (tasks/infer.py);
+    # the run's process (Prefect, the VAD, probes) stays resident beside it.
+    host_overhead = target.process_rss_bytes
     margin = 1 + RUN_MARGIN.get(engine, 0.0) if device == "cpu" else 1
     needs = {
         batch: host_overhead + int(margin * estimate_peak_bytes(

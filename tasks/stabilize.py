@@ -34,11 +34,11 @@ import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
+from steadyscribe.pcm import load_pcm
 from steadyscribe.profiles import Stabilization
 from steadyscribe.records import DecodedAudio, Segment, StabilizationCounts, Transcript, Window, Word
 from steadyscribe.speech import true_runs
 from steadyscribe.tasks.chunk import skipped_seconds
-from steadyscribe.tasks.decode import load_pcm
 from steadyscribe.text import ends_sentence
 from steadyscribe.vad import (
     FRAME_S,

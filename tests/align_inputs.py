@@ -53,7 +53,8 @@ def prepare(directory: Path) -> dict[str, dict]:
     - `extra`: r09 followed by silence, its text followed by words no one says.
     """
     from steadyscribe.records import InputFile
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     expected: dict[str, dict | None] = {}
     for name in TIMED:

@@ -57,7 +57,8 @@ WER_MARGIN = 0.02
 def decode_fixture(name: str, work_dir: Path):
     """A fixture decoded as the pipeline decodes it (tasks.decode): 16 kHz mono float32 samples."""
     from steadyscribe.records import InputFile
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     return load_pcm(decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir).pcm_path)
 

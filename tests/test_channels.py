@@ -30,7 +30,8 @@ from steadyscribe.tasks.channels import (
     join_channels,
     split_channels,
 )
-from steadyscribe.tasks.decode import decode_input, load_pcm
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
 from steadyscribe.tasks.write import FileResult, RunInfo, open_table, settings_key, to_srt, write_file_results
 from steadyscribe.vad import VadThresholds
 

@@ -12,7 +12,8 @@ from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import InputFile
 from steadyscribe.tasks import chunk
 from steadyscribe.tasks.chunk import plan_windows, skipped_seconds
-from steadyscribe.tasks.decode import decode_input, load_pcm
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
 from steadyscribe.vad import FRAME_S
 
 

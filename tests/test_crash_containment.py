@@ -1,10 +1,15 @@
-"""A file that crashes or hangs the decoder fails alone; an 8-channel file splits into its channels.
+"""A file that crashes or hangs the decoder fails alone; a crash in the engine fails only its
+group; an 8-channel file splits into its channels.
 
 One `steadyscribe run --channels split` (the real CLI, tiny.en) over a good recording, an
 8-channel 48 kHz WAV (the channel split once segfaulted the run on it), and two files whose
-decoding crashes with SIGSEGV or hangs. The faults come from tests/decoder_faults/sitecustomize.py,
+decoding crashes with SIGSEGV or hangs. The faults come from tests/native_faults/sitecustomize.py,
 loaded into every process of the run: had the run decoded in its own process, the crash would
 have ended the run (exit -11) with no row at all.
+
+A second run, one file per group, crashes the engine (SIGSEGV in the process that runs the model)
+on its middle group: that group's file fails, the groups before and after it are transcribed, and
+the summary is written.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from steadyscribe.tasks.write import open_table
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-FAULTS = Path(__file__).resolve().parent / "decoder_faults"
+FAULTS = Path(__file__).resolve().parent / "native_faults"
 
 
 def write_eight_channels(path: Path, channel0: np.ndarray, rate: int = 48000) -> Path:
@@ -114,3 +119,46 @@ def test_an_eight_channel_file_splits_into_its_channels(faulty_run):
     said = [w for w in words if w["source"] == row["source"]]
     assert said and {w["channel"] for w in said} == {0}
     assert "americans" in " ".join(w["word"].lower() for w in said)  # "And so, my fellow Americans"
+
+
+@pytest.fixture(scope="module")
+def engine_crash_run(prefect_server, tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+
+    inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
+    summary = tmp_path_factory.mktemp("summary") / "summary.json"
+    shutil.copy(FIXTURES / "real" / "r01_jfk.flac", inputs / "a_before.flac")
+    shutil.copy(FIXTURES / "real" / "r13_libri_61.flac", inputs / "enginecrash.flac")
+    shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "z_after.flac")
+    profile = tmp_path_factory.mktemp("profile") / "one-file-groups.yaml"
+    profile.write_text("extends: cpu-small\nrunner: {files_per_group: 1}\n")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "steadyscribe.cli", "run", str(inputs), "--output", str(output),
+         "--profile", str(profile), "--summary-json", str(summary)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    rows = open_table(str(output), "files").to_table().to_pylist()
+    words = open_table(str(output), "words").to_table().to_pylist()
+    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+
+
+def test_an_engine_crash_fails_only_its_group(engine_crash_run):
+    done, rows, words, summary = engine_crash_run
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert sorted(r["source"].rsplit("/", 1)[-1] for r in rows) == ["a_before.flac", "enginecrash.flac", "z_after.flac"]
+    crashed = row_of(rows, "enginecrash.flac")
+    assert crashed["status"] == "failed"
+    assert "the engine's process crashed (SIGSEGV) during inference" in crashed["error"]
+    assert "the other groups went on" in crashed["error"]
+    assert (summary["files_ok"], summary["files_failed"]) == (2, 1)
+    assert "FAILED" in done.stdout and "enginecrash.flac" in done.stdout
+
+
+def test_the_groups_around_an_engine_crash_are_transcribed(engine_crash_run):
+    _, rows, words, _ = engine_crash_run
+    # The group after the crash started a new engine process: its words are as good as the one's before.
+    for name, said in (("a_before.flac", "americans"), ("z_after.flac", "forward")):
+        row = row_of(rows, name)
+        assert row["status"] == "ok" and row["words_n"] > 0, row["error"]
+        assert said in " ".join(w["word"].lower() for w in words if w["source"] == row["source"])

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import InputFile
-from steadyscribe.tasks.decode import MIN_DURATION_S, decode_input, load_pcm
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import MIN_DURATION_S, decode_input
 
 # (file name, container format, codec, sample rate): what PyAV can write here.
 FORMATS = [

@@ -28,7 +28,8 @@ from steadyscribe.engines.whisper_batch1 import _carried_tokens  # noqa: E402
 from steadyscribe.metrics import corpus_wer, word_error_rate  # noqa: E402
 from steadyscribe.records import DecodingOptions, InputFile, Plan, Window  # noqa: E402
 from steadyscribe.tasks.chunk import plan_windows  # noqa: E402
-from steadyscribe.tasks.decode import decode_input, load_pcm  # noqa: E402
+from steadyscribe.pcm import load_pcm  # noqa: E402
+from steadyscribe.tasks.decode import decode_input  # noqa: E402
 
 ENGINES = ["whisper", "ctranslate2", "transformers"]
 REAL = ["r01_jfk", "r13_libri_61", "r15_ljspeech", "r26_goforward"]

@@ -20,7 +20,8 @@ from steadyscribe.models.distil import (  # noqa: E402
 )
 from steadyscribe.records import InputFile, Plan  # noqa: E402
 from steadyscribe.tasks.chunk import plan_windows  # noqa: E402
-from steadyscribe.tasks.decode import decode_input, load_pcm  # noqa: E402
+from steadyscribe.pcm import load_pcm  # noqa: E402
+from steadyscribe.tasks.decode import decode_input  # noqa: E402
 
 SAMPLE_RATE = 16000
 

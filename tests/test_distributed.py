@@ -84,7 +84,7 @@ def test_groups_run_on_both_workers_and_match_the_thread_runner(cluster, one_fil
     monkeypatch.setattr(steadyscribe.engines, "load_engine", forbidden("load_engine"))
     monkeypatch.setattr(steadyscribe.tasks.infer, "load_engine", forbidden("load_engine"))
     monkeypatch.setattr(steadyscribe.models.provision, "provision", forbidden("provision"))
-    engines_before = steadyscribe.tasks.infer.loaded_engines()
+    engines_before = steadyscribe.tasks.infer.loaded_engines()  # this process's engine child
 
     output = tmp_path / "dask-out"
     summary = transcribe(inputs=FILES, output=str(output), profile=one_file_groups, scheduler=cluster.address)

@@ -107,7 +107,8 @@ def test_real_recordings_keep_the_words_that_timestamp_decoding_keeps(tmp_path):
     from steadyscribe.metrics import corpus_wer
     from steadyscribe.records import InputFile
     from steadyscribe.tasks.chunk import plan_windows
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     windows = []
     for name in REAL_RECORDINGS:

@@ -14,7 +14,7 @@ from steadyscribe.errors import PlanError
 from steadyscribe.flows.runners import task_runner_for
 from steadyscribe.profiles import ProfileError, load_profile
 from steadyscribe.records import Plan
-from steadyscribe.tasks import infer
+from steadyscribe import inference
 from steadyscribe.tasks.select import accelerators_needed, refit_plan, select_plan
 from steadyscribe.tasks.write import FileResult, RunInfo, write_file_results
 from test_select import machine
@@ -31,15 +31,15 @@ class FakeEngine:
 
 def test_an_engine_is_loaded_once_per_process_and_replaced_only_for_another_plan(monkeypatch):
     loads = []
-    monkeypatch.setattr(infer, "_engines", {})
-    monkeypatch.setattr(infer, "load_engine", lambda plan: loads.append(plan) or FakeEngine(plan))
+    monkeypatch.setattr(inference, "_engines", {})
+    monkeypatch.setattr(inference, "load_engine", lambda plan: loads.append(plan) or FakeEngine(plan))
     plan = Plan(engine="ctranslate2", model="tiny.en", quantization="int8", batch_size=8)
-    first = infer.cached_engine(plan)
-    assert infer.cached_engine(Plan(**{**plan.__dict__, "reason": "another group"})) is first
-    assert len(loads) == 1 and infer.loaded_engines() == [infer.engine_key(plan)]
+    first = inference.cached_engine(plan)
+    assert inference.cached_engine(Plan(**{**plan.__dict__, "reason": "another group"})) is first
+    assert len(loads) == 1 and inference.loaded_engines() == [inference.engine_key(plan)]
     other = Plan(**{**plan.__dict__, "model": "base.en"})
-    assert infer.cached_engine(other) is not first
-    assert len(loads) == 2 and infer.loaded_engines() == [infer.engine_key(other)]  # never two models at once
+    assert inference.cached_engine(other) is not first
+    assert len(loads) == 2 and inference.loaded_engines() == [inference.engine_key(other)]  # never two models at once
 
 
 def test_a_worker_refits_batch_and_threads_but_keeps_what_the_settings_key_holds():

@@ -7,7 +7,7 @@ import numpy as np
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import WindowResult
 from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
-from steadyscribe.tasks.infer import transcribe_files
+from steadyscribe.inference import transcribe_files
 
 
 class ReversingEngine:
@@ -40,13 +40,13 @@ def test_results_go_back_to_their_files_in_window_order(tmp_path):
     windows = [Window("a", 0, 0.0, 30.0), Window("a", 1, 30.0, 50.0), Window("b", 0, 0.0, 10.0)]
     engine = ReversingEngine()
     progress = []
-    results = transcribe_files(engine, decoded, windows, tmp_path, on_progress=lambda d, t: progress.append((d, t)))
+    results = transcribe_files(engine, decoded, windows, tmp_path, on_windows=lambda n, audio_s: progress.append((n, audio_s)))
 
     assert [(w, n) for w, n in engine.seen] == [(w, int((w.end - w.start) * SAMPLE_RATE)) for w in windows]
     a = Transcript.load(results["a"].transcript_path)
     assert [s.text for s in a.segments] == ["w0", "w1"] and a.language == "en" and a.batch_size == 4
     assert [s.text for s in Transcript.load(results["b"].transcript_path).segments] == ["w0"]
-    assert progress == [(1, 3), (2, 3), (3, 3)]
+    assert progress == [(1, 10.0), (1, 20.0), (1, 30.0)]  # each window as it finishes, with its audio
     # Engine time is shared out by audio duration.
     assert abs(results["a"].infer_s - 5 * results["b"].infer_s) < 1e-9
 

@@ -13,11 +13,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from steadyscribe.inference import report_windows
 from steadyscribe.isolation import ChildCrashed, ChildHung, ChildProcess
 from steadyscribe.scratch import LOCK_NAME, ScratchDir, remove_abandoned
 
@@ -69,6 +71,38 @@ def test_a_child_that_neither_answers_nor_reads_or_writes_is_killed_as_hung(chil
         child.call(time.sleep, 3600, hang_s=2)
     assert not alive(first)
     assert child.call(operator.add, 1, 1, hang_s=60) == 2
+
+
+def test_messages_sent_during_a_call_reach_the_caller_before_its_answer(child):
+    messages = []
+    assert child.call(report_windows, 3, 1.5, hang_s=60, on_message=messages.append) is None
+    [(kind, count, audio_s, peak_rss_bytes)] = messages
+    assert (kind, count, audio_s) == ("windows", 3, 1.5) and peak_rss_bytes > 0
+
+
+def test_a_caller_that_stops_on_a_message_kills_the_child_mid_call(child):
+    first = child.call(os.getpid, hang_s=60)
+
+    def stop(message):
+        raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        child.call(report_windows, 1, 1.0, hang_s=60, on_message=stop)
+    assert not alive(first)
+    assert child.call(operator.add, 1, 2, hang_s=60) == 3
+
+
+def test_a_shared_child_outlives_the_thread_that_started_it():
+    shared = ChildProcess(shared=True)
+    pids = []
+    starter = threading.Thread(target=lambda: pids.append(shared.call(os.getpid, hang_s=60)))
+    starter.start()
+    starter.join()
+    try:
+        time.sleep(0.5)  # the kernel's parent-death signal would have come by now
+        assert alive(pids[0]) and shared.call(os.getpid, hang_s=60) == pids[0]
+    finally:
+        shared.close()
 
 
 PARENT = """

@@ -1,4 +1,4 @@
-"""Cross-file window packing (tasks/pack.py): placement, words given back by time, and no cost in words."""
+"""Cross-file window packing (steadyscribe/engines/packing.py): placement, words given back by time, and no cost in words."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from steadyscribe.engines.base import WindowResult
 from steadyscribe.records import Segment, Window, Word
-from steadyscribe.tasks.pack import PackedWindow, pack_windows, packed_samples, unpack_result
+from steadyscribe.engines.packing import PackedWindow, pack_windows, packed_samples, unpack_result
 
 
 def test_short_files_are_packed_first_fit_and_long_files_stay_alone():
@@ -84,8 +84,9 @@ def test_packed_files_keep_their_own_words_and_times(kind, tmp_path):
     from steadyscribe.metrics import boundary_errors, normalize_text, word_error_rate
     from steadyscribe.records import InputFile, Plan, Transcript
     from steadyscribe.tasks.chunk import plan_windows
-    from steadyscribe.tasks.decode import decode_input, load_pcm
-    from steadyscribe.tasks.infer import Packing, transcribe_files
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
+    from steadyscribe.inference import Packing, transcribe_files
 
     plan = Plan(engine="ctranslate2", model="tiny.en", quantization="dynamic-int8", batch_size=4, threads=2, language="en")
     engine = load_engine(plan)
@@ -150,7 +151,7 @@ class _ScriptedPackEngine:
 
 def _packed_run(tmp_path, engine):
     from steadyscribe.records import DecodedAudio, Transcript
-    from steadyscribe.tasks.infer import Packing, transcribe_files
+    from steadyscribe.inference import Packing, transcribe_files
 
     decoded = {}
     for name in ("a", "b", "c"):

@@ -24,7 +24,8 @@ from steadyscribe.models.quantize_dynamic import Int8TiedVocabulary  # noqa: E40
 from steadyscribe.models.safetensors_io import SafetensorsReader, write_safetensors  # noqa: E402
 from steadyscribe.records import InputFile, Plan  # noqa: E402
 from steadyscribe.tasks.chunk import plan_windows  # noqa: E402
-from steadyscribe.tasks.decode import decode_input, load_pcm  # noqa: E402
+from steadyscribe.pcm import load_pcm  # noqa: E402
+from steadyscribe.tasks.decode import decode_input  # noqa: E402
 
 SAMPLE_RATE = 16000
 SPEECH = ["straddle_40s", "clean_gb", "clean_us_slow", "fast_speaker", "long_pauses", "noisy"]

@@ -21,8 +21,9 @@ from steadyscribe.engines import available_engines, load_engine
 from steadyscribe.metrics import boundary_errors, corpus_wer
 from steadyscribe.records import DecodedAudio, InputFile, Plan, Transcript
 from steadyscribe.tasks.chunk import plan_windows
-from steadyscribe.tasks.decode import decode_input, load_pcm
-from steadyscribe.tasks.infer import transcribe_files
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
+from steadyscribe.inference import transcribe_files
 from steadyscribe.tasks.stabilize import stabilize
 from steadyscribe.vad import speech_probabilities
 

@@ -36,7 +36,7 @@ from conftest import FIXTURES
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.cli import main
 from steadyscribe.records import InputFile
-from steadyscribe.tasks.decode import load_pcm
+from steadyscribe.pcm import load_pcm
 from steadyscribe.tasks.write import open_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ from conftest import FIXTURES
 from steadyscribe import vad
 from steadyscribe.records import InputFile
 from steadyscribe.speech import frame_loudness_db, true_runs
-from steadyscribe.tasks.decode import decode_input, load_pcm
+from steadyscribe.pcm import load_pcm
+from steadyscribe.tasks.decode import decode_input
 from steadyscribe.vad import FRAME_S, VadThresholds, VadUnavailable, confidently_silent, speech_frames
 
 SR = 16000

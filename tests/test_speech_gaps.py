@@ -150,7 +150,8 @@ def long_real_file(path: Path) -> tuple[Path, str]:
     import av
 
     from steadyscribe.records import InputFile
-    from steadyscribe.tasks.decode import decode_input, load_pcm
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
 
     names = sorted(p.stem for p in REAL.glob("*.flac") if "__" not in p.stem)
     rng = random.Random(28)

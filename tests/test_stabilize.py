@@ -226,8 +226,9 @@ def fixture_runs(fixtures_dir, tmp_path_factory):
     from steadyscribe.engines import load_engine
     from steadyscribe.records import InputFile, Plan
     from steadyscribe.tasks.chunk import plan_windows
-    from steadyscribe.tasks.decode import decode_input, load_pcm
-    from steadyscribe.tasks.infer import transcribe_files
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.tasks.decode import decode_input
+    from steadyscribe.inference import transcribe_files
 
     work_dir = tmp_path_factory.mktemp("stabilize")
     decoded = {}

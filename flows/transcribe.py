@@ -17,7 +17,6 @@ import os
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -31,7 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.errors import FilesFailed, PlanError
 from steadyscribe.flows.runners import groups_in_flight, task_runner_for
-from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
+from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile, run_overrides
 from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
@@ -132,10 +131,7 @@ def transcribe(
     # Configuration errors stop the run here, before any audio is touched. The CLI refuses
     # credentials in URLs before the flow run exists; this catches deployments and direct callers.
     refuse_credentials_in_urls([*inputs, output])
-    overrides = {
-        "memory_budget": memory_budget, "batch_size": batch_size, "model": model,
-        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt, "channels": channels,
-    }
+    overrides = run_overrides(locals())  # the parameters above that override the profile
     # The groups read audio.channels from the profile itself.
     chosen = apply_overrides(load_profile(profile), {"channels": channels})
     if text_suffix and chosen.audio.channels != "mix":
@@ -178,7 +174,7 @@ def transcribe(
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(
-        run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started,
+        run.run_id, output, plan.to_dict(), outcomes, time.perf_counter() - started,
         inputs=shown_inputs, profile=chosen.name, passed_over=discovery.passed_over,
     )
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")

@@ -179,26 +179,20 @@ CALIBRATION: dict[str, EngineCalibration] = {
     # Fitted on the engine itself (tiny.en at batch 1, 8, 24; base at 1, 8): no-speech step, generate, a
     # temperature fallback and the alignment pass. The fixed term (numba compiling the DTW, full-vocabulary
     # logits of the aligned tokens, the no-speech step) is raised so that no measured row is underestimated.
-    # (The first calibration, generate alone: runtime 440 MiB, weight_factor 1.21, activation_factor 0.40,
-    # no fixed term; ~35 MiB a window and ~300 MiB in all short.)
     "transformers": EngineCalibration(runtime_bytes=490 * MiB, load_copy_factor=0.53, weight_factor=0.09,
                                       activation_factor=1.04, decode_fixed_bytes=335 * MiB),
-    # Fitted on the engine itself (tiny.en at batch 1, 8 and 24), which imports neither torch nor openai-whisper
-    # and, on the CPU, encodes and aligns window by window: 507 / 719 / 1134 MiB worst case (decoding to the
-    # length limit; 456 / 611 / 1087 before the engine kept large blocks on the heap, reuse_large_buffers),
-    # where encoding the batch at once peaked 473 / 970 at batch 1 / 8. Loading touches ~140 MiB
-    # of library pages beyond the weights (runtime 190 MiB). One model measured: the least-squares fit puts
-    # nothing on the weights; a quarter of them is kept so that larger models stay over-, not underestimated.
+    # Fitted on the engine itself (tiny.en at batch 1, 8 and 24, decoding to the length limit), which imports
+    # neither torch nor openai-whisper. Loading touches library pages beyond the weights (in runtime_bytes).
+    # One model measured: the least-squares fit puts nothing on the weights; a quarter of them is kept so
+    # that larger models stay over-, not underestimated.
     "ctranslate2": EngineCalibration(runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25,
                                      activation_factor=1.1),
 }
 
 
-# Engines whose peak grows with the beam. transformers' generate copies each window's encoder output
-# and cross-attention cache per hypothesis: bench/beam_memory.py, tiny.en at batch 8 on real speech,
-# 1474 MiB at beam 1 and 2033 MiB at beam 5 (+38%). CTranslate2's is not: 758 MiB at beam 1 and at
-# beam 5 (window-by-window encoding; before it, beam 5 added 11 MiB to 1436), so it is left out.
-# openai-whisper (batch 1) was not measured.
+# Engines whose peak grows with the beam: transformers' generate copies each window's encoder output
+# and cross-attention cache per hypothesis; CTranslate2's peak is its encoder's, whatever the beam
+# (docs/benchmark.md, "Beam search and memory"). openai-whisper (batch 1) was not measured.
 BEAM_STATE_ENGINES = {"transformers"}
 
 
@@ -313,8 +307,8 @@ def reuse_large_buffers(limit_bytes: int = HEAP_BUFFER_LIMIT) -> bool:
 
     glibc maps every block above its ceiling of 32 MiB afresh, and the kernel zeroes each page on
     first touch. CTranslate2's encoder allocates and frees such blocks for every window on the
-    CPU (one layer's attention maps: 51 MiB for tiny), so a run of 120 short clips spent 21.7 s
-    of system time in those page faults in 53.7 s (8.2 s in 46.3 s with them kept). Kept on the heap,
+    CPU (one layer's attention maps: 51 MiB for tiny), and a run of short clips spent much of its
+    time in those page faults (docs/benchmark.md, "Whole runs, start to exit"). Kept on the heap,
     they are reused from one window to the next, at the cost of holding up to `limit_bytes`
     more between windows. Process-wide: it changes where large blocks come from, not what is allocated.
     """

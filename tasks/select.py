@@ -27,22 +27,18 @@ from steadyscribe.tasks.probe import Probe
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` on a GPU takes the largest that fits; 24 is transformers' default
-# On a CPU a larger batch soon buys no speed, only memory. Throughput (audio s / s) per batch size
-# on the benchmark's ten-minute file, 2 cores, tiny.en (bench/results/batching.md): `auto` takes
-# the smallest batch within THROUGHPUT_TOLERANCE of the best of those that fit.
+# On a CPU a larger batch soon buys no speed, only memory: `auto` takes the smallest batch within
+# THROUGHPUT_TOLERANCE of the best of those that fit. Throughput (audio s / s) per batch size on the
+# benchmark's ten-minute file, 2 cores, tiny.en (ctranslate2: int8): docs/benchmark.md, "Batching".
 CPU_THROUGHPUT = {
     "transformers": {1: 19.3, 4: 28.5, 8: 36.0, 24: 36.7},
-    # int8, measured again once the engine encoded window by window (2026-12-01): the decoder's
-    # batching now shows (34.1 / 33.1 / 34.9 / 37.7 / 36.7 / 37.7 before).
     "ctranslate2": {1: 34.5, 2: 34.4, 4: 37.9, 8: 43.6, 16: 45.2, 24: 47.0},
 }
 THROUGHPUT_TOLERANCE = 0.05
 BATCH_ONE_ENGINES = {"whisper"}
-# The transformers engine's peak over a whole run exceeds its one-batch estimate: +7% at batch 4
-# and 8 (bench.batching), +9% in a fresh-clone budget test at batch 4 (beside it, the VAD's
-# onnxruntime session and the next group decoding while one is in inference), and +17% (1787 MiB
-# against 1526) in a fresh clone's venv, where the same run held 155 MiB more than in the
-# development venv (cause not found yet).
+INTERPRETER_BYTES = 15 * 2**20  # RSS of a bare Python process, part of every calibrated runtime
+# The transformers engine's peak over a whole run exceeds its one-batch estimate; the margin covers
+# the largest excess measured (docs/memory-calibration.md, "Limits").
 RUN_MARGIN = {"transformers": 0.20}  # openai-whisper decodes one window at a time
 
 
@@ -131,11 +127,8 @@ def _plan_for(
         dtype, dtype_note = _dtype(profile.dtype, engine, target.device)
         for model in profile.model:
             language = profile.decoding.language or ("en" if is_english_only(model) else None)
-            if language not in (None, "en") and is_english_only(model):
-                _note(notes, f"{model} is English-only, language is {language}")
-                continue
-            if profile.decoding.task == "translate" and is_english_only(model):
-                _note(notes, f"{model} is English-only and cannot translate")
+            if is_english_only(model) and (need := profile.decoding.multilingual_need()):
+                _note(notes, f"{need} needs a multilingual model; {model} is English-only")
                 continue
             if model_unavailable and (missing := model_unavailable(model, engine)):
                 _note(notes, f"{model} for {engine} unavailable: {missing}")

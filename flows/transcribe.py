@@ -13,6 +13,7 @@ Run it with `steadyscribe run INPUT... --output OUT` (app/cli.py).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -29,7 +30,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.errors import FilesFailed, PlanError
-from steadyscribe.flows.runners import groups_in_flight, task_runner_for
+from steadyscribe.flows.runners import groups_in_flight, task_runner_for, worker_count
 from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile, run_overrides
 from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
@@ -53,9 +54,22 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def files_per_group(plan: Plan, profile: Profile) -> int:
-    """The profile's group size, else enough files to keep a batch full of windows from many short clips."""
-    return profile.runner.files_per_group or max(16, 4 * plan.batch_size)
+# Groups per worker, at least, where several workers share the files and there are files enough:
+# with one group each, a worker that finishes first idles while the others work.
+GROUPS_PER_WORKER = 2
+
+
+def files_per_group(plan: Plan, profile: Profile, files: int, workers: int) -> int:
+    """The profile's group size, else enough files to keep a batch full of windows from many short clips;
+    fewer where that would leave one of several workers without GROUPS_PER_WORKER groups.
+
+    One worker (the thread runner, or a one-worker cluster) keeps the full size: its groups share one
+    engine, so a smaller group only fills fewer batches.
+    """
+    largest = profile.runner.files_per_group or max(16, 4 * plan.batch_size)
+    if workers < 2:
+        return largest
+    return max(1, min(largest, math.ceil(files / (GROUPS_PER_WORKER * workers))))
 
 
 def output_settings(profile: Profile) -> dict:
@@ -170,7 +184,7 @@ def transcribe(
         reporter().run_started(
             len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"
         )
-        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force)
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force, workers=worker_count(runner))
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(
@@ -196,8 +210,9 @@ def _group_jobs(
     refit: bool,
     text_suffix: str | None = None,
     force: bool = False,
+    workers: int = 1,
 ) -> list[GroupJob]:
-    size = files_per_group(run.plan, profile)
+    size = files_per_group(run.plan, profile, len(files), workers)
     flow_run_id = get_run_context().flow_run.id
     return [
         GroupJob(

@@ -199,7 +199,8 @@ class Runner(_Strict):
     kind: Literal["threads", "dask"] = "threads"
     address: str | None = None  # an existing Dask scheduler; None starts a local cluster
     n_workers: int | None = Field(None, ge=1)
-    # Files per group, the unit a worker transcribes and commits; None: 16 or 4 batches, whichever is more.
+    # Files per group, the unit a worker transcribes and commits, at most; None: 16 or 4 batches, whichever
+    # is more. Fewer on a cluster of several workers where each would otherwise get under two groups.
     files_per_group: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

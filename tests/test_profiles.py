@@ -223,7 +223,7 @@ def test_every_override_is_a_command_line_option_and_a_flow_parameter():
     """The CLI and the flow take their overrides by OVERRIDE_KEYS' names (profiles.run_overrides)."""
     import inspect
 
-    from steadyscribe.flows.job import add_run_arguments
+    from steadyscribe.app.job import add_run_arguments
     from steadyscribe.flows.transcribe import transcribe
 
     parser = argparse.ArgumentParser()

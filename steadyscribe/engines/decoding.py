@@ -6,7 +6,7 @@ A window is decoded greedily (or by beam) first; a hypothesis that looks like a 
 temperature. When no temperature satisfies the thresholds, the least bad attempt is kept.
 Sampling is seeded from the window (file and index) and done one window at a time, so a file's
 text does not depend on which other files share its run or batch; except on CTranslate2, whose
-per-thread generators take a seed only at their first use (docs/engines.md, Decoding options).
+per-thread generators take a seed only at their first use (docs/engines.md, Decoding).
 """
 
 from __future__ import annotations

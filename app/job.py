@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from steadyscribe.errors import FilesFailed, PlanError
-from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile
+from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile, run_overrides
 from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, reporting
 
 # Alignment runs on the CTranslate2 engine (tasks/align.py), which this profile picks.
@@ -83,11 +83,7 @@ def run_job(args: argparse.Namespace) -> int:
             # Bad configuration is reported before the flow starts, and a credential in a URL
             # before it could become a flow-run parameter on the server.
             refuse_credentials_in_urls([*args.inputs, args.output])
-            overrides = {
-                "memory_budget": args.memory_budget, "batch_size": args.batch_size, "model": args.model,
-                "beam_size": args.beam_size, "language": args.language, "initial_prompt": args.initial_prompt,
-                "channels": args.channels,
-            }
+            overrides = run_overrides(vars(args))
             apply_overrides(load_profile(args.profile), overrides)
             check_writable(args.output)
             with contextlib.ExitStack() as terminal:

@@ -105,6 +105,8 @@ def _reset_peak() -> bool:
 
 def run_stage(stage: str, work: Path, infer_windows: int) -> dict:
     """Run one stage on the files in `work`; return its timings and memory peaks (bytes)."""
+    from dataclasses import asdict
+
     from steadyscribe.records import DecodedAudio, InputFile, Plan, Transcript, Window
     from steadyscribe.tasks.chunk import plan_windows
     from steadyscribe.pcm import load_pcm
@@ -138,7 +140,7 @@ def run_stage(stage: str, work: Path, infer_windows: int) -> dict:
         windows = [Window(**w) for w in json.loads(windows_path.read_text())]
         raw = Transcript.load(work / "raw.json")
         stable = stabilize(raw, load_pcm(decoded.pcm_path), windows=windows)
-        detail = {"words": len(raw.words), **stable.stabilization}
+        detail = {"words": len(raw.words), **asdict(stable.stabilization)}
     elif stage == "infer":
         windows = [Window(**w) for w in json.loads(windows_path.read_text())]
         step = max(1, len(windows) // infer_windows)

@@ -181,7 +181,7 @@ def steadyscribe_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
     with clock.stage("imports (steadyscribe stages)"):
         from steadyscribe.profiles import load_profile
         from steadyscribe.records import InputFile, Transcript
-        from steadyscribe.tasks.chunk import plan_windows, thresholds_from_profile
+        from steadyscribe.tasks.chunk import plan_windows
         from steadyscribe.pcm import load_pcm
         from steadyscribe.tasks.decode import decode_input
         from steadyscribe.inference import cached_engine, transcribe_files
@@ -205,7 +205,7 @@ def steadyscribe_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
     samples = load_pcm(decoded.pcm_path)
     with clock.stage("VAD"):
         probabilities = file_probabilities(decoded.pcm_path, samples)
-    vad = thresholds_from_profile(profile.vad.model_dump())
+    vad = profile.vad
     with clock.stage("chunk"):
         windows = plan_windows(samples, decoded.file_id, max_window_s=plan.chunk_s, min_pause_s=profile.chunking.min_pause_s,
                                probabilities=probabilities, thresholds=vad)
@@ -219,7 +219,7 @@ def steadyscribe_run(path: Path, clock: Clock) -> tuple[list[dict], dict]:
         results = transcribe_files(engine, {decoded.file_id: decoded}, windows, work)
     transcript = Transcript.load(results[decoded.file_id].transcript_path)
     with clock.stage("stabilize"):
-        stable = stabilize(transcript, samples, options_from_profile(profile.stabilization.model_dump()), windows,
+        stable = stabilize(transcript, samples, options_from_profile(profile.stabilization), windows,
                            probabilities=file_probabilities(decoded.pcm_path, samples), thresholds=vad)
     with clock.stage("write"):
         run = RunInfo("profile", datetime.date.today(), plan, settings_key(plan, {}), "transcribe")

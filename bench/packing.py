@@ -25,7 +25,7 @@ from steadyscribe.engines import load_engine
 from steadyscribe.metrics import boundary_errors, corpus_wer, normalize_text
 from steadyscribe.profiles import load_profile
 from steadyscribe.records import InputFile, Plan, Transcript
-from steadyscribe.tasks.chunk import plan_windows, thresholds_from_profile
+from steadyscribe.tasks.chunk import plan_windows
 from steadyscribe.pcm import load_pcm
 from steadyscribe.tasks.decode import decode_input
 from steadyscribe.inference import Packing, transcribe_files
@@ -51,9 +51,9 @@ def run(engine, decoded, windows_of, packing: Packing | None, work_dir: Path, pr
     for file_id, d in decoded.items():
         samples = load_pcm(d.pcm_path)
         transcript = stabilize(
-            Transcript.load(inference[file_id].transcript_path), samples, options_from_profile(profile.stabilization.model_dump()),
+            Transcript.load(inference[file_id].transcript_path), samples, options_from_profile(profile.stabilization),
             windows_of[file_id], probabilities=file_probabilities(d.pcm_path, samples),
-            thresholds=thresholds_from_profile(profile.vad.model_dump()),
+            thresholds=profile.vad,
         )
         words[file_id] = [{"word": w.word, "start": w.start, "end": w.end} for w in transcript.words]
     mates = {}
@@ -136,7 +136,7 @@ def main() -> None:
             samples = load_pcm(d.pcm_path)
             windows_of[d.file_id] = plan_windows(
                 samples, d.file_id, max_window_s=30.0, min_pause_s=profile.chunking.min_pause_s,
-                probabilities=file_probabilities(d.pcm_path, samples), thresholds=thresholds_from_profile(profile.vad.model_dump()),
+                probabilities=file_probabilities(d.pcm_path, samples), thresholds=profile.vad,
             )
         for gap, max_window_s in [(None, 30.0), *((g, m) for m in args.max_window_s for g in args.gaps)]:
             packing = Packing(max_window_s, gap) if gap else None

@@ -164,7 +164,7 @@ class SteadyscribeRunner(Runner):
         inference = transcribe_files(
             self.engine, decoded, [w for file_windows in windows.values() for w in file_windows], self.work_dir
         )
-        options = options_from_profile(self.profile.stabilization.model_dump())
+        options = options_from_profile(self.profile.stabilization)
         outputs = {}
         for file_id, result in inference.items():
             raw = Transcript.load(result.transcript_path)

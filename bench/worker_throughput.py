@@ -60,7 +60,7 @@ def measure(profile_name: str, inputs: Path) -> dict:
             windows = {fid: plan_windows(load_pcm(d.pcm_path), fid, plan.chunk_s, profile.chunking.min_pause_s)
                        for fid, d in decoded.items()}
             results = transcribe_files(engine, decoded, [w for ws in windows.values() for w in ws], work_dir)
-            options = options_from_profile(profile.stabilization.model_dump())
+            options = options_from_profile(profile.stabilization)
             for fid, d in decoded.items():
                 stabilize(Transcript.load(results[fid].transcript_path), load_pcm(d.pcm_path), options, windows[fid])
             passes.append({"cpu_s": cpu_s() - cpu_started, "wall_s": time.perf_counter() - wall_started,

@@ -34,7 +34,7 @@ from steadyscribe.claims import GroupClaims
 from steadyscribe.errors import PlanError
 from steadyscribe.inference import Packing
 from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
-from steadyscribe.profiles import Profile
+from steadyscribe.profiles import Profile, Stabilization
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, FileOutcome, InputFile, Plan
 from steadyscribe.scratch import ScratchDir
@@ -48,6 +48,7 @@ from steadyscribe.tasks.probe import Probe, probe_resources
 from steadyscribe.tasks.select import refit_plan
 from steadyscribe.tasks.stabilize import stabilize_task
 from steadyscribe.tasks.write import CommitFailed, FileResult, RunInfo, write_file_results, write_task
+from steadyscribe.vad import VadThresholds
 
 # Threads for this worker's engine when the profile says `auto`: set where several worker
 # processes share a machine (the local Dask cluster sets it to CPUs / workers).
@@ -155,7 +156,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         decoded = claims.resolve(decoded)
         texts = read_texts(decoded, job.text_suffix) if job.text_suffix else {}  # a missing text fails its file
         todo = {d.file_id: d for d in decoded if d.status == "ok"}
-        vad = job.profile.vad.model_dump()
+        vad = job.profile.vad
         splits = named(channels_task)(todo, audio.speakers, vad) if any(d.channel_paths for d in todo.values()) else {}
         units = transcription_units(todo, splits)
         chunked = named(chunk_task)(units, job.run.plan.chunk_s, job.profile.chunking.min_pause_s, vad) if units else {}
@@ -167,7 +168,7 @@ def transcribe_group(job: GroupJob) -> list[FileOutcome]:
         try:
             if units:
                 plan = worker_plan(job) if job.refit else job.run.plan
-                settings = job.profile.stabilization.model_dump()
+                settings = job.profile.stabilization
                 if job.text_suffix:  # one text per file: the flow refuses split channels in align mode
                     stable_paths, infer_s = align_group(plan, todo, chunked, texts, work_dir, settings, vad, named)
                 else:
@@ -229,8 +230,8 @@ def align_group(
     windows: dict[str, list[Window]],
     texts: dict[str, str],
     work_dir: str,
-    stabilization: Mapping[str, Any],
-    vad: Mapping[str, Any],
+    stabilization: Stabilization,
+    vad: VadThresholds,
     named: Callable[[Task], Task],
 ) -> tuple[dict[str, str], dict[str, float]]:
     """A group's align mode, after chunking: align, stabilize, judge. Returns (transcript paths, infer seconds) per file.
@@ -241,7 +242,7 @@ def align_group(
     """
     aligned = named(align_task)(plan, decoded, [w for ws in windows.values() for w in ws], texts, work_dir)
     # The given text is judged by judge_alignment, not by the hallucination filter.
-    settings = {**stabilization, "drop_hallucinations": False}
+    settings = stabilization.model_copy(update={"drop_hallucinations": False})
     aligned_paths = {file_id: result.transcript_path for file_id, result in aligned.items()}
     stable = named(stabilize_task)(aligned_paths, decoded, windows, settings, vad)
     judged = named(judge_task)(stable, decoded, texts, vad)

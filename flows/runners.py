@@ -95,11 +95,22 @@ def groups_in_flight(runner: TaskRunner) -> int:
 
     Measured on the cluster when the run starts (a cluster that grows later gets no more).
     """
-    from_dask = getattr(runner, "client", None)
-    if from_dask is None:
+    workers = _dask_workers(runner)
+    if workers is None:
         return GROUPS_PER_SLOT
-    workers = from_dask.scheduler_info(n_workers=-1)["workers"].values()
     return max(GROUPS_PER_SLOT, sum(w["nthreads"] for w in workers) + len(workers))
+
+
+def worker_count(runner: TaskRunner) -> int:
+    """Worker processes the groups are spread over: the Dask cluster's when the run starts, else 1 (this process)."""
+    workers = _dask_workers(runner)
+    return max(1, len(workers)) if workers is not None else 1
+
+
+def _dask_workers(runner: TaskRunner) -> list[dict] | None:
+    """The scheduler's record of each worker of a Dask runner; None for the thread runner."""
+    client = getattr(runner, "client", None)
+    return None if client is None else list(client.scheduler_info(n_workers=-1)["workers"].values())
 
 
 def _prefect_api_env() -> dict[str, str]:

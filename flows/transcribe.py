@@ -13,11 +13,11 @@ Run it with `steadyscribe run INPUT... --output OUT` (app/cli.py).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -30,8 +30,8 @@ from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from steadyscribe.errors import FilesFailed, PlanError
-from steadyscribe.flows.runners import groups_in_flight, task_runner_for
-from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile
+from steadyscribe.flows.runners import groups_in_flight, task_runner_for, worker_count
+from steadyscribe.profiles import DEFAULT_PROFILE, Profile, apply_overrides, load_profile, run_overrides
 from steadyscribe.printable import printable
 from steadyscribe.progress import reporter
 from steadyscribe.records import FileOutcome, InputFile, Plan
@@ -54,9 +54,22 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def files_per_group(plan: Plan, profile: Profile) -> int:
-    """The profile's group size, else enough files to keep a batch full of windows from many short clips."""
-    return profile.runner.files_per_group or max(16, 4 * plan.batch_size)
+# Groups per worker, at least, where several workers share the files and there are files enough:
+# with one group each, a worker that finishes first idles while the others work.
+GROUPS_PER_WORKER = 2
+
+
+def files_per_group(plan: Plan, profile: Profile, files: int, workers: int) -> int:
+    """The profile's group size, else enough files to keep a batch full of windows from many short clips;
+    fewer where that would leave one of several workers without GROUPS_PER_WORKER groups.
+
+    One worker (the thread runner, or a one-worker cluster) keeps the full size: its groups share one
+    engine, so a smaller group only fills fewer batches.
+    """
+    largest = profile.runner.files_per_group or max(16, 4 * plan.batch_size)
+    if workers < 2:
+        return largest
+    return max(1, min(largest, math.ceil(files / (GROUPS_PER_WORKER * workers))))
 
 
 def output_settings(profile: Profile) -> dict:
@@ -132,10 +145,7 @@ def transcribe(
     # Configuration errors stop the run here, before any audio is touched. The CLI refuses
     # credentials in URLs before the flow run exists; this catches deployments and direct callers.
     refuse_credentials_in_urls([*inputs, output])
-    overrides = {
-        "memory_budget": memory_budget, "batch_size": batch_size, "model": model,
-        "beam_size": beam_size, "language": language, "initial_prompt": initial_prompt, "channels": channels,
-    }
+    overrides = run_overrides(locals())  # the parameters above that override the profile
     # The groups read audio.channels from the profile itself.
     chosen = apply_overrides(load_profile(profile), {"channels": channels})
     if text_suffix and chosen.audio.channels != "mix":
@@ -174,11 +184,11 @@ def transcribe(
         reporter().run_started(
             len(files), f"{plan.model} with {plan.engine}, batch {plan.batch_size}", "aligning" if text_suffix else "transcribing"
         )
-        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force)
+        jobs = _group_jobs(files, output, run, chosen, overrides, done, refit=not isinstance(runner, ThreadPoolTaskRunner), text_suffix=text_suffix, force=force, workers=worker_count(runner))
         outcomes = _run_groups(runner, jobs, groups_in_flight(runner))
 
     summary = summarize(
-        run.run_id, output, asdict(plan), outcomes, time.perf_counter() - started,
+        run.run_id, output, plan.to_dict(), outcomes, time.perf_counter() - started,
         inputs=shown_inputs, profile=chosen.name, passed_over=discovery.passed_over,
     )
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
@@ -200,8 +210,9 @@ def _group_jobs(
     refit: bool,
     text_suffix: str | None = None,
     force: bool = False,
+    workers: int = 1,
 ) -> list[GroupJob]:
-    size = files_per_group(run.plan, profile)
+    size = files_per_group(run.plan, profile, len(files), workers)
     flow_run_id = get_run_context().flow_run.id
     return [
         GroupJob(

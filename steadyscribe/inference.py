@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from steadyscribe.engines.speech_gaps import fill_gaps, unheard_warning
 from steadyscribe.isolation import tell_parent
 from steadyscribe.memory import process_peak_rss_bytes
 from steadyscribe.pcm import load_pcm
-from steadyscribe.records import DecodedAudio, Plan, Transcript, Window
+from steadyscribe.records import DecodedAudio, Plan, StabilizationCounts, Transcript, Window
 from steadyscribe.vad import VadThresholds, file_probabilities, speech_frames
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def transcribe_files(
     work_dir: str | Path,
     on_windows: WindowsDone | None = None,
     packing: Packing | None = None,
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, InferenceResult]:
     """Run `engine` over all windows and write one transcript JSON per file (files with no speech too).
 
@@ -123,10 +123,9 @@ def transcribe_files(
         )
         for result in engine.transcribe(packed_stream(unpacked_again, samples_of)):
             results[result.window.file_id].append(result)
-    thresholds = VadThresholds(**dict(vad or {}))
 
     def speech_of(file_id: str):
-        return speech_frames(file_probabilities(decoded[file_id].pcm_path, samples_of[file_id]), thresholds)
+        return speech_frames(file_probabilities(decoded[file_id].pcm_path, samples_of[file_id]), vad)
 
     unheard = fill_gaps(engine, results, samples_of, speech_of)
     total_s = time.perf_counter() - started
@@ -142,7 +141,7 @@ def transcribe_files(
             language=max(set(languages), key=languages.count) if languages else None,
             segments=[s for r in ordered for s in r.segments],
             batch_size=engine.batch_size,
-            stabilization={"speech_without_text_ms": round(1000 * sum(g.speech_s for g in gaps))},
+            stabilization=StabilizationCounts(speech_without_text_ms=round(1000 * sum(g.speech_s for g in gaps))),
             warnings=[warning] if warning else [],
         )
         path = transcript.save(Path(work_dir) / f"{file_id}.raw.json")
@@ -170,7 +169,7 @@ def transcribe_in_child(
     windows: list[Window],
     work_dir: str,
     packing: Packing | None,
-    vad: Mapping[str, Any] | None,
+    vad: VadThresholds,
 ) -> dict[str, InferenceResult]:
     """The inference stage's call into its engine child (tasks/infer.py): transcribe_files with this process's engine."""
     return transcribe_files(prepared_engine(plan), decoded, windows, work_dir, report_windows, packing, vad)

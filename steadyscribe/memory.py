@@ -273,8 +273,8 @@ def reuse_large_buffers(limit_bytes: int = HEAP_BUFFER_LIMIT) -> bool:
 
     glibc maps every block above its ceiling of 32 MiB afresh, and the kernel zeroes each page on
     first touch. CTranslate2's encoder allocates and frees such blocks for every window on the
-    CPU (one layer's attention maps: 51 MiB for tiny), so a run of 120 short clips spent 21.7 s
-    of system time in those page faults in 53.7 s (8.2 s in 46.3 s with them kept). Kept on the heap,
+    CPU (one layer's attention maps: 51 MiB for tiny), and a run of short clips spent much of its
+    time in those page faults (docs/benchmark.md, "Whole runs, start to exit"). Kept on the heap,
     they are reused from one window to the next, at the cost of holding up to `limit_bytes`
     more between windows. Process-wide: it changes where large blocks come from, not what is allocated.
     """

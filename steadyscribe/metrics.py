@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-import re
-from difflib import SequenceMatcher
-
 import numpy as np
 from whisper.normalizers import EnglishTextNormalizer
+
+from steadyscribe.text import matching_words
 
 EditOp = Literal["match", "substitute", "delete", "insert"]
 
@@ -149,11 +148,6 @@ def align_words(
     return pairs
 
 
-def _literal(word: Mapping[str, Any] | Any) -> str:
-    """A word's lower-cased letters, digits and apostrophes."""
-    return re.sub(r"[^\w']|_", "", str(_field(word, "word")).lower())
-
-
 def align_words_literally(
     reference_words: Sequence[Mapping[str, Any] | Any],
     hypothesis_words: Sequence[Mapping[str, Any] | Any],
@@ -161,8 +155,8 @@ def align_words_literally(
     """Pairs (reference index, hypothesis index) of words equal in their lower-cased letters, digits
     and apostrophes, matched in order by difflib's SequenceMatcher: the real-speech set's scoring
     rule (../shared/realspeech/README.md). Unlike align_words, fillers (um, uh) count as words."""
-    matcher = SequenceMatcher(None, [_literal(w) for w in reference_words], [_literal(w) for w in hypothesis_words], autojunk=False)
-    return [(block.a + k, block.b + k) for block in matcher.get_matching_blocks() for k in range(block.size)]
+    reference, hypothesis = ([str(_field(w, "word")) for w in words] for words in (reference_words, hypothesis_words))
+    return matching_words(reference, hypothesis)
 
 
 @dataclass(frozen=True)

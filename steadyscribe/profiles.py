@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from steadyscribe.engines.registry import ENGINES
 from steadyscribe.memory import ARCHITECTURES, ALIASES, architecture, is_english_only
-from steadyscribe.records import DEFAULT_TEMPERATURES, DecodingOptions
+from steadyscribe.records import DecodingOptions
 from steadyscribe.vad import VadThresholds
 
 # The repository's profiles/ folder, installed as the data package steadyscribe.profile_files.
@@ -158,32 +158,6 @@ class Chunking(_Strict):
     pack_gap_s: float = Field(0.75, gt=0, le=10)
 
 
-_VAD = VadThresholds()
-
-
-class Vad(_Strict):
-    """Speech detection (steadyscribe/vad.py, Silero VAD): how frame probabilities become decisions.
-
-    Chunking cuts in the pauses and skips windows that are silent with confidence; stabilization
-    drops a word only over confident silence.
-    """
-
-    threshold: float = Field(_VAD.threshold, gt=0, lt=1)
-    neg_threshold: float = Field(_VAD.neg_threshold, gt=0, lt=1)
-    silence_threshold: float = Field(_VAD.silence_threshold, gt=0, lt=1)
-    min_silence_s: float = Field(_VAD.min_silence_s, ge=0)
-    min_speech_s: float = Field(_VAD.min_speech_s, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Vad:
-        if not self.silence_threshold <= self.neg_threshold <= self.threshold:
-            raise ValueError(
-                "expected silence_threshold <= neg_threshold <= threshold "
-                f"(got {self.silence_threshold}, {self.neg_threshold}, {self.threshold})"
-            )
-        return self
-
-
 class Stabilization(_Strict):
     """Word-timestamp stabilization (tasks/stabilize.py); unset values keep the stage's tuned defaults."""
 
@@ -196,71 +170,6 @@ class Stabilization(_Strict):
     logprob_threshold: float | None = Field(None, le=0)
     max_drop_share: float | None = Field(None, ge=0, le=1)
     split_pause_s: float | None = Field(None, gt=0)
-
-
-def _language_code(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"[a-z]{2,3}", value):
-        raise ValueError("expected a language code such as 'en' or 'de', or null to detect it")
-    return value
-
-
-class Decoding(_Strict):
-    """How windows are decoded (steadyscribe.records.DecodingOptions documents each option).
-
-    Every engine honours these the same way; an option the chosen engine cannot honour is
-    refused when the plan is made (tasks/select.py), since only then is the engine known.
-    """
-
-    beam_size: int = Field(1, ge=1, le=16)
-    patience: float | None = Field(None, gt=0)
-    best_of: int | None = Field(None, ge=1, le=16)
-    temperatures: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = list(DEFAULT_TEMPERATURES)
-    initial_prompt: str | None = None
-    hotwords: list[str] = Field(default_factory=list)
-    language: Annotated[str | None, PlainValidator(_language_code)] = None
-    task: Literal["transcribe", "translate"] = "transcribe"
-    suppress_tokens: list[int] = Field(default_factory=lambda: [-1])
-    condition_on_previous_text: bool | None = None
-
-    @field_validator("temperatures", mode="before")
-    @classmethod
-    def _one_temperature(cls, value: Any) -> Any:
-        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-    @field_validator("temperatures")
-    @classmethod
-    def _rising(cls, value: list[float]) -> list[float]:
-        if value != sorted(value):
-            raise ValueError("expected temperatures in rising order: each is tried when the one before fails")
-        return value
-
-    @field_validator("suppress_tokens")
-    @classmethod
-    def _token_ids(cls, value: list[int]) -> list[int]:
-        if any(token < -1 for token in value):
-            raise ValueError("expected token ids (0 or more), or -1 for the model's own list")
-        return value
-
-    @model_validator(mode="after")
-    def _beam_options(self) -> Decoding:
-        if self.patience is not None and self.beam_size == 1:
-            raise ValueError("patience applies to beam search only; set beam_size above 1")
-        return self
-
-    def options(self, language: str | None) -> DecodingOptions:
-        """The options for one plan, with the language resolved for its model."""
-        return DecodingOptions(
-            beam_size=self.beam_size,
-            patience=self.patience,
-            best_of=self.best_of,
-            temperatures=tuple(self.temperatures),
-            initial_prompt=self.initial_prompt,
-            hotwords=tuple(self.hotwords),
-            language=language,
-            task=self.task,
-            suppress_tokens=tuple(self.suppress_tokens),
-            condition_on_previous_text=self.condition_on_previous_text,
-        )
 
 
 class Audio(_Strict):
@@ -291,7 +200,8 @@ class Runner(_Strict):
     kind: Literal["threads", "dask"] = "threads"
     address: str | None = None  # an existing Dask scheduler; None starts a local cluster
     n_workers: int | None = Field(None, ge=1)
-    # Files per group, the unit a worker transcribes and commits; None: 16 or 4 batches, whichever is more.
+    # Files per group, the unit a worker transcribes and commits, at most; None: 16 or 4 batches, whichever
+    # is more. Fewer on a cluster of several workers where each would otherwise get under two groups.
     files_per_group: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -312,10 +222,10 @@ class Profile(_Strict):
     quantization: Annotated[list[Quantization], Field(min_length=1)] = ["none"]
     batch_size: BatchSize = "auto"
     memory_budget: BudgetText = "80%"
-    decoding: Decoding = Field(default_factory=Decoding)
+    decoding: DecodingOptions = Field(default_factory=DecodingOptions)
     audio: Audio = Field(default_factory=Audio)
     chunking: Chunking = Field(default_factory=Chunking)
-    vad: Vad = Field(default_factory=Vad)
+    vad: VadThresholds = Field(default_factory=VadThresholds)  # speech detection (steadyscribe/vad.py)
     stabilization: Stabilization = Field(default_factory=Stabilization)
     output: Output = Field(default_factory=Output)
     model_cache_dir: str | None = None
@@ -338,13 +248,9 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _language_fits_a_model(self) -> Profile:
-        english_only = all(is_english_only(m) for m in self.model)
-        if self.decoding.language not in (None, "en") and english_only:
-            raise ValueError(
-                f"language {self.decoding.language!r} needs a multilingual model; {self.model} are English-only"
-            )
-        if self.decoding.task == "translate" and english_only:
-            raise ValueError(f"task translate needs a multilingual model; {self.model} are English-only")
+        need = self.decoding.multilingual_need()
+        if need and all(is_english_only(m) for m in self.model):
+            raise ValueError(f"{need} needs a multilingual model; {self.model} are English-only")
         return self
 
     @property
@@ -510,6 +416,11 @@ OVERRIDE_KEYS = {
     "initial_prompt": ("decoding", "initial_prompt"),
     "channels": ("audio", "channels"),
 }
+
+
+def run_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides (OVERRIDE_KEYS) among a run's command-line arguments or flow parameters."""
+    return {name: values.get(name) for name in OVERRIDE_KEYS}
 
 
 def apply_overrides(profile: Profile, overrides: Mapping[str, Any] | None) -> Profile:

@@ -7,9 +7,12 @@ per-run PCM files on local disk and is memory-mapped where it is needed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 Status = Literal["ok", "failed", "skipped", "duplicate"]
 
@@ -81,6 +84,29 @@ class Segment:
 
 
 @dataclass
+class StabilizationCounts:
+    """What the stages after inference counted in one transcript, or in all of a run's (a sum).
+
+    None: not counted in this mode.
+    """
+
+    words_moved: int = 0
+    words_dropped: int = 0  # removed as hallucinations (tasks/stabilize.py)
+    segments_dropped: int = 0
+    segments_split: int = 0  # extra segments from splitting at long pauses
+    skipped_ms: int = 0  # audio not transcribed: confidently silent, or a silent or copied channel
+    speech_without_text_ms: int | None = None  # transcribe mode: VAD speech left without words (engines/speech_gaps.py)
+    text_words: int | None = None  # align mode: the text's words
+    words_aligned: int | None = None  # align mode: those aligned with confidence
+
+    def __add__(self, other: StabilizationCounts) -> StabilizationCounts:
+        def add(a: int | None, b: int | None) -> int | None:
+            return b if a is None else a if b is None else a + b
+
+        return StabilizationCounts(**{f.name: add(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
+
+@dataclass
 class Transcript:
     """All segments of one file, with absolute times in seconds."""
 
@@ -88,7 +114,7 @@ class Transcript:
     language: str | None
     segments: list[Segment]
     batch_size: int | None = None  # batch size the engine finally ran with
-    stabilization: dict[str, int] = field(default_factory=dict)
+    stabilization: StabilizationCounts = field(default_factory=StabilizationCounts)
     warnings: list[str] = field(default_factory=list)  # e.g. words the filter would drop were kept
 
     def save(self, path: str | Path) -> str:
@@ -101,7 +127,7 @@ class Transcript:
         segments = [
             Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in data.pop("segments")
         ]
-        return cls(segments=segments, **data)
+        return cls(segments=segments, stabilization=StabilizationCounts(**data.pop("stabilization")), **data)
 
     @property
     def words(self) -> list[Word]:
@@ -112,26 +138,74 @@ class Transcript:
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How windows are decoded, the same for every engine (validated by the profile's `decoding:` block).
+def _language_code(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[a-z]{2,3}", value):
+        raise ValueError("expected a language code such as 'en' or 'de', or null to detect it")
+    return value
+
+
+class DecodingOptions(BaseModel):
+    """How windows are decoded, the same for every engine: the profile's `decoding:` block, and a plan's.
 
     `initial_prompt` and `hotwords` prompt every window (a vocabulary keeps helping all through a
     file); with `condition_on_previous_text` the previous window's text follows them.
     None for `condition_on_previous_text` means the engine's default (on for the batch-1 engine,
     which decodes a file's windows in order; off for the batched engines).
+    An option the chosen engine cannot honour is refused when the plan is made (tasks/select.py),
+    since only then is the engine known.
     """
 
-    beam_size: int = 1
-    patience: float | None = None  # beam search: stop after round(beam_size * patience) finished hypotheses
-    best_of: int | None = None  # samples drawn at each temperature above 0; the likeliest is kept
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    beam_size: int = Field(1, ge=1, le=16)
+    # Beam search: stop after round(beam_size * patience) finished hypotheses.
+    patience: float | None = Field(None, gt=0)
+    best_of: int | None = Field(None, ge=1, le=16)  # samples drawn at each temperature above 0; the likeliest is kept
+    temperatures: Annotated[tuple[Annotated[float, Field(ge=0, le=1)], ...], Field(min_length=1)] = DEFAULT_TEMPERATURES
     initial_prompt: str | None = None
     hotwords: tuple[str, ...] = ()
-    language: str | None = None  # None: detected once per file (English-only models imply "en")
-    task: str = "transcribe"  # or "translate" (into English; multilingual models only)
+    # None: detected once per file (English-only models imply "en"); a plan's is resolved for its model.
+    language: Annotated[str | None, PlainValidator(_language_code)] = None
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate: into English, multilingual models only
     suppress_tokens: tuple[int, ...] = (-1,)  # -1: the model's own list of non-speech symbols
     condition_on_previous_text: bool | None = None
+
+    @field_validator("temperatures", mode="before")
+    @classmethod
+    def _one_temperature(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("temperatures")
+    @classmethod
+    def _rising(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if list(value) != sorted(value):
+            raise ValueError("expected temperatures in rising order: each is tried when the one before fails")
+        return value
+
+    @field_validator("suppress_tokens")
+    @classmethod
+    def _token_ids(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(token < -1 for token in value):
+            raise ValueError("expected token ids (0 or more), or -1 for the model's own list")
+        return value
+
+    @model_validator(mode="after")
+    def _beam_options(self) -> DecodingOptions:
+        if self.patience is not None and self.beam_size == 1:
+            raise ValueError("patience applies to beam search only; set beam_size above 1")
+        return self
+
+    def options(self, language: str | None) -> DecodingOptions:
+        """The options for one plan, with the language resolved for its model."""
+        return self.model_copy(update={"language": language})
+
+    def multilingual_need(self) -> str | None:
+        """What of these options an English-only model cannot do ("language 'de'", "task translate"), or None."""
+        if self.language not in (None, "en"):
+            return f"language {self.language!r}"
+        if self.task == "translate":
+            return "task translate"
+        return None
 
 
 @dataclass
@@ -154,6 +228,10 @@ class Plan:
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     reason: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data, its decoding options included (for the run summary)."""
+        return {**asdict(self), "decoding": self.decoding.model_dump()}
+
 
 @dataclass
 class FileOutcome:
@@ -163,6 +241,6 @@ class FileOutcome:
     status: Status
     duration_s: float = 0.0
     error: str | None = None
-    stabilization: dict[str, int] = field(default_factory=dict)
+    stabilization: StabilizationCounts = field(default_factory=StabilizationCounts)
     warnings: list[str] = field(default_factory=list)
     processing_s: float = 0.0  # decoding plus inference, for the summary's slowest files

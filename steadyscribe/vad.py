@@ -14,11 +14,11 @@ raises VadUnavailable: nothing falls back to a loudness detector, which deletes 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.speech import true_runs
@@ -38,9 +38,11 @@ class VadUnavailable(RuntimeError):
     """The voice-activity model cannot run here (onnxruntime or the model file is missing)."""
 
 
-@dataclass(frozen=True)
-class VadThresholds:
-    """How speech probabilities become decisions; the profile's `vad` section sets them.
+class VadThresholds(BaseModel):
+    """How speech probabilities become decisions: the profile's `vad` block, validated there.
+
+    Chunking cuts in the pauses and skips windows that are silent with confidence; stabilization
+    drops a word only over confident silence.
 
     threshold: a frame at or above it starts speech.
     neg_threshold: speech goes on while frames stay at or above it (hysteresis).
@@ -50,11 +52,22 @@ class VadThresholds:
     min_speech_s: shorter bursts of speech are ignored (clicks).
     """
 
-    threshold: float = 0.5
-    neg_threshold: float = 0.35
-    silence_threshold: float = 0.1
-    min_silence_s: float = 0.1
-    min_speech_s: float = 0.1
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    neg_threshold: float = Field(0.35, gt=0, lt=1)
+    silence_threshold: float = Field(0.1, gt=0, lt=1)
+    min_silence_s: float = Field(0.1, ge=0)
+    min_speech_s: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VadThresholds:
+        if not self.silence_threshold <= self.neg_threshold <= self.threshold:
+            raise ValueError(
+                "expected silence_threshold <= neg_threshold <= threshold "
+                f"(got {self.silence_threshold}, {self.neg_threshold}, {self.threshold})"
+            )
+        return self
 
 
 class SileroVad:

@@ -25,7 +25,6 @@ extension) holds what was said. Per file:
 from __future__ import annotations
 
 import time
-from difflib import SequenceMatcher
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Segment, Transcript, Window, Word
 from steadyscribe.storage import filesystem_for, with_retries
 from steadyscribe.tasks.infer import call_engine
+from steadyscribe.text import ends_sentence, matching_words
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
 # Engines whose record says they align known text (steadyscribe.engines.base.AligningEngine).
@@ -170,11 +170,8 @@ def merge_candidates(text_words: list[str], aligned: list[tuple[tuple[int, int],
     """
     candidates: dict[int, list[tuple[int, Word]]] = {}
     for position, ((first, last), words) in enumerate(aligned):
-        span = [_letters(w) for w in text_words[first:last]]
-        matcher = SequenceMatcher(None, span, [_letters(w.word) for w in words], autojunk=False)
-        for block in matcher.get_matching_blocks():
-            for k in range(block.size):
-                candidates.setdefault(first + block.a + k, []).append((position, words[block.b + k]))
+        for i, j in matching_words(text_words[first:last], [w.word for w in words]):
+            candidates.setdefault(first + i, []).append((position, words[j]))
     merged, current = [], 0
     for index in sorted(candidates):
         later = [c for c in candidates[index] if c[0] >= current] or candidates[index]
@@ -183,16 +180,12 @@ def merge_candidates(text_words: list[str], aligned: list[tuple[tuple[int, int],
     return merged
 
 
-def _letters(word: str) -> str:
-    return "".join(c for c in word.lower() if c.isalnum() or c == "'")
-
-
 def sentence_segments(words: list[Word]) -> list[Segment]:
     """Segments of aligned words, one per sentence of the text."""
     sentences: list[list[Word]] = [[]]
     for word in words:
         sentences[-1].append(word)
-        if word.word.endswith((".", "?", "!")):
+        if ends_sentence(word.word):
             sentences.append([])
     return [Segment(s[0].start, s[-1].end, " ".join(w.word for w in s), s) for s in sentences if s]
 
@@ -296,7 +289,7 @@ def judge_alignment(
             kept_segments.append(replace(segment, start=kept[0].start, end=kept[-1].end, words=kept))
     aligned = len(keep)
     share = aligned / text_words if text_words else 0.0
-    counts = {**transcript.stabilization, "text_words": text_words, "words_aligned": aligned}
+    counts = replace(transcript.stabilization, text_words=text_words, words_aligned=aligned)
     warnings = list(transcript.warnings)
     if aligned < text_words:
         warnings.append(
@@ -345,12 +338,12 @@ def align_in_child(
 
 
 def judge_file(
-    transcript_path: str, decoded: DecodedAudio, text: str, vad: Mapping[str, Any] | None = None
+    transcript_path: str, decoded: DecodedAudio, text: str, vad: VadThresholds = VadThresholds()
 ) -> tuple[str, str | None]:
     """Judge one file's stabilized alignment: (path of the judged transcript, error when the text does not match)."""
     transcript = Transcript.load(transcript_path)
     probabilities = file_probabilities(decoded.pcm_path, load_pcm(decoded.pcm_path))
-    judged, error = judge_alignment(transcript, len(text.split()), probabilities, VadThresholds(**dict(vad or {})))
+    judged, error = judge_alignment(transcript, len(text.split()), probabilities, vad)
     return judged.save(Path(transcript_path).with_suffix(".judged.json")), error
 
 
@@ -359,7 +352,7 @@ def judge_task(
     transcript_paths: Mapping[str, str],
     decoded: Mapping[str, DecodedAudio],
     texts: Mapping[str, str],
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, tuple[str, str | None]]:
     """judge_file for each file of a group (one task run per group), by file id."""
     return {file_id: judge_file(transcript_paths[file_id], item, texts[file_id], vad) for file_id, item in decoded.items()}

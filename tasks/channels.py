@@ -23,14 +23,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.pcm import load_pcm
-from steadyscribe.records import DecodedAudio, Transcript
+from steadyscribe.records import DecodedAudio, StabilizationCounts, Transcript
 from steadyscribe.vad import VadThresholds, confidently_silent, file_probabilities
 
 # A channel whose samples correlate with an earlier channel's at least this much (either sign) is
@@ -147,17 +146,15 @@ def join_channels(split: ChannelSplit, transcripts: Mapping[int, Transcript]) ->
         key=lambda s: (s.start, s.channel),
     )
     languages = Counter(t.language for t in transcripts.values() if t.language and t.segments)
-    stabilization: Counter[str] = Counter()
-    for transcript in transcripts.values():
-        stabilization.update(transcript.stabilization)
-    stabilization["skipped_ms"] += round(1000 * split.duration_s * len(split.silent))
+    silent = StabilizationCounts(skipped_ms=round(1000 * split.duration_s * len(split.silent)))
+    stabilization = sum((t.stabilization for t in transcripts.values()), silent)
     batch_sizes = [t.batch_size for t in transcripts.values() if t.batch_size is not None]
     return Transcript(
         file_id=split.file_id,
         language=languages.most_common(1)[0][0] if languages else None,
         segments=segments,
         batch_size=max(batch_sizes) if batch_sizes else None,
-        stabilization=dict(stabilization),
+        stabilization=stabilization,
         warnings=[
             *split.warnings,
             *(f"{split.label(c)}: {warning}" for c, t in transcripts.items() for warning in t.warnings),
@@ -173,8 +170,7 @@ def join_channel_files(split: ChannelSplit, transcript_paths: Mapping[str, str],
 
 @task(name="channels")
 def channels_task(
-    decoded: Mapping[str, DecodedAudio], speakers: list[str] | None, vad: Mapping[str, Any] | None = None
+    decoded: Mapping[str, DecodedAudio], speakers: list[str] | None, vad: VadThresholds = VadThresholds()
 ) -> dict[str, ChannelSplit]:
     """split_channels for each file of a group that has channel files (one task run per group), by file id."""
-    thresholds = VadThresholds(**dict(vad or {}))
-    return {file_id: split_channels(d, speakers, thresholds) for file_id, d in decoded.items() if d.channel_paths}
+    return {file_id: split_channels(d, speakers, vad) for file_id, d in decoded.items() if d.channel_paths}

@@ -9,7 +9,6 @@ per file (tasks/stabilize.py reports them), since the windows no longer cover th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from prefect import task
@@ -143,16 +142,11 @@ def _quietest_cut(samples: np.ndarray, earliest_s: float, latest_s: float) -> fl
     return earliest_s + (int(np.argmin(stretch_mean)) + width // 2) * LOUDNESS_HOP_S
 
 
-def thresholds_from_profile(settings: Mapping[str, Any] | None) -> VadThresholds:
-    """The profile's `vad` section as VadThresholds."""
-    return VadThresholds(**dict(settings or {}))
-
-
 def chunk_file(
     decoded: DecodedAudio,
     max_window_s: float = 30.0,
     min_pause_s: float = 0.3,
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> list[Window]:
     """plan_windows over a decoded file, with its VAD probabilities (computed once per file and cached beside its PCM)."""
     samples = load_pcm(decoded.pcm_path)
@@ -162,7 +156,7 @@ def chunk_file(
         max_window_s=max_window_s,
         min_pause_s=min_pause_s,
         probabilities=file_probabilities(decoded.pcm_path, samples),
-        thresholds=thresholds_from_profile(vad),
+        thresholds=vad,
     )
 
 
@@ -171,7 +165,7 @@ def chunk_task(
     units: Mapping[str, DecodedAudio],
     max_window_s: float = 30.0,
     min_pause_s: float = 0.3,
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, list[Window]]:
     """Each unit's windows, by unit id (one task run per group of files)."""
     return {unit_id: chunk_file(unit, max_window_s, min_pause_s, vad) for unit_id, unit in units.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +27,7 @@ from steadyscribe.isolation import ChildCrashed, ChildHung, ChildProcess
 from steadyscribe.memory import note_engine_process_peak
 from steadyscribe.progress import reporter
 from steadyscribe.records import DecodedAudio, Plan, Window
+from steadyscribe.vad import VadThresholds
 
 # An engine child that sends nothing (no finished window) and reads and writes nothing for this
 # long hangs: far longer than one batch of the largest model takes on a CPU.
@@ -122,7 +123,7 @@ def infer_task(
     progress_description: str = "Windows transcribed (percent)",
     check_cancelled: Callable[[], None] | None = None,
     packing: Packing | None = None,
-    vad: Mapping[str, Any] | None = None,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, InferenceResult]:
     """Transcribe a group's windows in this process's engine child (the engine is loaded there on first use).
 

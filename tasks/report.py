@@ -11,7 +11,7 @@ from prefect.states import Failed, State
 
 from steadyscribe.memory import run_peak_rss_bytes
 from steadyscribe.printable import printable
-from steadyscribe.records import FileOutcome, PassedOver
+from steadyscribe.records import FileOutcome, PassedOver, StabilizationCounts
 
 # Failed files that get a failed task run of their own, per run: enough for an operator to see
 # each one by name in the UI; a run where everything fails must not add thousands of task runs
@@ -36,7 +36,7 @@ class RunSummary:
     peak_rss_bytes: int = 0
     failures: list[FileOutcome] = field(default_factory=list)
     warned: list[FileOutcome] = field(default_factory=list)  # ok (or skipped) files whose row carries warnings
-    stabilization: dict[str, int] = field(default_factory=dict)
+    stabilization: StabilizationCounts = field(default_factory=StabilizationCounts)
     inputs: list[str] = field(default_factory=list)  # as given, credentials redacted
     profile: str | None = None
     slowest: list[FileOutcome] = field(default_factory=list)  # by decoding plus inference time
@@ -75,21 +75,13 @@ def summarize(
         peak_rss_bytes=run_peak_rss_bytes(),
         failures=by_status["failed"],
         warned=[o for o in by_status["ok"] + by_status["skipped"] if o.warnings],
-        stabilization=_add_counts(o.stabilization for o in by_status["ok"]),
+        stabilization=sum((o.stabilization for o in by_status["ok"]), StabilizationCounts()),
         inputs=list(inputs or []),
         profile=profile,
         slowest=sorted(by_status["ok"], key=lambda o: o.processing_s, reverse=True)[:SLOWEST_FILES],
         files_duplicate=len(by_status["duplicate"]),
         passed_over=list(passed_over or []),
     )
-
-
-def _add_counts(counts) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for item in counts:
-        for key, value in item.items():
-            total[key] = total.get(key, 0) + value
-    return total
 
 
 def run_markdown(run_id: str, inputs: list[str], output: str, profile: str, files: int, done: int) -> str:
@@ -216,7 +208,7 @@ def summary_markdown(summary: RunSummary) -> str:
         ("engine / model", f"{summary.plan.get('engine')} / {summary.plan.get('model')}"),
         ("batch size / quantization", f"{summary.plan.get('batch_size')} / {summary.plan.get('quantization')}"),
     ]
-    rows += [(f"stabilization: {k}", str(v)) for k, v in summary.stabilization.items()]
+    rows += [(f"stabilization: {k}", str(v)) for k, v in asdict(summary.stabilization).items() if v is not None]
     text = "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     if summary.failures:
         text += "\n\n### Failures\n\n| file | error |\n|---|---|\n"

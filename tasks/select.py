@@ -117,11 +117,8 @@ def _plan_for(
         dtype, dtype_note = _dtype(profile.dtype, engine, target.device)
         for model in profile.model:
             language = profile.decoding.language or ("en" if is_english_only(model) else None)
-            if language not in (None, "en") and is_english_only(model):
-                _note(notes, f"{model} is English-only, language is {language}")
-                continue
-            if profile.decoding.task == "translate" and is_english_only(model):
-                _note(notes, f"{model} is English-only and cannot translate")
+            if is_english_only(model) and (need := profile.decoding.multilingual_need()):
+                _note(notes, f"{need} needs a multilingual model; {model} is English-only")
                 continue
             if model_unavailable and (missing := model_unavailable(model, engine)):
                 _note(notes, f"{model} for {engine} unavailable: {missing}")

@@ -29,16 +29,17 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prefect import task
 
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.pcm import load_pcm
-from steadyscribe.records import DecodedAudio, Segment, Transcript, Window, Word
+from steadyscribe.profiles import Stabilization
+from steadyscribe.records import DecodedAudio, Segment, StabilizationCounts, Transcript, Window, Word
 from steadyscribe.speech import true_runs
 from steadyscribe.tasks.chunk import skipped_seconds
+from steadyscribe.text import ends_sentence
 from steadyscribe.vad import (
     FRAME_S,
     VadThresholds,
@@ -81,9 +82,6 @@ class StabilizeOptions:
     max_word_median_s: float = 0.35
 
 
-SENTENCE_ENDS = (".", "!", "?", "。", "！", "？")
-
-
 def stabilize(
     transcript: Transcript,
     samples: np.ndarray,
@@ -106,7 +104,7 @@ def stabilize(
     probs = speech_probabilities(samples) if probabilities is None else probabilities
     duration = len(samples) / SAMPLE_RATE
     spans = [(w.start, min(w.end, duration)) for w in windows] if windows else [(0.0, duration)]
-    counts = {"words_moved": 0, "words_dropped": 0, "segments_dropped": 0, "segments_split": 0}
+    counts = replace(transcript.stabilization, words_moved=0, words_dropped=0, segments_dropped=0, segments_split=0)
     warnings = list(transcript.warnings)
 
     original = {id(w): (w.start, w.end) for s in segments for w in s.words}
@@ -125,11 +123,11 @@ def stabilize(
         by_window.setdefault(index, []).append(word)
     for index, inside in by_window.items():
         _place_in_window(inside, *spans[index], pauses, options)
-    counts["words_moved"] = sum(
+    counts.words_moved = sum(
         bool(abs(w.start - original[id(w)][0]) > 1e-6 or abs(w.end - original[id(w)][1]) > 1e-6) for w in words
     )
     segments = _split_at_pauses(segments, options, counts)
-    return replace(transcript, segments=segments, stabilization={**transcript.stabilization, **counts}, warnings=warnings)
+    return replace(transcript, segments=segments, stabilization=counts, warnings=warnings)
 
 
 def _pauses(probs: np.ndarray, thresholds: VadThresholds, min_pause_s: float) -> list[tuple[float, float]]:
@@ -143,7 +141,7 @@ def _drop_hallucinations(
     probs: np.ndarray,
     thresholds: VadThresholds,
     options: StabilizeOptions,
-    counts: dict[str, int],
+    counts: StabilizationCounts,
 ) -> tuple[list[Segment], str | None]:
     """Remove the words that both the VAD and the model disown (see StabilizeOptions).
 
@@ -161,17 +159,17 @@ def _drop_hallucinations(
             f"(VAD found no speech under them and the model was unsure): more than "
             f"{options.max_drop_share:.0%} of the file, so the speech detector is more likely wrong than the model"
         )
-    counts["words_dropped"] += dropped
+    counts.words_dropped += dropped
     kept_segments = []
     for segment, kept in zip(segments, keep):
         if kept:
             kept_segments.append(segment if len(kept) == len(segment.words) else replace(segment, words=kept, text=_text_of(kept)))
         elif segment.words:
-            counts["segments_dropped"] += 1
+            counts.segments_dropped += 1
     return kept_segments, None
 
 
-def _drop_unheard(segments: list[Segment], options: StabilizeOptions, counts: dict[str, int]) -> list[Segment]:
+def _drop_unheard(segments: list[Segment], options: StabilizeOptions, counts: StabilizationCounts) -> list[Segment]:
     """Remove the segments for most of whose words the alignment found no audio (it stacks them on
     one instant): a decoding that went on past the speech, typically repeating its prompt's last
     sentence at a window's end (base, beam 5, a 3.7 s last window of real speech)."""
@@ -179,8 +177,8 @@ def _drop_unheard(segments: list[Segment], options: StabilizeOptions, counts: di
     for segment in segments:
         stacked = sum(_collapsed(w, options) for w in segment.words)
         if len(segment.words) >= options.min_unheard_words and stacked >= options.unheard_share * len(segment.words):
-            counts["words_dropped"] += len(segment.words)
-            counts["segments_dropped"] += 1
+            counts.words_dropped += len(segment.words)
+            counts.segments_dropped += 1
         else:
             kept.append(segment)
     return kept
@@ -243,9 +241,9 @@ def _truncate_at_sentence_ends(words: list[Word], longest: float) -> None:
     for previous, word in zip([None, *words], words):
         if word.end - word.start <= longest:
             continue
-        if word.word.rstrip().endswith(SENTENCE_ENDS):
+        if ends_sentence(word.word):
             word.end = word.start + longest
-        elif previous is not None and previous.word.rstrip().endswith(SENTENCE_ENDS):
+        elif previous is not None and ends_sentence(previous.word):
             word.start = word.end - longest
 
 
@@ -313,7 +311,7 @@ def _order_in_window(words: list[Word], window_start: float, window_end: float, 
         next_start = word.start
 
 
-def _split_at_pauses(segments: list[Segment], options: StabilizeOptions, counts: dict[str, int]) -> list[Segment]:
+def _split_at_pauses(segments: list[Segment], options: StabilizeOptions, counts: StabilizationCounts) -> list[Segment]:
     """Re-split segments at long pauses; each segment's times become its words' span."""
     result = []
     for segment in segments:
@@ -324,7 +322,7 @@ def _split_at_pauses(segments: list[Segment], options: StabilizeOptions, counts:
             if word.start - previous.end >= options.split_pause_s:
                 parts.append([])
             parts[-1].append(word)
-        counts["segments_split"] += len(parts) - 1
+        counts.segments_split += len(parts) - 1
         for words in parts:
             text = segment.text if len(parts) == 1 else _text_of(words)
             result.append(replace(segment, start=words[0].start, end=words[-1].end, text=text, words=words))
@@ -335,17 +333,17 @@ def _text_of(words: list[Word]) -> str:
     return " ".join(w.word for w in words)
 
 
-def options_from_profile(settings: Mapping[str, Any]) -> StabilizeOptions:
-    """The profile's `stabilization` section over the tuned defaults (unset keys keep them)."""
-    return replace(StabilizeOptions(), **{k: v for k, v in settings.items() if v is not None})
+def options_from_profile(settings: Stabilization) -> StabilizeOptions:
+    """The profile's `stabilization` block over the tuned defaults (unset keys keep them)."""
+    return replace(StabilizeOptions(), **{k: v for k, v in settings.model_dump().items() if v is not None})
 
 
 def stabilize_file(
     transcript_path: str,
     decoded: DecodedAudio,
     windows: list[Window],
-    settings: Mapping[str, Any],
-    vad: Mapping[str, Any] | None = None,
+    settings: Stabilization,
+    vad: VadThresholds = VadThresholds(),
 ) -> str:
     """Stabilize one file's transcript; returns the path of the stabilized transcript.
 
@@ -362,10 +360,10 @@ def stabilize_file(
             options,
             windows,
             probabilities=file_probabilities(decoded.pcm_path, samples),
-            thresholds=VadThresholds(**dict(vad or {})),
+            thresholds=vad,
         )
     skipped_ms = round(1000 * skipped_seconds(decoded.duration_s, windows))
-    transcript = replace(transcript, stabilization={**transcript.stabilization, "skipped_ms": skipped_ms})
+    transcript = replace(transcript, stabilization=replace(transcript.stabilization, skipped_ms=skipped_ms))
     return transcript.save(Path(transcript_path).with_suffix(".stable.json"))
 
 
@@ -374,8 +372,8 @@ def stabilize_task(
     transcript_paths: Mapping[str, str],
     units: Mapping[str, DecodedAudio],
     windows: Mapping[str, list[Window]],
-    settings: Mapping[str, Any],
-    vad: Mapping[str, Any] | None = None,
+    settings: Stabilization,
+    vad: VadThresholds = VadThresholds(),
 ) -> dict[str, str]:
     """stabilize_file for each unit of a group (one task run per group); paths of the stabilized transcripts, by unit id."""
     return {

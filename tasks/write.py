@@ -25,11 +25,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
+from pydantic import BaseModel
 
 from prefect import task
 
 from steadyscribe.profiles import Output as OutputOptions
-from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, Transcript
+from steadyscribe.records import DecodedAudio, FileOutcome, Plan, Status, StabilizationCounts, Transcript
 from steadyscribe.schema import PARTITION_COLUMN, SCHEMAS, TableName, open_table, table_files
 from steadyscribe.storage import (
     TEMP_DIR,
@@ -69,8 +70,15 @@ def settings_key(plan: Plan, extra: Mapping[str, Any] | None = None) -> str:
     word-timestamp options).
     """
     settings = {name: getattr(plan, name) for name in OUTPUT_AFFECTING_PLAN_FIELDS} | dict(extra or {})
-    canonical = json.dumps(settings, sort_keys=True, default=lambda v: asdict(v) if is_dataclass(v) else str(v))
+    canonical = json.dumps(settings, sort_keys=True, default=_plain)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """A record as JSON-able data: a dataclass as its fields, a pydantic model (the option blocks) as its dump."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return asdict(value) if is_dataclass(value) else str(value)
 
 
 @dataclass(frozen=True)
@@ -165,8 +173,8 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
         "language": transcript.language if transcript else None,
         "segments_n": len(transcript.segments) if transcript else None,
         "words_n": len(transcript.words) if transcript else None,
-        "words_dropped": transcript.stabilization.get("words_dropped", 0) if transcript else None,
-        "skipped_s": transcript.stabilization.get("skipped_ms", 0) / 1000 if transcript else None,
+        "words_dropped": transcript.stabilization.words_dropped if transcript else None,
+        "skipped_s": transcript.stabilization.skipped_ms / 1000 if transcript else None,
         "decode_s": result.decode_s,
         "infer_s": result.infer_s,
         "started_at": _utc(result.started_at),
@@ -182,15 +190,15 @@ def file_row(run: RunInfo, result: FileResult) -> dict[str, Any]:
 
 def _speech_without_text_s(transcript: Transcript | None) -> float | None:
     """Seconds of VAD speech left without words (engines/speech_gaps.py); None where not measured (align mode)."""
-    if transcript is None or "speech_without_text_ms" not in transcript.stabilization:
+    if transcript is None or transcript.stabilization.speech_without_text_ms is None:
         return None
-    return transcript.stabilization["speech_without_text_ms"] / 1000
+    return transcript.stabilization.speech_without_text_ms / 1000
 
 
 def _aligned_share(transcript: Transcript) -> float:
     """Confidently aligned words over the text's words (tasks/align.py counts both)."""
     counts = transcript.stabilization
-    return counts.get("words_aligned", 0) / counts["text_words"] if counts.get("text_words") else 0.0
+    return (counts.words_aligned or 0) / counts.text_words if counts.text_words else 0.0
 
 
 def _transcribed(results: Iterable[FileResult]) -> Iterable[tuple[FileResult, Transcript]]:
@@ -514,7 +522,7 @@ def write_task(
     )
     return [
         FileOutcome(
-            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else {}, r.warnings,
+            r.source, r.status, r.duration_s or 0.0, r.error, r.transcript.stabilization if r.transcript else StabilizationCounts(), r.warnings,
             processing_s=(r.decode_s or 0.0) + (r.infer_s or 0.0),
         )
         for r in results

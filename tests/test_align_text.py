@@ -86,7 +86,7 @@ def test_judge_keeps_confident_words_and_reports_the_rest():
     judged, error = judge_alignment(_transcript(words), 13, probabilities)
     assert error is None
     assert [w.word for w in judged.words] == [f"w{i}" for i in range(10)] + ["sure"]
-    assert judged.stabilization["words_aligned"] == 11 and judged.stabilization["text_words"] == 13
+    assert judged.stabilization.words_aligned == 11 and judged.stabilization.text_words == 13
     assert "2 of 13 words of the text were not aligned" in judged.warnings[0] and "'unsure'" in judged.warnings[0]
     assert "1 aligned words lie where the VAD hears no speech" in judged.warnings[1] and "'sure'" in judged.warnings[1]
 
@@ -96,7 +96,7 @@ def test_judge_fails_a_text_that_does_not_match():
     # The first five words are heard; from there on the text says something else.
     words = [Word(f"w{i}", i * 0.5, i * 0.5 + 0.4, 0.9 if i < 5 else 0.02) for i in range(16)]
     judged, error = judge_alignment(_transcript(words), 16, probabilities)
-    assert judged.stabilization["words_aligned"] == 5
+    assert judged.stabilization.words_aligned == 5
     assert error is not None and "does not match" in error and "5 of its 16 words (31%)" in error
 
 

@@ -20,7 +20,7 @@ from conftest import FIXTURES
 from steadyscribe.app.job import add_run_arguments
 from steadyscribe.flows.transcribe import output_settings
 from steadyscribe.profiles import ProfileError, apply_overrides, load_profile, validate_profile_data
-from steadyscribe.records import DecodedAudio, InputFile, Plan, Segment, Transcript, Word
+from steadyscribe.records import DecodedAudio, InputFile, Plan, Segment, StabilizationCounts, Transcript, Word
 from steadyscribe.schema import SCHEMAS
 from steadyscribe.tasks.channels import (
     ChannelSplit,
@@ -154,16 +154,16 @@ def segment(start: float, words: str) -> Segment:
 def test_join_orders_segments_of_all_channels_by_time_and_tags_them():
     split = ChannelSplit("f", 20.0, ["agent", "customer", "ch2"], {}, silent=[2])
     agent = Transcript("f:ch0", "en", [segment(0.0, "hello how can I help"), segment(6.0, "sure")], batch_size=4,
-                       stabilization={"words_dropped": 1, "skipped_ms": 2000}, warnings=["kept 3 words"])
+                       stabilization=StabilizationCounts(words_dropped=1, skipped_ms=2000), warnings=["kept 3 words"])
     customer = Transcript("f:ch1", "en", [segment(2.0, "hi I have a question")], batch_size=4,
-                          stabilization={"words_dropped": 0, "skipped_ms": 5000})
+                          stabilization=StabilizationCounts(words_dropped=0, skipped_ms=5000))
     joined = join_channels(split, {0: agent, 1: customer})
     assert joined.file_id == "f" and joined.language == "en" and joined.batch_size == 4
     assert [(s.start, s.channel, s.speaker) for s in joined.segments] == [
         (0.0, 0, "agent"), (2.0, 1, "customer"), (6.0, 0, "agent")
     ]
     # The silent third channel's 20 s count as skipped, on top of what the two skipped.
-    assert joined.stabilization == {"words_dropped": 1, "skipped_ms": 27000}
+    assert joined.stabilization == StabilizationCounts(words_dropped=1, skipped_ms=27000)
     assert joined.warnings == ["channel 0 (agent): kept 3 words"]
 
 
@@ -171,7 +171,7 @@ def test_join_of_no_transcribed_channel_is_an_empty_transcript():
     split = ChannelSplit("f", 5.0, ["ch0", "ch1"], {}, silent=[0, 1], warnings=["both silent"])
     joined = join_channels(split, {})
     assert joined.segments == [] and joined.language is None
-    assert joined.stabilization == {"skipped_ms": 10000} and joined.warnings == ["both silent"]
+    assert joined.stabilization == StabilizationCounts(skipped_ms=10000) and joined.warnings == ["both silent"]
 
 
 # ---- tables ------------------------------------------------------------------------------------

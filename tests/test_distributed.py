@@ -8,6 +8,7 @@ session's Prefect server; the workers report to the same server.
 from __future__ import annotations
 
 import threading
+import wave
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -16,6 +17,7 @@ import yaml
 
 from conftest import FIXTURES
 from dask_cluster import DaskCluster
+from steadyscribe import SAMPLE_RATE
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +45,29 @@ def one_file_groups(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("profiles") / "one-file-groups.yaml"
     path.write_text(yaml.safe_dump({"extends": "cpu-small", "runner": {"files_per_group": 1}}))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def forty_short_files(tmp_path_factory) -> list[str]:
+    """Forty distinct files of real speech: consecutive 2.5 s slices of the real recordings."""
+    import av
+
+    folder = tmp_path_factory.mktemp("forty")
+    slice_length = round(2.5 * SAMPLE_RATE)
+    paths = []
+    for flac in sorted((FIXTURES / "real").glob("*.flac")):
+        with av.open(str(flac)) as container:
+            samples = b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in container.decode(audio=0))
+        for start in range(0, len(samples) // 2 - slice_length + 1, slice_length):
+            path = folder / f"{flac.stem}_{start // slice_length:02d}.wav"
+            with wave.open(str(path), "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(SAMPLE_RATE)
+                out.writeframes(samples[2 * start : 2 * (start + slice_length)])
+            paths.append(str(path))
+    assert len(paths) >= 40
+    return paths[:40]
 
 
 @pytest.fixture
@@ -141,3 +166,30 @@ def test_a_worker_killed_mid_group_loses_only_that_group(cluster, one_file_group
     for run_id in runs:  # and each run wrote one row per file
         assert sorted(r["source"] for r in rows if r["run_id"] == run_id) == sorted(FILES)
     assert survivor.name in {r["worker"] for r in rows if r["status"] == "ok"}
+
+
+def test_forty_files_on_two_workers_keep_both_busy(cluster, forty_short_files, tmp_path):
+    """cpu-fast's group size (4 batches of files: 64 at batch 16) alone would put all 40 files in one group."""
+    from steadyscribe.flows.transcribe import transcribe
+
+    # Greedy only: a window that falls back to sampling gets words that depend on what the
+    # process sampled before (CTranslate2 seeds each thread's generator once, at its first use).
+    greedy = tmp_path / "cpu-fast-greedy.yaml"
+    greedy.write_text(yaml.safe_dump({"extends": "cpu-fast", "decoding": {"temperatures": [0.0]}}))
+    output = tmp_path / "dask-out"
+    summary = transcribe(inputs=forty_short_files, output=str(output), profile=str(greedy), scheduler=cluster.address)
+    assert summary.files_ok == 40
+    rows = files_rows(output)
+    assert sorted(r["source"] for r in rows) == sorted(forty_short_files)  # every file exactly once
+    assert {r["worker"] for r in rows} == {w.name for w in cluster.workers}  # both workers transcribed
+    assert len(group_commits(output)) == 4  # two groups of 10 per worker
+    # Smaller groups, the same words: the thread runner transcribes the 40 files as one group.
+    threads_output = tmp_path / "threads-out"
+    transcribe(inputs=forty_short_files, output=str(threads_output), profile=str(greedy))
+    assert len(group_commits(threads_output)) == 1
+    assert words_by_source(output) == words_by_source(threads_output)
+
+
+def group_commits(output: Path) -> list[Path]:
+    """The `files` table's Parquet files: one per committed group."""
+    return sorted((output / "files").rglob("*.parquet"))

@@ -12,6 +12,7 @@ import yaml
 
 from steadyscribe.errors import PlanError
 from steadyscribe.flows.runners import task_runner_for
+from steadyscribe.flows.transcribe import files_per_group
 from steadyscribe.profiles import ProfileError, load_profile
 from steadyscribe.records import Plan
 from steadyscribe import inference
@@ -89,6 +90,19 @@ def test_the_runner_follows_the_profile_or_the_scheduler_parameter(tmp_path, mon
     gpu_runner = task_runner_for(load_profile(str(gpu_local)))
     workers = gpu_runner.cluster_kwargs["workers"]
     assert [w["options"]["env"]["CUDA_VISIBLE_DEVICES"] for w in workers.values()] == ["2", "5"]
+
+
+def test_groups_are_sized_so_that_every_worker_gets_two(tmp_path):
+    plan = Plan(engine="ctranslate2", model="tiny.en", batch_size=16)
+    fast = load_profile("cpu-fast")
+    assert files_per_group(plan, fast, files=40, workers=1) == 64  # one engine: batches as full as they get
+    assert files_per_group(plan, fast, files=40, workers=2) == 10  # four groups, two per worker
+    assert files_per_group(plan, fast, files=41, workers=2) == 11  # 11, 11, 11, 8
+    assert files_per_group(plan, fast, files=3, workers=2) == 1  # as far as the files go
+    assert files_per_group(plan, fast, files=10_000, workers=2) == 64  # the size is an upper limit
+    capped = tmp_path / "capped.yaml"
+    capped.write_text(yaml.safe_dump({"extends": "cpu-fast", "runner": {"files_per_group": 8}}))
+    assert files_per_group(plan, load_profile(str(capped)), files=40, workers=2) == 8  # and so is the profile's
 
 
 def test_a_retried_group_replaces_its_own_commit(tmp_path):

@@ -9,12 +9,14 @@ import pytest
 
 from steadyscribe.profiles import (
     SHIPPED_DIR,
+    OVERRIDE_KEYS,
     MemoryBudget,
     ProfileError,
     apply_overrides,
     list_profiles,
     load_profile,
     parse_memory_budget,
+    run_overrides,
 )
 from steadyscribe.app.profiles_cli import register
 
@@ -215,6 +217,20 @@ def test_decoding_overrides_land_in_the_decoding_block():
         apply_overrides(profile, {"beam_size": 0})
     with pytest.raises(ProfileError, match="needs a multilingual model"):
         apply_overrides(load_profile("cpu-small"), {"language": "de"})  # tiny.en
+
+
+def test_every_override_is_a_command_line_option_and_a_flow_parameter():
+    """The CLI and the flow take their overrides by OVERRIDE_KEYS' names (profiles.run_overrides)."""
+    import inspect
+
+    from steadyscribe.app.job import add_run_arguments
+    from steadyscribe.flows.transcribe import transcribe
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args(["in.wav", "-o", "out", "--beam-size", "3", "--channels", "split"])
+    assert run_overrides(vars(args)) == {**dict.fromkeys(OVERRIDE_KEYS), "beam_size": 3, "channels": "split"}
+    assert set(OVERRIDE_KEYS) <= set(inspect.signature(transcribe.fn).parameters)
 
 
 # ---------------------------------------------------------------- decoding block

@@ -95,7 +95,7 @@ def test_no_file_is_emptied_or_loses_more_than_a_tenth_of_its_words(engine_run):
         if ref and raw.words:
             assert stable.words, name
             assert len(stable.words) >= 0.9 * len(raw.words), name
-            assert stable.stabilization["words_dropped"] == len(raw.words) - len(stable.words)
+            assert stable.stabilization.words_dropped == len(raw.words) - len(stable.words)
 
 
 def _within(runs: list[tuple[dict, Transcript]]) -> float:

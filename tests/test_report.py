@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steadyscribe.records import FileOutcome
+from steadyscribe.records import FileOutcome, StabilizationCounts
 from steadyscribe.tasks.report import summarize, summary_markdown, summary_text
 
 PLAN = {"engine": "whisper", "model": "tiny.en", "batch_size": 1, "quantization": "none"}
@@ -12,8 +12,8 @@ PLAN = {"engine": "whisper", "model": "tiny.en", "batch_size": 1, "quantization"
 
 def test_summary_counts_files_and_audio_of_ok_files_only():
     outcomes = [
-        FileOutcome("a.wav", "ok", 60.0, stabilization={"words_moved": 3, "words_dropped": 1}),
-        FileOutcome("b.wav", "ok", 30.0, stabilization={"words_moved": 2}),
+        FileOutcome("a.wav", "ok", 60.0, stabilization=StabilizationCounts(words_moved=3, words_dropped=1)),
+        FileOutcome("b.wav", "ok", 30.0, stabilization=StabilizationCounts(words_moved=2)),
         FileOutcome("c.wav", "skipped", 45.0),
         FileOutcome("d.wav", "failed", 0.0, "d.wav: the file is empty (0 bytes)"),
     ]
@@ -21,7 +21,7 @@ def test_summary_counts_files_and_audio_of_ok_files_only():
     assert (summary.files_ok, summary.files_skipped, summary.files_failed) == (2, 1, 1)
     assert summary.audio_s == 90.0
     assert summary.real_time_factor == 0.5
-    assert summary.stabilization == {"words_moved": 5, "words_dropped": 1}
+    assert summary.stabilization == StabilizationCounts(words_moved=5, words_dropped=1)
     assert summary.peak_rss_bytes > 0
     text = summary_text(summary)
     assert "FAILED d.wav: the file is empty (0 bytes)" in text

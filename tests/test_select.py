@@ -262,7 +262,7 @@ def test_translate_skips_english_only_models(tmp_path):
     path.write_text("engine: [whisper]\nmodel: [tiny.en, base]\ndecoding: {task: translate}\n")
     plan = select_plan(load_profile(str(path)), machine(), ALL_ENGINES)
     assert (plan.model, plan.decoding.task) == ("base", "translate")
-    assert "tiny.en is English-only and cannot translate" in plan.reason
+    assert "task translate needs a multilingual model; tiny.en is English-only" in plan.reason
 
 
 def test_all_the_run_process_holds_comes_on_top_of_the_engine_process():

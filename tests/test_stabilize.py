@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from steadyscribe.records import Segment, Transcript, Window, Word
+from steadyscribe.records import Segment, StabilizationCounts, Transcript, Window, Word
 from steadyscribe.tasks.stabilize import StabilizeOptions, stabilize
 
 SR = 16000
@@ -133,7 +133,7 @@ def test_a_hallucination_is_dropped_when_the_vad_and_the_model_agree():
     raw.segments.append(_transcript([("Thank", 10.0, 10.3), ("you.", 10.3, 10.8)], no_speech_prob=0.7).segments[0])
     result = _run(raw, SPEECH_SPANS, 12.0)
     assert [w.word for w in result.words] == [w for w, _, _ in SPEECH_WORDS]
-    assert result.stabilization["words_dropped"] == 2 and result.stabilization["segments_dropped"] == 1
+    assert result.stabilization.words_dropped == 2 and result.stabilization.segments_dropped == 1
     assert result.warnings == []
 
 
@@ -152,7 +152,7 @@ def test_one_signal_alone_never_drops_a_word(no_speech_prob, probability, vad_ou
     raw.segments.append(extra)
     probs = _vad(SPEECH_SPANS, 12.0, outside=vad_outside)
     result = _run(raw, SPEECH_SPANS, 12.0, probabilities=probs)
-    assert len(result.words) == 22 and result.stabilization["words_dropped"] == 0
+    assert len(result.words) == 22 and result.stabilization.words_dropped == 0
 
 
 def test_unsure_words_over_speech_are_never_dropped():
@@ -167,7 +167,7 @@ def test_the_filter_is_overruled_when_it_would_empty_much_of_a_file():
     raw = _transcript([("one", 1.0, 1.4), ("two", 1.5, 2.0), ("three", 2.1, 2.4)], no_speech_prob=0.7)
     result = _run(raw, [], 4.0)
     assert [w.word for w in result.words] == ["one", "two", "three"]
-    assert result.stabilization["words_dropped"] == 0
+    assert result.stabilization.words_dropped == 0
     assert len(result.warnings) == 1 and "kept 3 of 3 words" in result.warnings[0]
 
 
@@ -180,7 +180,7 @@ def test_a_segment_whose_words_the_alignment_stacked_on_one_instant_is_dropped()
     raw = _transcript(said, repeated)
     result = _run(raw, [(0.4, 3.7)], 3.7)
     assert [w.word for w in result.words] == ["The", "girl", "sold", "bonds."]
-    assert result.stabilization["words_dropped"] == 8 and result.stabilization["segments_dropped"] == 1
+    assert result.stabilization.words_dropped == 8 and result.stabilization.segments_dropped == 1
     # Two stacked words of a real segment are DTW squeezing fast speech, not text without audio.
     squeezed = [("but", 0.5, 0.8), ("you", 0.8, 0.8), ("see", 0.8, 0.8), ("it", 0.8, 1.1), ("works", 1.1, 1.6)]
     assert len(_run(_transcript(squeezed), [(0.4, 1.7)], 2.0).words) == 5
@@ -201,7 +201,7 @@ def test_segments_split_at_long_pauses():
     raw = _transcript([("a", 1.0, 1.4), ("b", 1.5, 2.0), ("c", 3.9, 4.4), ("d", 4.5, 4.9)])
     result = _run(raw, [(1.0, 1.9), (4.0, 4.9)], 6.0, StabilizeOptions(split_pause_s=1.0))
     assert [s.text for s in result.segments] == ["a b", "c d"]
-    assert result.stabilization["segments_split"] == 1
+    assert result.stabilization.segments_split == 1
     for segment in result.segments:
         assert (segment.start, segment.end) == (segment.words[0].start, segment.words[-1].end)
 
@@ -212,7 +212,7 @@ def test_input_is_not_modified_and_disabled_changes_nothing():
     _run(raw, SPANS, 4.0)
     assert _times(raw) == before
     untouched = _run(raw, SPANS, 4.0, StabilizeOptions(enabled=False))
-    assert _times(untouched) == before and untouched.stabilization == {}
+    assert _times(untouched) == before and untouched.stabilization == StabilizationCounts()
 
 
 # --- The acceptance targets, through the project's real decode, chunk and engine path -------------

@@ -22,7 +22,7 @@ import pytest
 
 import steadyscribe.tasks.write
 from steadyscribe import storage
-from steadyscribe.records import DecodedAudio, DecodingOptions, Plan, Segment, Transcript, Word
+from steadyscribe.records import DecodedAudio, DecodingOptions, Plan, Segment, StabilizationCounts, Transcript, Word
 from steadyscribe.schema import SCHEMA_VERSION, SCHEMAS
 from steadyscribe.storage import filesystem_for
 from steadyscribe.tasks.discover import content_sha256, discover_inputs
@@ -62,7 +62,7 @@ def transcript(file_id: str, texts: list[str]) -> Transcript:
         segments.append(Segment(start=words[0].start, end=words[-1].end, text=" " + text, words=words,
                                 avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1))
     return Transcript(file_id=file_id, language="en", segments=segments, batch_size=4,
-                      stabilization={"words_dropped": len(texts), "skipped_ms": 1500})
+                      stabilization=StabilizationCounts(words_dropped=len(texts), skipped_ms=1500))
 
 
 def ok_result(source: str, content: bytes, texts: list[str]) -> FileResult:

@@ -27,7 +27,7 @@ import numpy as np
 
 from steadyscribe.engines.base import WindowAudio, WindowResult, same_redecode
 from steadyscribe.engines.decoding import (
-    Decoding,
+    Hypothesis,
     decode_with_fallback,
     prompt_tokens,
     redecode_temperatures,
@@ -115,11 +115,10 @@ class CTranslate2Engine:
         """Load the plan's model (provisioned as a CT2 checkpoint unless model_dir is given).
 
         Windows decode with timestamp tokens, as `transcribe` does: without them Whisper drops
-        repeated words and disfluencies of real speech (tiny.en greedy, the 11 real recordings:
-        8.4% WER against 7.2% with them; docs/benchmark.md). But Whisper ends a window whose last
-        sentence runs close to its end with an empty segment ("continues in the next window",
-        which fixed windows never decode; on the benchmark's ten-minute file that lost 7 of 22
-        windows' last sentences). So, as `transcribe` seeks, the rest of such a window, from where
+        repeated words and disfluencies of real speech (docs/benchmark.md, "Timestamp tokens").
+        But Whisper ends a window whose last sentence runs close to its end with an empty segment
+        ("continues in the next window", which fixed windows never decode, so the sentence would
+        be lost). So, as `transcribe` seeks, the rest of such a window, from where
         its text ended, is decoded as a window of its own in the next batch (_rest), and its words
         complete the window's result.
         Segments are the sentences of a window's words; with_timestamps=True keeps the model's
@@ -146,8 +145,8 @@ class CTranslate2Engine:
             intra_threads=plan.threads,
             inter_threads=1,
         )
-        if not self.model.is_multilingual and (plan.language not in (None, "en") or self.options.task != "transcribe"):
-            raise ValueError(f"{plan.model} is English-only: it can only transcribe English")
+        if not self.model.is_multilingual and (need := self.options.multilingual_need()):
+            raise ValueError(f"{need} needs a multilingual model; {plan.model} is English-only")
         self.file_languages: dict[str, str] = {}  # file id -> the language of its first window
         # The prompt's text tokens (initial prompt, hotwords) are the same for every language.
         self.prompt = prompt_tokens(self._tokenizer("en").encode, self.options)
@@ -281,14 +280,14 @@ class CTranslate2Engine:
         windows: list[Window],
         temperatures: tuple[float, ...],
         prompted: bool = True,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         """Decode every window with timestamp tokens, as faster-whisper and openai-whisper do.
         Suspicious decodings are retried at the next of `temperatures`, as openai-whisper does.
         `prompted`: whether the profile's prompt (initial prompt, hotwords) goes first."""
         previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt and prompted else []
         prompts = [previous + list(tokenizer.sot_sequence) for tokenizer in tokenizers]
 
-        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+        def generate(rows: list[int], temperature: float) -> list[Hypothesis]:
             if temperature > 0:  # decode_with_fallback samples one window at a time
                 ctranslate2.set_random_seed(window_seed(windows[rows[0]]))
             features = encoded.of(rows)
@@ -305,7 +304,7 @@ class CTranslate2Engine:
         prompts: list[list[int]],
         tokenizers: list[WhisperTokenizer],
         temperature: float,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         options = self.options
         if temperature == 0:
             sampling = {"beam_size": options.beam_size, "patience": options.patience or 1.0}
@@ -331,7 +330,7 @@ class CTranslate2Engine:
             # generated tokens plus the end-of-text token.
             avg_logprob = result.scores[best] * len(tokens) / (len(tokens) + 1)
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
-            decodings.append(Decoding(tokens, text, avg_logprob, result.no_speech_prob, compression_ratio(text)))
+            decodings.append(Hypothesis(tokens, text, avg_logprob, result.no_speech_prob, compression_ratio(text)))
         return decodings
 
     def _align(
@@ -344,10 +343,10 @@ class CTranslate2Engine:
     ) -> list[ctranslate2.models.WhisperAlignmentResult]:
         """Align every window's text tokens to its audio: on a GPU one call per start sequence
         (language), on the CPU one call per window (its attention maps of every head then never
-        pile up with the batch: a batch of 8 peaked ~130 MiB lower, in less CPU time).
+        pile up with the batch; docs/memory-calibration.md, "How it was measured").
 
         `no_timestamps` ends the start sequence with <|notimestamps|>, as openai-whisper's own
-        word timing does (known text: 90.2% of real words within 200 ms with it, 88.1% without).
+        word timing does: it times known text closer (docs/benchmark.md, "Aligning a known text").
         """
         alignments: list = [None] * len(tokenizers)
         groups: dict[tuple[tuple[int, ...], int | None], list[int]] = {}
@@ -370,7 +369,7 @@ class CTranslate2Engine:
         self,
         item: WindowAudio,
         tokenizer: WhisperTokenizer,
-        decoding: Decoding,
+        decoding: Hypothesis,
         alignment: ctranslate2.models.WhisperAlignmentResult,
     ) -> list[Segment]:
         """Split the window's tokens into segments at timestamp tokens and give each its words."""

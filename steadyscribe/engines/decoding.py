@@ -5,7 +5,8 @@ A window is decoded greedily (or by beam) first; a hypothesis that looks like a 
 (repetitive or improbable text that the model does not call silence) is decoded again at the next
 temperature. When no temperature satisfies the thresholds, the least bad attempt is kept.
 Sampling is seeded from the window (file and index) and done one window at a time, so a file's
-text does not depend on which other files share its run or batch.
+text does not depend on which other files share its run or batch; except on CTranslate2, whose
+per-thread generators take a seed only at their first use (docs/engines.md, Decoding).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def window_seed(window: Window) -> int:
 
 
 @dataclass
-class Decoding:
+class Hypothesis:
     """One generated hypothesis for a window: its tokens (timestamps included) and quality scores."""
 
     tokens: list[int]
@@ -126,11 +127,11 @@ class Decoding:
 
 
 def decode_with_fallback(
-    generate: Callable[[list[int], float], list[Decoding]],
+    generate: Callable[[list[int], float], list[Hypothesis]],
     count: int,
     temperatures: Sequence[float] = TEMPERATURES,
-) -> list[Decoding]:
-    """The chosen decoding of each of `count` windows.
+) -> list[Hypothesis]:
+    """The chosen hypothesis of each of `count` windows.
 
     `generate(rows, temperature)` decodes the windows at those row indices (in that order): all of
     them together at temperature 0 (greedy or beam); then, at each next temperature, every window that
@@ -139,21 +140,21 @@ def decode_with_fallback(
     """
     first = temperatures[0]
     together = generate(list(range(count)), first) if first == 0 else [generate([i], first)[0] for i in range(count)]
-    for decoding in together:
-        decoding.temperature = first
-    attempts = [[decoding] for decoding in together]
+    for hypothesis in together:
+        hypothesis.temperature = first
+    attempts = [[hypothesis] for hypothesis in together]
     for temperature in temperatures[1:]:
         retry = [i for i, tried in enumerate(attempts) if tried[-1].needs_fallback]
         if not retry:
             break
         for i in retry:
-            (decoding,) = generate([i], temperature)
-            decoding.temperature = temperature
-            attempts[i].append(decoding)
+            (hypothesis,) = generate([i], temperature)
+            hypothesis.temperature = temperature
+            attempts[i].append(hypothesis)
     return [choose(tried) for tried in attempts]
 
 
-def choose(attempts: list[Decoding]) -> Decoding:
+def choose(attempts: list[Hypothesis]) -> Hypothesis:
     """The last attempt if it passed; else prefer non-repetitive text, then the likeliest."""
     if not attempts[-1].needs_fallback:
         return attempts[-1]

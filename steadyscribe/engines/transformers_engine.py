@@ -34,7 +34,7 @@ from whisper.timing import dtw, median_filter
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from steadyscribe.engines.base import WindowAudio, WindowResult, same_redecode
-from steadyscribe.engines.decoding import Decoding, decode_with_fallback, prompt_tokens, redecode_temperatures, window_seed
+from steadyscribe.engines.decoding import Hypothesis, decode_with_fallback, prompt_tokens, redecode_temperatures, window_seed
 from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from steadyscribe.engines.word_timing import (
     MEDIAN_FILTER_WIDTH,
@@ -158,9 +158,10 @@ class TransformersEngine:
         memory: PeakRssMeter | None = None,
         with_timestamps: bool = False,
     ) -> None:
-        """with_timestamps=True decodes timestamp tokens and keeps Whisper's own segments; by
-        default segments are the sentences of each window's words (as in CTranslate2Engine, whose
-        __init__ says why)."""
+        """with_timestamps=True decodes timestamp tokens and keeps Whisper's own segments. By
+        default windows decode without them, since a fixed window loses the last sentence that
+        Whisper leaves to the next window (docs/benchmark.md, "Timestamp tokens"), and segments
+        are the sentences of each window's words."""
         torch.set_num_threads(max(1, plan.threads))
         self.with_timestamps = with_timestamps
         self.plan = plan
@@ -171,8 +172,8 @@ class TransformersEngine:
         self.device = self.model.device
         self.is_multilingual = self.model.config.vocab_size > _ENGLISH_ONLY_VOCAB
         self.options = plan.decoding
-        if not self.is_multilingual and (plan.language not in (None, "en") or self.options.task != "transcribe"):
-            raise ValueError(f"{plan.model} is English-only: it can only transcribe English")
+        if not self.is_multilingual and (need := self.options.multilingual_need()):
+            raise ValueError(f"{need} needs a multilingual model; {plan.model} is English-only")
         self.alignment_heads = [(int(layer), int(head)) for layer, head in self.model.generation_config.alignment_heads]
         # Start-of-transcript and the special tokens read at it (no-speech, languages).
         self.base_tokenizer = self._tokenizer(plan.language or "en")
@@ -323,10 +324,10 @@ class TransformersEngine:
         temperatures: tuple[float, ...],
         prompt_ids: list[int],
         timestamps: bool,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         """Decode every window; retry suspicious ones at the next temperature, as openai-whisper does."""
 
-        def generate(rows: list[int], temperature: float) -> list[Decoding]:
+        def generate(rows: list[int], temperature: float) -> list[Hypothesis]:
             if temperature > 0:  # decode_with_fallback samples one window at a time
                 torch.manual_seed(window_seed(windows[rows[0]]))
             return self._generate(encoded, rows, tokenizers, no_speech_probs, temperature, prompt_ids, timestamps)
@@ -342,7 +343,7 @@ class TransformersEngine:
         temperature: float,
         prompt_ids: list[int],
         timestamps: bool = False,
-    ) -> list[Decoding]:
+    ) -> list[Hypothesis]:
         logprobs = _ChosenTokenLogprobs()
         language_args = {}
         if self.is_multilingual:
@@ -385,7 +386,7 @@ class TransformersEngine:
             tokenizer = tokenizers[row]
             text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
             decodings.append(
-                Decoding(
+                Hypothesis(
                     tokens=list(tokens),
                     text=text,
                     avg_logprob=float(avg_logprob),

@@ -17,12 +17,12 @@ import numpy as np
 
 from steadyscribe.engines.features import TOKENS_PER_SECOND
 from steadyscribe.records import Segment, Window, Word
+from steadyscribe.text import SENTENCE_END_MARKS, ends_sentence
 
 TIMESTAMP_PRECISION_S = 0.02
 MEDIAN_FILTER_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-SENTENCE_END_MARKS = ".。!！?？"
 
 
 class Tokenizer(Protocol):
@@ -91,7 +91,7 @@ def sentence_spans(words: list[WordTiming]) -> list[TokenSpan]:
     sentences: list[list[WordTiming]] = [[]]
     for timing in words:
         sentences[-1].append(timing)
-        if timing.word.rstrip().endswith((".", "?", "!")):
+        if ends_sentence(timing.word):
             sentences.append([])
     return [
         TokenSpan(sentence[0].start, sentence[-1].end, [t for timing in sentence for t in timing.tokens])

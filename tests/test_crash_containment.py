@@ -21,39 +21,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, ROOT, resampled_mono, write_eight_channels
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.schema import open_table
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).resolve().parent / "native_faults"
-
-
-def write_eight_channels(path: Path, channel0: np.ndarray, rate: int = 48000) -> Path:
-    """A 7.1 WAV at `rate` Hz: `channel0` (16 kHz float samples) on its first channel, silence on the seven others."""
-    upsampled = np.repeat(channel0, rate // SAMPLE_RATE)
-    samples = np.zeros((len(upsampled), 8), np.float32)
-    samples[:, 0] = upsampled
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=rate, layout="7.1")
-        frame = av.AudioFrame.from_ndarray((samples.reshape(1, -1) * 32767).astype("<i2"), format="s16", layout="7.1")
-        frame.sample_rate = rate
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
-def decoded_mono(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        frames = [f for frame in container.decode(audio=0) for f in resampler.resample(frame)]
-    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +39,7 @@ def faulty_run(prefect_server, tmp_path_factory):
     inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
     summary = tmp_path_factory.mktemp("summary") / "summary.json"
     shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "good.flac")
-    write_eight_channels(inputs / "eight_channels.wav", decoded_mono(FIXTURES / "real" / "r01_jfk.flac")[: 4 * SAMPLE_RATE])
+    write_eight_channels(inputs / "eight_channels.wav", resampled_mono(FIXTURES / "real" / "r01_jfk.flac")[: 4 * SAMPLE_RATE])
     shutil.copy(FIXTURES / "real" / "r13_libri_61.flac", inputs / "segfault.flac")
     shutil.copy(FIXTURES / "real" / "r15_ljspeech.flac", inputs / "hang.flac")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}

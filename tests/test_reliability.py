@@ -361,6 +361,7 @@ def s3_server_with_auth():
         server.wait(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, url, fragments",
     [
@@ -410,7 +411,7 @@ def no_decoding(monkeypatch):
     ],
     ids=["unknown profile", "invalid profile file", "batch size", "memory budget", "output not writable"],
 )
-def test_bad_configuration_exits_2_before_any_work(prefect_server, no_decoding, tmp_path, capsys, options, fragments):
+def test_bad_configuration_exits_2_before_any_work(no_decoding, tmp_path, capsys, options, fragments):
     (tmp_path / "bad.yaml").write_text("extends: cpu-small\nbatch_size: lots\n")
     (tmp_path / "a-file").write_text("a file where the output directory should be\n")
     output = tmp_path / "out"

@@ -11,11 +11,11 @@ and stops if any came from elsewhere.
 
 Each side runs `steadyscribe run` twice into a fresh output, on the same inputs with the same
 profile and batch size: real recordings (one of them two windows long), a second name of one of
-them, the first half of one (ok, with a warning) and a file that is not audio. The first run writes
-`ok`, `duplicate` and `failed` rows, the second `skipped` and `failed` rows. Then the files, segments and words tables are compared row by
-row, without the columns that differ between any two runs (IGNORED). Any other difference, in a
-value, a column or a row, or in the runs' exit statuses, is printed and the exit status is 1;
-2 when a side could not be set up or run.
+them, the first half of one (ok, with a warning) and a file that is not audio. The first run
+writes `ok`, `duplicate` and `failed` rows, the second `skipped` and `failed` rows. Then the files,
+segments and words tables are compared row by row, without the columns that differ between any
+two runs (IGNORED). Any other difference, in a value, a column or a row, or in the runs' exit
+statuses, is printed and the exit status is 1; 2 when a side could not be set up or run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from bench.common import ROOT, add_realspeech_option, realspeech_dir
 
 WORKTREE = "WORKTREE"
 TABLES = ("files", "segments", "words")
-# Columns that differ between two runs of the same code on the same input, and why.
+# Columns that differ between two runs of the same code on the same input, and why. Everything else
+# is compared, settings_key too: a new key makes the next run transcribe every file again.
 IGNORED = {
     "files": {
         "run_id",  # the run's start time and a random suffix (its ordinal replaces it: see normalised)

@@ -17,13 +17,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURES, ROOT, resampled_mono, write_eight_channels
+from helpers import FIXTURES, ROOT, resampled_mono, run_cli, write_eight_channels
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.schema import open_table
 
@@ -32,25 +30,24 @@ pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "native_faults"
 
 
+def run_with_faults(inputs: Path, output: Path, summary: Path, *options: str) -> tuple:
+    """`steadyscribe run` with tests/native_faults on its path: the process, the files and words rows, the summary."""
+    done = run_cli([str(inputs), "--output", str(output), "--summary-json", str(summary), *options],
+                   env={"PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"})
+    rows = open_table(str(output), "files").to_table().to_pylist()
+    words = open_table(str(output), "words").to_table().to_pylist()
+    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+
+
 @pytest.fixture(scope="module")
 def faulty_run(prefect_server, tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL
-
     inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
     summary = tmp_path_factory.mktemp("summary") / "summary.json"
     shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "good.flac")
     write_eight_channels(inputs / "eight_channels.wav", resampled_mono(FIXTURES / "real" / "r01_jfk.flac")[: 4 * SAMPLE_RATE])
     shutil.copy(FIXTURES / "real" / "r13_libri_61.flac", inputs / "segfault.flac")
     shutil.copy(FIXTURES / "real" / "r15_ljspeech.flac", inputs / "hang.flac")
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output),
-         "--channels", "split", "--summary-json", str(summary)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    rows = open_table(str(output), "files").to_table().to_pylist()
-    words = open_table(str(output), "words").to_table().to_pylist()
-    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+    return run_with_faults(inputs, output, summary, "--channels", "split")
 
 
 def row_of(rows: list[dict], name: str) -> dict:
@@ -99,8 +96,6 @@ def test_an_eight_channel_file_splits_into_its_channels(faulty_run):
 
 @pytest.fixture(scope="module")
 def engine_crash_run(prefect_server, tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL
-
     inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
     summary = tmp_path_factory.mktemp("summary") / "summary.json"
     shutil.copy(FIXTURES / "real" / "r01_jfk.flac", inputs / "a_before.flac")
@@ -108,15 +103,7 @@ def engine_crash_run(prefect_server, tmp_path_factory):
     shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "z_after.flac")
     profile = tmp_path_factory.mktemp("profile") / "one-file-groups.yaml"
     profile.write_text("extends: cpu-small\nrunner: {files_per_group: 1}\n")
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output),
-         "--profile", str(profile), "--summary-json", str(summary)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    rows = open_table(str(output), "files").to_table().to_pylist()
-    words = open_table(str(output), "words").to_table().to_pylist()
-    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+    return run_with_faults(inputs, output, summary, "--profile", str(profile))
 
 
 def test_an_engine_crash_fails_only_its_group(engine_crash_run):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import wave
@@ -10,12 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import FIXTURES
+from helpers import REAL, SAMPLE_RATE, decode_fixture, fixture_script
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL = FIXTURES / "real"
 TIMED = ["r04_mfa_acoustic", "r05_mfa_cold", "r09_librivox_austen"]
-SAMPLE_RATE = 16000
 GAP_S = 1.0  # silence between the recordings joined into the long file
 EXTRA_SILENCE_S = 3.0  # silence after r09 in `extra` (the file stays one window)
 EXTRA_WORDS = 12  # words of another recording's text after r09's own in `extra.txt`
@@ -35,10 +31,7 @@ def _write_wav(path: Path, samples: np.ndarray) -> None:
 
 def _pink_noise(seconds: float) -> np.ndarray:
     """The real-speech fixture script's own seeded pink noise."""
-    spec = importlib.util.spec_from_file_location("make_real_fixtures", ROOT / "scripts" / "make_real_fixtures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.non_speech(seconds)["pink"]
+    return fixture_script("make_real_fixtures").non_speech(seconds)["pink"]
 
 
 def prepare(directory: Path) -> dict[str, dict]:
@@ -52,10 +45,6 @@ def prepare(directory: Path) -> dict[str, dict]:
     - `no_text`: r05's audio without any text file;
     - `extra`: r09 followed by silence, its text followed by words no one says.
     """
-    from steadyscribe.records import InputFile
-    from steadyscribe.pcm import load_pcm
-    from steadyscribe.tasks.decode import decode_input
-
     expected: dict[str, dict | None] = {}
     for name in TIMED:
         shutil.copy(REAL / f"{name}.flac", directory)
@@ -63,9 +52,7 @@ def prepare(directory: Path) -> dict[str, dict]:
         expected[name] = reference(name)["words"]
     work = directory / ".decoded"
     work.mkdir(exist_ok=True)
-    samples = {
-        name: np.asarray(load_pcm(decode_input(InputFile(str(REAL / f"{name}.flac")), work).pcm_path)) for name in TIMED
-    }
+    samples = {name: np.asarray(decode_fixture(f"real/{name}", work)) for name in TIMED}
     shutil.rmtree(work)
     pieces, words, texts, offset = [], [], [], 0.0
     for name in TIMED:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import FIXTURES, fixture_truth
+from helpers import FIXTURES, fixture_truth
 from steadyscribe.metrics import corpus_wer
 from steadyscribe.profiles import parse_size
 

@@ -6,7 +6,6 @@ joining the channels' transcripts, the new columns and the profile option. Real 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from datetime import date
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, decode_fixture, fixture_script
 from steadyscribe.app.job import add_run_arguments
 from steadyscribe.flows.transcribe import output_settings
 from steadyscribe.profiles import ProfileError, apply_overrides, load_profile, validate_profile_data
@@ -36,19 +35,11 @@ from steadyscribe.schema import open_table
 from steadyscribe.tasks.write import FileResult, RunInfo, settings_key, to_srt, write_file_results
 from steadyscribe.vad import VadThresholds
 
-ROOT = Path(__file__).resolve().parent.parent
 CALL = FIXTURES / "stereo" / "call_r04_r05.flac"
 SPEAKERS = ["agent", "customer"]
 
 
-def _fixture_script():
-    spec = importlib.util.spec_from_file_location("make_stereo_fixture", ROOT / "scripts" / "make_stereo_fixture.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-SCRIPT = _fixture_script()
+SCRIPT = fixture_script("make_stereo_fixture")
 
 
 def recording(name: str) -> np.ndarray:
@@ -56,7 +47,7 @@ def recording(name: str) -> np.ndarray:
 
 
 def decoded_mono(name: str, work_dir: Path) -> np.ndarray:
-    return np.asarray(load_pcm(decode_input(InputFile(str(FIXTURES / "real" / f"{name}.flac")), work_dir).pcm_path))
+    return np.asarray(decode_fixture(f"real/{name}", work_dir))
 
 
 # ---- decode ------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ silent channel. The DuckDB queries are the ones docs/tables.md shows, read from 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -18,13 +16,12 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, documented_query, fixture_script
 from steadyscribe.flows.transcribe import transcribe
 from steadyscribe.metrics import corpus_wer, normalize_text
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 CALL = FIXTURES / "stereo" / "call_r04_r05.flac"
 TRUTH = json.loads(CALL.with_suffix(".json").read_text())
 # A channel's WER may trail its recording's own (mono) WER by this much: its windows are cut
@@ -37,23 +34,9 @@ TALK_TIME_TOLERANCE_S = 0.5
 TURN_PAUSE_S = 0.5  # the documented talk-time query's turn break
 
 
-def _fixture_script():
-    spec = importlib.util.spec_from_file_location("make_stereo_fixture", ROOT / "scripts" / "make_stereo_fixture.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def documented_query(title: str, output: Path) -> str:
-    """The ```sql block of docs/tables.md that starts with `-- {title}`, reading `output` instead of out/."""
-    docs = (ROOT / "docs" / "tables.md").read_text()
-    [sql] = [block for block in re.findall(r"```sql\n(.*?)```", docs, re.S) if block.startswith(f"-- {title}\n")]
-    return sql.replace("'out/", f"'{output}/")
-
-
 @pytest.fixture(scope="module")
 def split_run(prefect_server, tmp_path_factory):
-    script = _fixture_script()
+    script = fixture_script("make_stereo_fixture")
     inputs = tmp_path_factory.mktemp("inputs")
     shutil.copy(CALL, inputs)
     for channel in TRUTH["channels"]:
@@ -193,7 +176,7 @@ def test_a_silent_channel_is_left_out_and_said(split_run):
 def test_run_command_splits_channels(prefect_server, tmp_path):
     from steadyscribe.app.cli import main
 
-    script = _fixture_script()
+    script = fixture_script("make_stereo_fixture")
     memo = script.read_mono(FIXTURES / "real" / "r26_goforward.flac")
     source = tmp_path / "memo.flac"
     script.write_stereo_flac(source, script.stereo(memo, memo))

@@ -25,14 +25,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, ROOT, cut_at_packet_boundary, encode, resampled_mono, wait_until, write_eight_channels
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.schema import open_table
-from test_crash_containment import decoded_mono, write_eight_channels
-from test_isolation import wait_until
-from test_reliability import cut_at_packet_boundary, encode
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 29
 KILLS = 3
 KILL_AFTER_S = (2.0, 30.0)
@@ -71,7 +67,7 @@ def test_killed_runs_leave_nothing_behind_and_the_rerun_completes(tmp_path):
     for folder in (inputs, temp):
         folder.mkdir()
     def clip(name: str, seconds: float = 3.0):
-        return decoded_mono(FIXTURES / "real" / f"{name}.flac")[: int(seconds * SAMPLE_RATE)]
+        return resampled_mono(FIXTURES / "real" / f"{name}.flac")[: int(seconds * SAMPLE_RATE)]
 
     for name in ("r26_goforward", "r13_libri_61", "r15_ljspeech"):
         encode(inputs / f"{name}.flac", clip(name))

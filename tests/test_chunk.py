@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.records import InputFile
 from steadyscribe.tasks import chunk

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli
 from steadyscribe.printable import printable
 from steadyscribe.schema import open_table
-from test_output_tree import run_cli
 
 FAKE_LINE = "files: 99 ok, 0 failed, 0 skipped"
 

@@ -17,64 +17,37 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, ROOT, resampled_mono, run_cli, write_eight_channels
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.schema import open_table
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).resolve().parent / "native_faults"
 
 
-def write_eight_channels(path: Path, channel0: np.ndarray, rate: int = 48000) -> Path:
-    """A 7.1 WAV at `rate` Hz: `channel0` (16 kHz float samples) on its first channel, silence on the seven others."""
-    upsampled = np.repeat(channel0, rate // SAMPLE_RATE)
-    samples = np.zeros((len(upsampled), 8), np.float32)
-    samples[:, 0] = upsampled
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=rate, layout="7.1")
-        frame = av.AudioFrame.from_ndarray((samples.reshape(1, -1) * 32767).astype("<i2"), format="s16", layout="7.1")
-        frame.sample_rate = rate
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
-def decoded_mono(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        frames = [f for frame in container.decode(audio=0) for f in resampler.resample(frame)]
-    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+def run_with_faults(inputs: Path, output: Path, summary: Path, *options: str) -> tuple:
+    """`steadyscribe run` with tests/native_faults on its path: the process, the files and words rows, the summary."""
+    done = run_cli([str(inputs), "--output", str(output), "--summary-json", str(summary), *options],
+                   env={"PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"})
+    rows = open_table(str(output), "files").to_table().to_pylist()
+    words = open_table(str(output), "words").to_table().to_pylist()
+    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
 
 
 @pytest.fixture(scope="module")
 def faulty_run(prefect_server, tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL
-
     inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
     summary = tmp_path_factory.mktemp("summary") / "summary.json"
     shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "good.flac")
-    write_eight_channels(inputs / "eight_channels.wav", decoded_mono(FIXTURES / "real" / "r01_jfk.flac")[: 4 * SAMPLE_RATE])
+    write_eight_channels(inputs / "eight_channels.wav", resampled_mono(FIXTURES / "real" / "r01_jfk.flac")[: 4 * SAMPLE_RATE])
     shutil.copy(FIXTURES / "real" / "r13_libri_61.flac", inputs / "segfault.flac")
     shutil.copy(FIXTURES / "real" / "r15_ljspeech.flac", inputs / "hang.flac")
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output),
-         "--channels", "split", "--summary-json", str(summary)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    rows = open_table(str(output), "files").to_table().to_pylist()
-    words = open_table(str(output), "words").to_table().to_pylist()
-    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+    return run_with_faults(inputs, output, summary, "--channels", "split")
 
 
 def row_of(rows: list[dict], name: str) -> dict:
@@ -123,8 +96,6 @@ def test_an_eight_channel_file_splits_into_its_channels(faulty_run):
 
 @pytest.fixture(scope="module")
 def engine_crash_run(prefect_server, tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL
-
     inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("out")
     summary = tmp_path_factory.mktemp("summary") / "summary.json"
     shutil.copy(FIXTURES / "real" / "r01_jfk.flac", inputs / "a_before.flac")
@@ -132,15 +103,7 @@ def engine_crash_run(prefect_server, tmp_path_factory):
     shutil.copy(FIXTURES / "real" / "r26_goforward.flac", inputs / "z_after.flac")
     profile = tmp_path_factory.mktemp("profile") / "one-file-groups.yaml"
     profile.write_text("extends: cpu-small\nrunner: {files_per_group: 1}\n")
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output),
-         "--profile", str(profile), "--summary-json", str(summary)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    rows = open_table(str(output), "files").to_table().to_pylist()
-    words = open_table(str(output), "words").to_table().to_pylist()
-    return done, rows, words, json.loads(summary.read_text()) if summary.exists() else None
+    return run_with_faults(inputs, output, summary, "--profile", str(profile))
 
 
 def test_an_engine_crash_fails_only_its_group(engine_crash_run):

@@ -25,7 +25,7 @@ whisper_audio = pytest.importorskip("whisper.audio")
 import whisper.timing  # noqa: E402
 import whisper.tokenizer  # noqa: E402
 
-from conftest import FIXTURES, decode_fixture, fixture_truth, speech_fixture_windows, transcript_text  # noqa: E402
+from helpers import FIXTURES, decode_fixture, fixture_truth, speech_fixture_windows, transcript_text  # noqa: E402
 
 from steadyscribe.engines import word_timing  # noqa: E402
 from steadyscribe.engines.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, mel_filters, pad_or_trim  # noqa: E402

@@ -14,7 +14,7 @@ pytest.importorskip("av")  # fixtures decode as the pipeline does
 pytest.importorskip("ctranslate2")
 pytest.importorskip("transformers")
 
-from conftest import FIXTURES, window_audio  # noqa: E402
+from helpers import FIXTURES, window_audio  # noqa: E402
 
 from steadyscribe.engines import load_engine  # noqa: E402
 from steadyscribe.engines.decoding import (  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from conftest import FIXTURES  # noqa: E402
+from helpers import FIXTURES  # noqa: E402
 
 from steadyscribe.engines.base import WindowAudio  # noqa: E402
 from steadyscribe.models.distil import (  # noqa: E402

@@ -15,17 +15,13 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from conftest import FIXTURES
 from dask_cluster import DaskCluster
+from helpers import FIXTURES, files_rows
 from steadyscribe import SAMPLE_RATE
 
 pytestmark = pytest.mark.slow
 
 FILES = [str(FIXTURES / f"{name}.flac") for name in ("clean_gb", "fast_speaker", "clean_us_slow", "noisy")]
-
-
-def files_rows(output: Path) -> list[dict]:
-    return ds.dataset(output / "files", format="parquet").to_table().to_pylist()
 
 
 def words_by_source(output: Path) -> dict[str, list[tuple]]:

@@ -11,7 +11,7 @@ import pytest
 ctranslate2 = pytest.importorskip("ctranslate2")
 pytest.importorskip("av")  # fixtures decode as the pipeline does
 
-from conftest import (  # noqa: E402
+from helpers import (  # noqa: E402
     SAMPLE_RATE,
     SPEECH,
     WER_MARGIN,
@@ -102,7 +102,7 @@ REAL_RECORDINGS = ["r01_jfk", "r04_mfa_acoustic", "r05_mfa_cold", "r09_librivox_
 def test_real_recordings_keep_the_words_that_timestamp_decoding_keeps(tmp_path):
     import json
 
-    from conftest import FIXTURES
+    from helpers import FIXTURES
 
     from steadyscribe.metrics import corpus_wer
     from steadyscribe.records import InputFile

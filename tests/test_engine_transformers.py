@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from conftest import (  # noqa: E402
+from helpers import (  # noqa: E402
     SAMPLE_RATE,
     SPEECH,
     WER_MARGIN,

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from steadyscribe.flows.transcribe import transcribe
 from steadyscribe.metrics import boundary_errors, corpus_wer
 

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
+from helpers import machine
 from steadyscribe.errors import PlanError
 from steadyscribe.flows.runners import task_runner_for
 from steadyscribe.flows.transcribe import files_per_group
@@ -18,7 +19,6 @@ from steadyscribe.records import Plan
 from steadyscribe import inference
 from steadyscribe.tasks.select import accelerators_needed, refit_plan, select_plan
 from steadyscribe.tasks.write import FileResult, RunInfo, write_file_results
-from test_select import machine
 
 GiB = 2**30
 

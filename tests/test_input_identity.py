@@ -11,11 +11,9 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from functools import partial
@@ -25,7 +23,7 @@ import duckdb
 import fsspec
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, REAL, api_env, documented_query, run_cli, run_command
 from steadyscribe.records import DecodedAudio, FileOutcome, PassedOver
 from steadyscribe.storage import filesystem_for
 from steadyscribe import claims
@@ -34,8 +32,6 @@ from steadyscribe.tasks.discover import discover, local_path, normalise_url
 from steadyscribe.tasks.report import summarize, summary_markdown, summary_text
 from steadyscribe.schema import open_table
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL = FIXTURES / "real"
 # Short recordings, so that each run's inference takes seconds.
 SHORT = ["r26_goforward", "r13_libri_61", "fast_speaker", "r01_jfk"]
 
@@ -51,19 +47,8 @@ def recording(name: str) -> Path:
     return REAL / f"{name}.flac" if (REAL / f"{name}.flac").exists() else FIXTURES / f"{name}.flac"
 
 
-def api_env(**extra: str) -> dict[str, str]:
-    """Environment for a `steadyscribe` subprocess that reports to this session's Prefect API."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT), **extra}
-
-
-def run_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "steadyscribe.app.cli", "run", *args]
-
-
-def steadyscribe_run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(run_command(*args), cwd=cwd, env=env or api_env(), capture_output=True, text=True, timeout=600)
+def steadyscribe_run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    done = run_cli(list(args), cwd=cwd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -101,13 +86,6 @@ def assert_accounted(rows: list[dict], run_id: str, given: set[str]) -> dict[str
         else:
             assert row["duplicate_of"] is None
     return by_source
-
-
-def documented_query(title: str, output: Path) -> str:
-    """The ```sql block of docs/tables.md that starts with `-- {title}`, reading `output` instead of out/."""
-    docs = (ROOT / "docs" / "tables.md").read_text()
-    [sql] = [block for block in re.findall(r"```sql\n(.*?)```", docs, re.S) if block.startswith(f"-- {title}\n")]
-    return sql.replace("'out/", f"'{output}/")
 
 
 def run_id_of(done: subprocess.CompletedProcess) -> str:

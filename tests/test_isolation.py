@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from steadyscribe.inference import report_windows
 from steadyscribe.isolation import ChildCrashed, ChildHung, ChildProcess
 from steadyscribe.scratch import LOCK_NAME, ScratchDir, remove_abandoned
@@ -31,15 +32,6 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from prefect_services import PrefectServer, api, stop_process_group, wait_for
 from steadyscribe.app.notify import FAILED_AUTOMATION, TOO_LONG_AUTOMATION
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +23,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import FIXTURES
 from dask_cluster import DaskCluster
+from helpers import FIXTURES
+from prefect_services import free_port, wait_for
 from steadyscribe.profiles import load_profile
 from steadyscribe.flows.runners import task_runner_for, usable_cpus
 
@@ -39,21 +38,6 @@ FLOW_NAME = "steadyscribe-transcribe"
 POOL = "steadyscribe"
 # Columns that differ between two runs of the same inputs: ids, wall-clock times, durations and the process.
 RUN_COLUMNS = {"run_id", "started_at", "finished_at", "decode_s", "infer_s", "worker"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout_s: float, what: str, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +62,7 @@ def api_url(tmp_path_factory) -> str:
             return False
 
     try:
-        wait_for(healthy, 120, "the Prefect server")
+        wait_for("the Prefect server answered", healthy, 120, every_s=0.5)
         yield url
     finally:
         server.terminate()
@@ -275,7 +259,7 @@ def test_serve_schedules_nightly_and_runs_backfill_on_demand(api_url, api_env, t
                 names = {d.name: d for d in client.read_deployments()}
                 return names if {"served-nightly", "served-backfill"} <= set(names) else None
 
-            deployments = wait_for(served, 120, "served deployments")
+            deployments = wait_for("served deployments", served, 120, every_s=0.5)
             [schedule] = client.read_deployment_schedules(deployments["served-nightly"].id)
             assert client.read_deployment_schedules(deployments["served-backfill"].id) == []
         assert schedule.schedule.cron == "30 1 * * *" and schedule.active

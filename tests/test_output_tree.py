@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,27 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, files_rows, run_cli
 from steadyscribe.schema import SCHEMAS
 from steadyscribe.tasks.discover import content_sha256
-from steadyscribe.schema import open_table
 from steadyscribe.tasks.write import ORPHAN_AGE_S
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEECH = FIXTURES / "fast_speaker.flac"
-
-
-def run_cli(
-    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 600, wrapper: list[str] = ()
-) -> subprocess.CompletedProcess:
-    """`steadyscribe run ARGS` in its own process (started through `wrapper`), reporting to the session's Prefect API."""
-    from prefect.settings import PREFECT_API_URL
-
-    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(
-        [*wrapper, sys.executable, "-m", "steadyscribe.app.cli", "run", *args],
-        capture_output=True, text=True, env=environment, timeout=timeout_s,
-    )
 
 
 # Mounts a tmpfs of each given size (PATH SIZE ... --), runs the command, copies $KEEP to
@@ -66,10 +50,6 @@ def run_cli_on_small_disks(
     if result.returncode == 97 or "unshare failed" in result.stderr:
         pytest.skip(f"this machine allows no tmpfs in a user namespace: {result.stderr.strip()[-300:]}")
     return result
-
-
-def files_rows(output: Path) -> list[dict]:
-    return open_table(str(output), "files").to_table().to_pylist()
 
 
 def readme_duckdb_words(output: Path) -> list[tuple]:

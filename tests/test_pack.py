@@ -78,7 +78,7 @@ PACKED_SETS = {
 @pytest.mark.parametrize("kind", PACKED_SETS)
 def test_packed_files_keep_their_own_words_and_times(kind, tmp_path):
     pytest.importorskip("ctranslate2")
-    from conftest import FIXTURES
+    from helpers import FIXTURES
 
     from steadyscribe.engines import load_engine
     from steadyscribe.metrics import boundary_errors, normalize_text, word_error_rate

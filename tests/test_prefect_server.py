@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from steadyscribe.prefect_server import ServerStartError, TemporaryServer, temporary_server
 
 REPO = Path(__file__).resolve().parents[1]

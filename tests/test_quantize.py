@@ -8,10 +8,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from conftest import FIXTURES, fixture_truth  # noqa: E402
+from helpers import speech_fixture_windows, speech_wer  # noqa: E402
 
 from steadyscribe.engines.base import WindowAudio, WindowResult  # noqa: E402
-from steadyscribe.metrics import corpus_wer  # noqa: E402
 from steadyscribe.models import quantize_bnb, quantize_dynamic  # noqa: E402
 from steadyscribe.models.cache import quantized_model_dir  # noqa: E402
 from steadyscribe.models.quantize import (  # noqa: E402
@@ -22,13 +21,8 @@ from steadyscribe.models.quantize import (  # noqa: E402
 )
 from steadyscribe.models.quantize_dynamic import Int8TiedVocabulary  # noqa: E402
 from steadyscribe.models.safetensors_io import SafetensorsReader, write_safetensors  # noqa: E402
-from steadyscribe.records import InputFile, Plan  # noqa: E402
-from steadyscribe.tasks.chunk import plan_windows  # noqa: E402
-from steadyscribe.pcm import load_pcm  # noqa: E402
-from steadyscribe.tasks.decode import decode_input  # noqa: E402
+from steadyscribe.records import Plan  # noqa: E402
 
-SAMPLE_RATE = 16000
-SPEECH = ["straddle_40s", "clean_gb", "clean_us_slow", "fast_speaker", "long_pauses", "noisy"]
 INT8_WER_MARGIN = 0.02  # int8 against fp32 on the same weights
 NF4_WER_MARGIN = 0.05  # 4-bit weights lose more
 
@@ -106,30 +100,14 @@ def _engine(quantization: str):
     )
 
 
-def _speech_wer(results: list[WindowResult]) -> float:
-    def text(name: str) -> str:
-        ordered = sorted((r for r in results if r.window.file_id == name), key=lambda r: r.window.index)
-        return " ".join(segment.text for r in ordered for segment in r.segments)
-
-    return corpus_wer((fixture_truth(name)["text"], text(name)) for name in SPEECH)
-
-
 @pytest.fixture(scope="module")
 def speech_windows(tmp_path_factory) -> list[WindowAudio]:
-    work_dir = tmp_path_factory.mktemp("pcm")
-    windows = []
-    for name in SPEECH:
-        samples = load_pcm(decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir).pcm_path)
-        for window in plan_windows(samples, name):
-            windows.append(
-                WindowAudio(window, samples[round(window.start * SAMPLE_RATE) : round(window.end * SAMPLE_RATE)])
-            )
-    return windows
+    return speech_fixture_windows(tmp_path_factory.mktemp("pcm"))
 
 
 @pytest.fixture(scope="module")
 def fp32_wer(speech_windows) -> float:
-    return _speech_wer(list(_engine("none").transcribe(speech_windows)))
+    return speech_wer(list(_engine("none").transcribe(speech_windows)))
 
 
 def _assert_words_with_times(results: list[WindowResult]) -> None:
@@ -150,7 +128,7 @@ def test_quantized_tiny_en_transcribes_with_word_times_close_to_fp32(mode, margi
         pytest.skip(reason)
     results = list(_engine(mode).transcribe(speech_windows))
     _assert_words_with_times(results)
-    assert _speech_wer(results) <= fp32_wer + margin
+    assert speech_wer(results) <= fp32_wer + margin
 
 
 def _dynamic_int8_state(model) -> dict[str, torch.Tensor | None]:
@@ -251,4 +229,4 @@ def test_bitsandbytes_on_cuda_transcribes(mode, speech_windows):
     )
     results = list(engine.transcribe(speech_windows))
     _assert_words_with_times(results)
-    assert np.isfinite(_speech_wer(results))
+    assert np.isfinite(speech_wer(results))

@@ -7,15 +7,13 @@ aligned times, and leave generated noise, tones, clicks and music without words.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import REAL, fixture_script
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.engines import available_engines, load_engine
 from steadyscribe.metrics import boundary_errors, corpus_wer
@@ -29,8 +27,6 @@ from steadyscribe.vad import speech_probabilities
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL = FIXTURES / "real"
 PLANS = {
     "whisper": Plan(engine="whisper", model="tiny.en", threads=2),
     "transformers": Plan(engine="transformers", model="tiny.en", threads=2, batch_size=8),
@@ -41,10 +37,7 @@ NON_SPEECH_S = 8.0
 
 def _non_speech() -> dict[str, np.ndarray]:
     """Seeded noise colours, steady tones, clicks and a melody: the fixture script's own generator."""
-    spec = importlib.util.spec_from_file_location("make_real_fixtures", ROOT / "scripts" / "make_real_fixtures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.non_speech(NON_SPEECH_S)
+    return fixture_script("make_real_fixtures").non_speech(NON_SPEECH_S)
 
 
 @pytest.fixture(scope="module", params=list(PLANS))

@@ -32,35 +32,16 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import steadyscribe.tasks.decode
 import steadyscribe.tasks.write
-from conftest import FIXTURES
+from helpers import FIXTURES, api_env, cut_at_packet_boundary, encode, files_rows
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.app.cli import main
 from steadyscribe.records import InputFile
 from steadyscribe.pcm import load_pcm
-from steadyscribe.schema import open_table
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEECH_S = 3.0  # speech clips are cut short: inference on CPU is the slow part
 
 
 # ---- making inputs -------------------------------------------------------------------------
-
-
-def encode(path: Path, samples: np.ndarray, *, rate: int = SAMPLE_RATE, codec: str = "flac",
-           container_format: str | None = None, channels: int = 1) -> Path:
-    """16 kHz mono float samples encoded with PyAV at `rate` Hz with `channels` channels."""
-    layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        resampler = av.AudioResampler(
-            format=stream.format.name, layout=layout, rate=rate, frame_size=stream.codec_context.frame_size or None
-        )
-        for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
-            container.mux(stream.encode(chunk))
-        container.mux(stream.encode(None))
-    return path
 
 
 def write_video_only(path: Path) -> Path:
@@ -80,14 +61,6 @@ def write_png(path: Path) -> Path:
         container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), format="rgb24")))
         container.mux(stream.encode(None))
     return path
-
-
-def cut_at_packet_boundary(source: Path, target: Path) -> Path:
-    """`source` cut cleanly between two packets halfway through: a copy that did not finish."""
-    with av.open(str(source)) as container:
-        positions = [p.pos for p in container.demux(container.streams.audio[0]) if p.pos]
-    target.write_bytes(source.read_bytes()[: positions[len(positions) // 2]])
-    return target
 
 
 def with_unknown_codec(wav: Path, target: Path) -> Path:
@@ -115,17 +88,6 @@ def retagged(path: Path) -> bytes:
 def speech(name: str, work_dir: Path, seconds: float = SPEECH_S) -> np.ndarray:
     decoded = steadyscribe.tasks.decode.decode_input(InputFile(str(FIXTURES / f"{name}.flac")), work_dir)
     return np.asarray(load_pcm(decoded.pcm_path))[: int(seconds * SAMPLE_RATE)]
-
-
-def files_rows(output: Path) -> list[dict]:
-    return open_table(str(output), "files").to_table().to_pylist()
-
-
-def api_env() -> dict[str, str]:
-    """Environment for a `steadyscribe` subprocess that reports to this session's Prefect API."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
 
 
 # ---- injected faults -------------------------------------------------------------------------
@@ -399,6 +361,7 @@ def s3_server_with_auth():
         server.wait(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, url, fragments",
     [
@@ -448,7 +411,7 @@ def no_decoding(monkeypatch):
     ],
     ids=["unknown profile", "invalid profile file", "batch size", "memory budget", "output not writable"],
 )
-def test_bad_configuration_exits_2_before_any_work(prefect_server, no_decoding, tmp_path, capsys, options, fragments):
+def test_bad_configuration_exits_2_before_any_work(no_decoding, tmp_path, capsys, options, fragments):
     (tmp_path / "bad.yaml").write_text("extends: cpu-small\nbatch_size: lots\n")
     (tmp_path / "a-file").write_text("a file where the output directory should be\n")
     output = tmp_path / "out"

@@ -18,12 +18,11 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, ROOT, files_rows
 from prefect_services import PrefectServer, api, stop_process_group, wait_for
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # A cron fires at the next minute; the run then loads the model and transcribes two short files.
 SCHEDULED_RUN_TIMEOUT_S = 240.0
@@ -33,10 +32,6 @@ def served_runs(server: PrefectServer, deployment: str, output: Path) -> list[di
     """Flow runs of `deployment` (a deployment's name) that write into `output`."""
     runs = api(server, "POST", "/flow_runs/filter", {"deployments": {"name": {"any_": [deployment]}}})
     return [run for run in runs if run["parameters"].get("output") == str(output)]
-
-
-def files_rows(output: Path) -> list[dict]:
-    return ds.dataset(output / "files", format="parquet").to_table().to_pylist()
 
 
 def words_per_file(output: Path) -> dict[str, int]:

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import machine
 from steadyscribe.engines.registry import ENGINES
-from steadyscribe.memory import ARCHITECTURES, architecture, estimate_peak_bytes, weight_bytes
+from steadyscribe.memory import ARCHITECTURES, GiB, architecture, estimate_peak_bytes, weight_bytes
 from steadyscribe.profiles import ProfileError, load_profile
-from steadyscribe.tasks.probe import GpuInfo, Probe
+from steadyscribe.tasks.probe import Probe
 from steadyscribe.tasks.select import PlanError, select_plan
 
-GiB = 2**30
 ALL_ENGINES = {"whisper", "transformers", "ctranslate2"}
 TODAY = {"whisper", "ctranslate2"}  # engines implemented now; transformers is on its way
-
-
-def machine(ram_gib: float = 24, gpu_gib: float | None = None, bitsandbytes: bool = True,
-            cgroup_limit_gib: float | None = None, cpus: int = 8) -> Probe:
-    gpus = [GpuInfo(0, f"GPU {gpu_gib:g} GB", int(gpu_gib * GiB), int(gpu_gib * 0.95 * GiB), "8.0")] if gpu_gib else []
-    available = int(min(ram_gib, cgroup_limit_gib or ram_gib) * GiB)
-    return Probe(
-        cpu_count=cpus, cpu_affinity=cpus, cgroup_cpu_quota=None, usable_cpus=cpus,
-        ram_total_bytes=int(ram_gib * GiB), ram_available_bytes=int(ram_gib * GiB),
-        cgroup_memory_limit_bytes=int(cgroup_limit_gib * GiB) if cgroup_limit_gib else None,
-        cgroup_memory_usage_bytes=0 if cgroup_limit_gib else None,
-        memory_available_bytes=available, cuda_available=bool(gpus), gpus=gpus,
-        bitsandbytes_version="0.50.2" if bitsandbytes else None,
-        bitsandbytes_int8_cpu=bitsandbytes, bitsandbytes_cuda=bitsandbytes and bool(gpus),
-    )
 
 
 def plan_for(profile: str, probe: Probe, engines=ALL_ENGINES, overrides=None):

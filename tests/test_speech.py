@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from steadyscribe import vad
 from steadyscribe.records import InputFile
 from steadyscribe.speech import frame_loudness_db, true_runs

@@ -8,10 +8,8 @@ end: no stretch the VAD hears comes out without words. And the geometry of the r
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
-import sys
 from difflib import SequenceMatcher
 from pathlib import Path
 
@@ -19,14 +17,13 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, REAL, ROOT, run_cli
 from steadyscribe.engines.base import WindowResult
 from steadyscribe.engines.speech_gaps import find_gaps, passes, unheard_warning
 from steadyscribe.metrics import corpus_wer, normalize_text
 from steadyscribe.records import Segment, Window, Word
 from steadyscribe.vad import FRAME_S
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = FIXTURES / "fast"
 FAST_FILES = ("fast_synthetic", "fast_real")
 PROFILES = ("cpu-small", "cpu-fast", "cpu-batched")
@@ -86,13 +83,9 @@ def test_the_warning_names_the_stretches_and_their_total():
 # ---------------------------------------------------------------- through the CLI, every CPU engine
 
 
-def run_cli(inputs: list[Path], output: Path, profile: str) -> subprocess.CompletedProcess:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    command = [sys.executable, "-m", "steadyscribe.app.cli", "run", *map(str, inputs), "--output", str(output),
-               "--profile", profile, "--model", "tiny.en"]
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+def run_tiny(inputs: list[Path], output: Path, profile: str) -> subprocess.CompletedProcess:
+    args = [*map(str, inputs), "--output", str(output), "--profile", profile, "--model", "tiny.en"]
+    return run_cli(args, timeout_s=1800, cwd=ROOT)
 
 
 def table(output: Path, name: str) -> list[dict]:
@@ -118,7 +111,7 @@ def sentence_recall(sentence: dict, words: list[dict]) -> float:
 @pytest.fixture(scope="module", params=PROFILES)
 def fast_run(request, prefect_server, tmp_path_factory):
     output = tmp_path_factory.mktemp(f"fast-{request.param}") / "out"
-    done = run_cli([FAST / f"{name}.flac" for name in FAST_FILES], output, request.param)
+    done = run_tiny([FAST / f"{name}.flac" for name in FAST_FILES], output, request.param)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     return request.param, {Path(r["source"]).stem: r for r in table(output, "files")}, words_by_stem(output)
 
@@ -140,7 +133,6 @@ def test_every_sentence_of_fast_speech_comes_out(fast_run):
 
 # ---------------------------------------------------------------- a few minutes of real speech in one file
 
-REAL = FIXTURES / "real"
 # The clean real recordings, twice in different orders: about four minutes.
 ROUNDS = 2
 
@@ -178,7 +170,7 @@ def test_no_stretch_of_heard_speech_in_a_long_real_file_comes_out_without_words(
     (tmp_path / "in").mkdir()
     path, text = long_real_file(tmp_path / "in" / "long_real.flac")
     output = tmp_path / "out"
-    done = run_cli([path], output, "cpu-fast")
+    done = run_tiny([path], output, "cpu-fast")
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     (row,) = table(output, "files")
     assert row["status"] == "ok"

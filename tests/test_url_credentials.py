@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES, run_cli
 from steadyscribe.url_credentials import CredentialsInUrl, credential_parts, redact_url, refuse_credentials_in_urls
 
 PASSWORD = "PASSWORD-4f1c9e"
@@ -181,18 +181,9 @@ def audio_server() -> Iterator[str]:
         server.shutdown()
 
 
-def run_cli(args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.CompletedProcess:
+def run_at_info(args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.CompletedProcess:
     """The real `steadyscribe run` in its own process, logging at INFO to the session's Prefect server."""
-    from prefect.settings import PREFECT_API_URL
-
-    environment = {
-        **os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO",
-        "STEADYSCRIBE_LOG_DIR": str(log_dir), **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "steadyscribe.app.cli", "run", *args],
-        capture_output=True, text=True, env=environment, timeout=600,
-    )
+    return run_cli(args, env={"PREFECT_LOGGING_LEVEL": "INFO", "STEADYSCRIBE_LOG_DIR": str(log_dir), **env})
 
 
 def everything_on_the_server(output: Path) -> str:
@@ -227,7 +218,7 @@ def test_no_secret_reaches_the_terminal_the_tables_or_the_prefect_server(prefect
 
     # In the URL: refused before any flow run exists, with the URL redacted and the way to pass the secret.
     for url in (with_password, signed):
-        refused = run_cli([url, "--output", str(output)], env={}, log_dir=tmp_path / "logs")
+        refused = run_at_info([url, "--output", str(output)], env={}, log_dir=tmp_path / "logs")
         assert refused.returncode == 2, refused.stderr
         assert redact_url(url) in refused.stderr and "netrc" in refused.stderr
         assert PASSWORD not in refused.stdout + refused.stderr and SIGNATURE not in refused.stdout + refused.stderr
@@ -237,7 +228,7 @@ def test_no_secret_reaches_the_terminal_the_tables_or_the_prefect_server(prefect
     netrc = tmp_path / "netrc"
     netrc.write_text(f"machine 127.0.0.1 login user password {PASSWORD}\n")
     url = f"http://{audio_server}/basic/call.flac"
-    done = run_cli(
+    done = run_at_info(
         [url, "--output", str(output)],
         env={"NETRC": str(netrc), "FSSPEC_HTTP_CLIENT_KWARGS": '{"trust_env": true}', "NO_PROXY": "127.0.0.1"},
         log_dir=tmp_path / "logs",

@@ -8,16 +8,14 @@ from dataclasses import replace
 
 import pytest
 
+from helpers import machine
 from steadyscribe.engines import ENGINES, available_engines
 from steadyscribe.engines.decoding import conditions_on_previous_text, unsupported_options
 from steadyscribe.engines.registry import EngineSpec
 from steadyscribe.memory import estimate_peak_bytes
 from steadyscribe.profiles import load_profile
 from steadyscribe.records import DecodingOptions
-from steadyscribe.tasks.probe import Probe
 from steadyscribe.tasks.select import accelerators_needed, select_plan
-
-GiB = 2**30
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))
@@ -29,14 +27,6 @@ def test_each_record_names_its_engine_class_and_whether_it_aligns(name):
     assert engine_class.name == name
     assert callable(getattr(engine_class, "align", None)) == spec.aligns
     assert callable(engine_class.transcribe)
-
-
-def machine(ram_gib: float = 24) -> Probe:
-    return Probe(
-        cpu_count=2, cpu_affinity=2, cgroup_cpu_quota=None, usable_cpus=2,
-        ram_total_bytes=int(ram_gib * GiB), ram_available_bytes=int(ram_gib * GiB),
-        cgroup_memory_limit_bytes=None, cgroup_memory_usage_bytes=None, memory_available_bytes=int(ram_gib * GiB),
-    )
 
 
 @pytest.fixture

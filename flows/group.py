@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from steadyscribe.claims import GroupClaims
+from steadyscribe.engines.registry import engine_spec
 from steadyscribe.errors import PlanError
 from steadyscribe.inference import Packing
 from steadyscribe.models.provision import ModelUnavailableError, model_cache_dir
@@ -101,7 +102,7 @@ def worker_probe(model_cache: str, device: str, bitsandbytes: bool) -> Probe:
 def worker_plan(job: GroupJob) -> Plan:
     """The run's plan with this worker's own batch size and threads (PlanError when it cannot fit)."""
     plan = job.run.plan
-    bitsandbytes = plan.engine == "transformers" and plan.quantization in ("int8", "nf4")
+    bitsandbytes = engine_spec(plan.engine).quantizations.get(plan.quantization) == "bitsandbytes"
     probe = worker_probe(str(model_cache_dir(plan.model_cache_dir)), plan.device, bitsandbytes)
     refitted = refit_plan(plan, job.profile, probe, job.overrides)
     if job.profile.threads == "auto" and (threads := os.environ.get(THREADS_ENV)):

@@ -238,15 +238,20 @@ def reset_peak_rss() -> bool:
 
 
 def process_peak_rss_bytes() -> int:
-    """Peak RSS of this process so far, across any reset_peak_rss()."""
+    """Peak RSS of this process so far, across any reset_peak_rss().
+
+    Linux's VmHWM where /proc has it: getrusage's ru_maxrss survives exec, so a process that a
+    large one started (a test runner, a scheduler's worker) would report its starter's size.
+    """
+    if hwm := vm_hwm_bytes():
+        return max(hwm, _peak_before_resets)
     try:
         import resource
 
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        maxrss *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
     except ImportError:  # Windows
-        maxrss = 0
-    return max(maxrss, vm_hwm_bytes(), _peak_before_resets)
+        return 0
 
 
 def note_engine_process_peak(peak_bytes: int) -> None:

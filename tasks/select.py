@@ -18,6 +18,7 @@ from prefect import task
 from steadyscribe.engines import available_engines, engine_spec, provisioning_error
 from steadyscribe.engines.decoding import unsupported_options
 from steadyscribe.errors import PlanError
+from steadyscribe.isolation import ChildProcess
 from steadyscribe.memory import estimate_peak_bytes, is_english_only
 from steadyscribe.models.distil import recommended_window_s
 from steadyscribe.profiles import Profile, ProfileError, apply_overrides, format_bytes, load_profile, parse_size
@@ -30,6 +31,8 @@ BATCH_SIZES = (24, 16, 8, 4, 2, 1)  # `auto` on a GPU takes the largest that fit
 # On a CPU a larger batch soon buys no speed, only memory: `auto` takes the smallest batch within
 # THROUGHPUT_TOLERANCE of the best measured throughput (EngineSpec.cpu_throughput) of those that fit.
 THROUGHPUT_TOLERANCE = 0.05
+# A provisioning child that reads and writes nothing for this long (no download, no conversion) hangs.
+PROVISION_HANG_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -341,8 +344,17 @@ def plan_markdown(plan: Plan, probe: Probe) -> str:
 
 @task(name="select")
 def select_task(profile: Profile, probe: Probe, overrides: Mapping[str, Any] | None = None) -> Plan:
-    """Select a plan for the engines installed here and a model that can be provisioned here (cached, shipped in a package, or downloaded)."""
-    def model_unavailable(model: str, engine: str) -> str | None:
-        return provisioning_error(model, engine, profile.model_cache_dir)
+    """Select a plan for the engines installed here and a model that can be provisioned here (cached, shipped in a package, or downloaded).
 
-    return select_plan(profile, probe, available_engines(), overrides, model_unavailable)
+    Provisioning (a conversion between formats loads the model and its framework) runs in a child
+    process, so the run's process stays as small as the plan assumes beside the engine's own.
+    """
+    provisioner = ChildProcess()
+
+    def model_unavailable(model: str, engine: str) -> str | None:
+        return provisioner.call(provisioning_error, model, engine, profile.model_cache_dir, hang_s=PROVISION_HANG_S)
+
+    try:
+        return select_plan(profile, probe, available_engines(), overrides, model_unavailable)
+    finally:
+        provisioner.close()

@@ -36,6 +36,20 @@ def test_a_run_with_no_audio_has_no_real_time_factor():
     assert summary.real_time_factor == 0.0 and summary.files_failed == 1
 
 
+def test_a_process_started_by_a_large_one_reports_its_own_peak():
+    """getrusage's ru_maxrss survives exec: a run started from a large process (a test runner, a
+    scheduler's worker) would otherwise report that process's size as its own peak."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    block = np.ones(600 * 2**20 // 8)  # 600 MiB, touched, resident in the starting process
+    code = "from steadyscribe.memory import process_peak_rss_bytes; print(process_peak_rss_bytes())"
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert block.size and child_peak < 300 * 2**20
+
+
 def test_peak_memory_survives_the_engine_resetting_the_kernel_high_water_mark():
     import numpy as np
 

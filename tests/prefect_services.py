@@ -111,6 +111,20 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: flo
         time.sleep(every_s)
 
 
+def recorded_task_runs(client, flow_run_id, settled: Callable[[list], bool], timeout_s: float = 60) -> list:
+    """The flow run's task runs once `settled(task_runs)` holds. Task runs and their states reach the
+    server as events, recorded a moment after the run that sent them may have ended."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def read() -> list:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return wait_for(
+        "the server to record the flow run's task runs", lambda: (runs := read()) and settled(runs) and runs,
+        timeout_s, explain=lambda: "\n".join(f"{t.name}: {t.state and t.state.type}" for t in read()),
+    )
+
+
 def stop_process_group(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
     """SIGTERM a process started with start_new_session=True and everything it started; SIGKILL what is left."""
     if process.poll() is None:

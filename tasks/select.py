@@ -115,6 +115,7 @@ def _plan_for(
             f"(available: {sorted(available_engines) or 'none'})"
         )
 
+    threads = probe.usable_cpus if profile.threads == "auto" else profile.threads
     tried: list[str] = []
     for engine in engines:
         dtype, dtype_note = _dtype(profile.dtype, engine, target.device)
@@ -131,7 +132,9 @@ def _plan_for(
                 if why_not:
                     _note(notes, f"no {quantization}: {why_not}")
                     continue
-                batch, need, batch_note = _choose_batch(profile, engine, model, target.device, dtype, quantization, target)
+                batch, need, batch_note = _choose_batch(
+                    profile, engine, model, target.device, dtype, quantization, target, threads
+                )
                 if batch is None:
                     precision = _precision(dtype, quantization)
                     tried.append(f"{engine} {model} {precision} needs ~{format_bytes(need)} at batch 1")
@@ -157,7 +160,7 @@ def _plan_for(
                     quantization=quantization,
                     batch_size=batch,
                     chunk_s=min(profile.chunking.max_window_s, recommended_window_s(model) or 30.0),
-                    threads=probe.usable_cpus if profile.threads == "auto" else profile.threads,
+                    threads=threads,
                     language=language,
                     memory_budget_bytes=target.budget_bytes,
                     estimated_peak_bytes=need,
@@ -269,7 +272,7 @@ def _quantization_unusable(quantization: str, engine: str, device: str, probe: P
 
 
 def _choose_batch(
-    profile: Profile, engine: str, model: str, device: str, dtype: str, quantization: str, target: _Target
+    profile: Profile, engine: str, model: str, device: str, dtype: str, quantization: str, target: _Target, threads: int
 ) -> tuple[int | None, int, str]:
     """The batch to run (the profile's, or a smaller one that fits), its estimated peak, and why.
 
@@ -291,7 +294,7 @@ def _choose_batch(
     needs = {
         batch: host_overhead + int(margin * estimate_peak_bytes(
             model, engine=engine, device=device, dtype=dtype, quantization=quantization, batch_size=batch,
-            beam_size=profile.decoding.beam_size,
+            beam_size=profile.decoding.beam_size, threads=threads,
         ))
         for batch in sizes
     }

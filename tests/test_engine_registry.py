@@ -59,8 +59,8 @@ def test_an_engine_added_as_a_record_is_available_selected_checked_and_estimated
     # On a CPU, `auto` takes the smallest batch within 5% of the record's best measured throughput.
     assert plan.batch_size == 2, plan.reason
     assert plan.estimated_peak_bytes == estimate_peak_bytes(
-        "tiny.en", engine="toy", quantization="int8", batch_size=2
-    ) == estimate_peak_bytes("tiny.en", engine="ctranslate2", quantization="int8", batch_size=2)
+        "tiny.en", engine="toy", quantization="int8", batch_size=2, threads=plan.threads
+    ) == estimate_peak_bytes("tiny.en", engine="ctranslate2", quantization="int8", batch_size=2, threads=plan.threads)
 
     assert unsupported_options("toy", DecodingOptions(beam_size=5, patience=2.0)) == [
         "decoding.patience: toy's beam search has no patience"

@@ -7,7 +7,8 @@ window's text early, the rest is decoded as a window of its own in the next batc
 -> temperature fallback, window by window and
 seeded, for windows that look like hallucinations -> DTW word alignment of every window's text
 (window by window on the CPU). The encoder output is reused by every step (on a GPU, the rare
-partial re-runs of fallback encode again).
+partial re-runs of fallback encode again). On the CPU, two replicas of the model share every
+step's windows: each encodes and aligns windows one at a time and decodes half of the batch.
 
 Nothing here imports torch, numba or openai-whisper: features are computed with numpy
 (steadyscribe.engines.features), the tokenizer is the checkpoint's tokenizer.json
@@ -17,10 +18,12 @@ Nothing here imports torch, numba or openai-whisper: features are computed with 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import ctranslate2
 import numpy as np
@@ -35,6 +38,7 @@ from steadyscribe.engines.decoding import (
     window_seed,
 )
 from steadyscribe.engines.features import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from steadyscribe.engines.registry import engine_spec
 from steadyscribe.engines.speech_gaps import words_within
 from steadyscribe.engines.tokenizer import WhisperTokenizer, whisper_tokenizer
 from steadyscribe.engines.word_timing import (
@@ -49,14 +53,16 @@ from steadyscribe.memory import reuse_large_buffers
 from steadyscribe.records import Plan, Segment, Window, Word
 
 MAX_LENGTH = 448  # the decoder's context: prompt + generated tokens
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class _Encoded:
     """A batch's encoder output, and where its sub-batches come from.
 
-    On the CPU the encoder runs one window at a time and its outputs are stacked on the host: its
-    attention maps (about 55 MiB a window for tiny) then never pile up with the batch, which made
+    On the CPU the encoder runs one window at a time (on each replica) and its outputs are stacked
+    on the host: its attention maps (about 55 MiB a window for tiny) never pile up with the batch, which made
     a batch of 8 peak ~500 MiB higher for no speed (the encoder's matrices are already large at
     batch 1: encoding 8 windows one by one took the same CPU time, docs/memory-calibration.md).
     The decoder, which gains from batching, still gets the whole batch. On a GPU, one batched pass
@@ -135,6 +141,11 @@ class CTranslate2Engine:
         self.compute_type = compute_type_for(plan)
         self.model_dir = str(model_dir)
         device, _, index = plan.device.partition(":")  # "cuda:1" -> CT2's device and device_index
+        # On the CPU, replicas that share the weights, each with its share of the threads, each fed
+        # its share of every call: the model's small matrices keep two single-threaded calls busier
+        # than two threads on one call (docs/benchmark.md, "CPU replicas"). Each replica encodes
+        # and aligns a window of its own, which the memory estimate counts (EngineCalibration.cpu_replicas).
+        self.replicas = min(max(plan.threads, 1), engine_spec(self.name).memory.cpu_replicas) if device == "cpu" else 1
         if device == "cpu":
             reuse_large_buffers()
         self.model = ctranslate2.models.Whisper(
@@ -142,9 +153,10 @@ class CTranslate2Engine:
             device=device,
             device_index=int(index or 0),
             compute_type=self.compute_type,
-            intra_threads=plan.threads,
-            inter_threads=1,
+            intra_threads=max(plan.threads // self.replicas, 1),
+            inter_threads=self.replicas,
         )
+        self._calls = ThreadPoolExecutor(self.replicas, thread_name_prefix="ct2") if self.replicas > 1 else None
         if not self.model.is_multilingual and (need := self.options.multilingual_need()):
             raise ValueError(f"{need} needs a multilingual model; {plan.model} is English-only")
         self.file_languages: dict[str, str] = {}  # file id -> the language of its first window
@@ -250,10 +262,21 @@ class CTranslate2Engine:
     def _encode(self, mel: np.ndarray) -> _Encoded:
         if self.model.device == "cuda":
             return _Encoded(self.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False), None, mel)
-        windows = (ctranslate2.StorageView.from_array(mel[i : i + 1]) for i in range(len(mel)))
-        # Each output is copied to the host as it comes, so the encoder's buffers do not pile up beside the copies.
-        host = np.concatenate([np.array(self.model.encode(window)) for window in windows])
+
+        def encode_one(i: int) -> np.ndarray:
+            # Copied to the host as it comes, so the encoder's buffers do not pile up beside the copies.
+            return np.array(self.model.encode(ctranslate2.StorageView.from_array(mel[i : i + 1])))
+
+        host = np.concatenate(self._side_by_side(encode_one, range(len(mel))))
         return _Encoded(ctranslate2.StorageView.from_array(host), host, mel)
+
+    def _side_by_side(self, call: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """`call` on each item, in order; on the CPU's replicas at once (they release the GIL)."""
+        return list(map(call, items) if self._calls is None else self._calls.map(call, items))
+
+    def _shares(self, rows: list[int]) -> list[list[int]]:
+        """`rows` cut into one contiguous share per replica (fewer when there are fewer rows)."""
+        return [share.tolist() for share in np.array_split(rows, min(self.replicas, len(rows))) if len(share)]
 
     def _languages(self, encoded: _Encoded, batch: list[WindowAudio]) -> list[str]:
         """Each window's language: the plan's, or its file's, detected from the file's first window seen."""
@@ -287,11 +310,14 @@ class CTranslate2Engine:
         previous = [tokenizers[0].sot_prev, *self.prompt] if self.prompt and prompted else []
         prompts = [previous + list(tokenizer.sot_sequence) for tokenizer in tokenizers]
 
+        def generate_share(rows: list[int], temperature: float) -> list[Hypothesis]:
+            return self._generate(encoded.of(rows), [prompts[i] for i in rows], [tokenizers[i] for i in rows], temperature)
+
         def generate(rows: list[int], temperature: float) -> list[Hypothesis]:
             if temperature > 0:  # decode_with_fallback samples one window at a time
                 ctranslate2.set_random_seed(window_seed(windows[rows[0]]))
-            features = encoded.of(rows)
-            return self._generate(features, [prompts[i] for i in rows], [tokenizers[i] for i in rows], temperature)
+            shares = self._side_by_side(lambda share: generate_share(share, temperature), self._shares(rows))
+            return [hypothesis for share in shares for hypothesis in share]
 
         decodings = decode_with_fallback(generate, len(tokenizers), temperatures)
         for decoding in decodings:
@@ -353,15 +379,19 @@ class CTranslate2Engine:
         for i, tokenizer in enumerate(tokenizers):
             start = tokenizer.sot_sequence + ((tokenizer.no_timestamps,) if no_timestamps else ())
             groups.setdefault((start, None if encoded.host is None else i), []).append(i)
-        for (start_sequence, _), indices in groups.items():
-            results = self.model.align(
+
+        def align_group(key: tuple[tuple[int, ...], int | None]) -> list:
+            indices = groups[key]
+            return self.model.align(
                 encoded.of(indices),
-                list(start_sequence),
+                list(key[0]),
                 [text_tokens[i] for i in indices],
                 [num_frames[i] for i in indices],
                 median_filter_width=MEDIAN_FILTER_WIDTH,
             )
-            for i, result in zip(indices, results):
+
+        for key, results in zip(groups, self._side_by_side(align_group, groups)):
+            for i, result in zip(groups[key], results):
                 alignments[i] = result
         return alignments
 

@@ -41,6 +41,9 @@ class EngineCalibration:
     # On the CPU the encoder runs (and alignment aligns) one window at a time: only the decoder's
     # caches grow with the batch.
     cpu_window_by_window: bool = False
+    # On the CPU, up to this many replicas of the model, each on its share of the threads, encoding
+    # and aligning a window of its own at the same time: the per-window memory counts once per replica.
+    cpu_replicas: int = 1
     # Each further beam hypothesis of a window holds its own copy of the encoder output and of
     # the cross-attention keys and values.
     beam_state: bool = False
@@ -135,7 +138,7 @@ ENGINES: dict[str, EngineSpec] = {
             # the beam (docs/benchmark.md, "Beam search and memory").
             memory=EngineCalibration(
                 runtime_bytes=190 * MiB, load_copy_factor=0.35, weight_factor=0.25, activation_factor=1.1,
-                cpu_window_by_window=True,
+                cpu_window_by_window=True, cpu_replicas=2,
             ),
             cpu_throughput={1: 34.5, 2: 34.4, 4: 37.9, 8: 43.6, 16: 45.2, 24: 47.0},  # int8
         ),

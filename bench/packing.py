@@ -1,12 +1,18 @@
 """Does cross-file window packing cost accuracy, and which silence between files? (issue 17)
+And does shorter padding of short windows? (issue 31)
 
 Runs the pipeline's own stages (decode, chunk, infer, stabilize) on a folder of short clips
-(bench/clips.py: real speech first) once without packing and once per gap, with one engine
-loaded once, and reports pooled WER, within-200 ms on the word-timed clips, the words that
-landed in the wrong file (a clip's insertions that its window mate's reference holds), the
-windows decoded and the engine's CPU seconds.
+(bench/clips.py: real speech first) once without packing, once per gap and once per set of
+padding lengths, with one engine loaded once, and reports pooled WER, within-200 ms on the
+word-timed clips, the words that landed in the wrong file (a clip's insertions that its window
+mate's reference holds), the windows decoded and the engine's CPU seconds.
 
     .venv/bin/python -m bench.packing --count 120 --gaps 0.5 1 2 --out bench/results/packing.json
+    .venv/bin/python -m bench.packing --count 120 --gaps --paddings 20,30 15,20,30 10,15,20,30
+
+Shorter padding (`--paddings`, CTranslate2 only) is an experiment, not a product path: each
+window is padded to the shortest of the given lengths that holds it instead of to Whisper's 30 s
+(CTranslate2's encoder takes fewer frames; the decoder then attends over fewer).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import resource
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from bench.clips import build_clips
@@ -77,6 +84,29 @@ class _Counting:
             yield result
 
 
+@contextmanager
+def shorter_padding(engine, lengths_s: list[float]):
+    """The CTranslate2 engine, padding each window to the shortest of `lengths_s` that holds it;
+    a batch is decoded in runs of one length (features of a batch share their shape)."""
+    from steadyscribe.engines.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+
+    def padded(samples) -> int:
+        return next((round(s * SAMPLE_RATE) for s in sorted(lengths_s) if len(samples) <= s * SAMPLE_RATE), N_SAMPLES)
+
+    transcribe_batch = engine._transcribe_batch
+
+    def by_length(batch):
+        for length in sorted({padded(item.samples) for item in batch}):
+            yield from transcribe_batch([item for item in batch if padded(item.samples) == length])
+
+    engine._log_mel = lambda samples: log_mel_spectrogram(pad_or_trim(samples, padded(samples)), engine.model.n_mels)
+    engine._transcribe_batch = by_length
+    try:
+        yield engine
+    finally:
+        del engine._log_mel, engine._transcribe_batch
+
+
 def scores(files, ids, result, unpacked_texts: dict[str, str] | None) -> dict:
     """Pooled WER, within-200 ms on the word-timed clips, and the words that crossed between window mates.
 
@@ -109,7 +139,9 @@ def scores(files, ids, result, unpacked_texts: dict[str, str] | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=120)
-    parser.add_argument("--gaps", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--gaps", type=float, nargs="*", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--paddings", nargs="*", default=[], metavar="S,S,...",
+                        help="not packed, each window padded to the shortest of these lengths (s) that holds it")
     parser.add_argument("--profile", default="cpu-fast", help="chunking, VAD and stabilization settings from this profile")
     parser.add_argument("--engine", default="ctranslate2", choices=["ctranslate2", "transformers", "whisper"])
     parser.add_argument("--quantization", default="dynamic-int8")
@@ -138,7 +170,10 @@ def main() -> None:
                 samples, d.file_id, max_window_s=30.0, min_pause_s=profile.chunking.min_pause_s,
                 probabilities=file_probabilities(d.pcm_path, samples), thresholds=profile.vad,
             )
-        for gap, max_window_s in [(None, 30.0), *((g, m) for m in args.max_window_s for g in args.gaps)]:
+        paddings = [[float(s) for s in lengths.split(",")] for lengths in args.paddings]
+        configurations = [(None, 30.0, None), *((g, m, None) for m in args.max_window_s for g in args.gaps),
+                          *((None, 30.0, lengths) for lengths in paddings)]
+        for gap, max_window_s, padding in configurations:
             packing = Packing(max_window_s, gap) if gap else None
             label = f"packed into {max_window_s:g} s, {gap:g} s between files" if gap else "not packed"
             unpacked = report["runs"].get("not packed", {}).get("texts")
@@ -148,7 +183,11 @@ def main() -> None:
 
                 run_engine = CTranslate2Engine(plan, with_timestamps=True)
                 label += ", timestamp tokens"
-            report["runs"][label] = scores(files, ids, run(run_engine, decoded, windows_of, packing, Path(work_dir), profile), unpacked)
+            if padding:
+                label += f", padded to the shortest of {', '.join(f'{s:g}' for s in padding)} s"
+            with shorter_padding(run_engine, padding) if padding else nullcontext():
+                result = run(run_engine, decoded, windows_of, packing, Path(work_dir), profile)
+            report["runs"][label] = scores(files, ids, result, unpacked if packing else None)
             print(label, {k: v for k, v in report["runs"][label].items() if k != "texts"}, flush=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))

@@ -287,7 +287,7 @@ def reuse_large_buffers(limit_bytes: int = HEAP_BUFFER_LIMIT) -> bool:
     they are reused from one window to the next, at the cost of holding up to `limit_bytes`
     more between windows. Process-wide: it changes where large blocks come from, not what is allocated.
     One heap serves every thread, so a block that one engine thread frees serves the next window
-    of another instead of staying in a heap of its own (two threads held ~250 MiB more without).
+    of another instead of staying in a heap of its own (two threads held ~290 MiB more without).
     """
     if not sys.platform.startswith("linux"):
         return False

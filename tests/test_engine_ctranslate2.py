@@ -33,7 +33,7 @@ MAX_WER = 0.2  # a cap on top of the batch-1 bar, as for the transformers engine
 
 
 def engine(**plan_fields) -> CTranslate2Engine:
-    return CTranslate2Engine(Plan(engine="ctranslate2", model="tiny.en", threads=1, **plan_fields))
+    return CTranslate2Engine(Plan(engine="ctranslate2", model="tiny.en", **{"threads": 1, **plan_fields}))
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,19 @@ def test_cross_file_batch_gives_the_same_text_as_batch_one(float32_results, spee
     alone = {r.window: r for r in engine(batch_size=1).transcribe(first_batch)}
     for batched in float32_results[:4]:
         assert [s.text for s in batched.segments] == [s.text for s in alone[batched.window].segments]
+
+
+def test_two_threads_run_two_replicas_that_give_the_words_of_one(float32_results, speech_windows):
+    """On the CPU each replica is single-threaded and takes its share of every step, so two of
+    them compute what one single-threaded model computes, side by side."""
+    two = engine(batch_size=4, threads=2)
+    assert two.replicas == 2 and two._shares([0, 1, 2]) == [[0, 1], [2]]
+    results = list(two.transcribe(speech_windows))
+    assert [r.window for r in results] == [r.window for r in float32_results]
+    for shared, alone in zip(results, float32_results):
+        words, expected = [w for s in shared.segments for w in s.words], [w for s in alone.segments for w in s.words]
+        assert [w.word for w in words] == [w.word for w in expected]
+        assert np.allclose([(w.start, w.end) for w in words], [(w.start, w.end) for w in expected], atol=0.02)
 
 
 def test_a_partial_batch_reuses_the_batch_encoder_output(speech_windows):

@@ -54,6 +54,17 @@ def test_1gib_cgroup_gets_a_small_quantized_or_tiny_plan(profile):
         assert plan.quantization in ("dynamic-int8", "int8")
 
 
+
+def test_the_cpu_estimate_counts_a_window_per_ctranslate2_replica():
+    """CTranslate2 runs two replicas on the CPU, each encoding a window at a time; others share one."""
+    def extra(engine: str, threads: int) -> int:
+        return estimate_peak_bytes("tiny.en", engine=engine, threads=threads) - estimate_peak_bytes("tiny.en", engine=engine)
+
+    one_window = extra("ctranslate2", 2)
+    assert 100 * 2**20 < one_window < 200 * 2**20  # tiny's attention maps and projections for one window
+    assert extra("ctranslate2", 8) == one_window  # at most two replicas
+    assert extra("transformers", 8) == 0
+
 def test_8gb_gpu_gets_a_smaller_or_quantized_plan():
     plan = plan_for("gpu-8gb", machine(gpu_gib=8))
     assert plan.device == "cuda" and plan.dtype == "float16"

@@ -165,13 +165,13 @@ def test_a_worker_killed_mid_group_loses_only_that_group(cluster, one_file_group
 
 
 def test_forty_files_on_two_workers_keep_both_busy(cluster, forty_short_files, tmp_path):
-    """cpu-fast's group size (4 batches of files: 64 at batch 16) alone would put all 40 files in one group."""
+    """A group size of 4 batches of files (64 at batch 16) alone would put all 40 files in one group."""
     from steadyscribe.flows.transcribe import transcribe
 
     # Greedy only: a window that falls back to sampling gets words that depend on what the
     # process sampled before (CTranslate2 seeds each thread's generator once, at its first use).
     greedy = tmp_path / "cpu-fast-greedy.yaml"
-    greedy.write_text(yaml.safe_dump({"extends": "cpu-fast", "decoding": {"temperatures": [0.0]}}))
+    greedy.write_text(yaml.safe_dump({"extends": "cpu-fast", "batch_size": 16, "decoding": {"temperatures": [0.0]}}))
     output = tmp_path / "dask-out"
     summary = transcribe(inputs=forty_short_files, output=str(output), profile=str(greedy), scheduler=cluster.address)
     assert summary.files_ok == 40

@@ -79,7 +79,7 @@ class Architecture:
         }[shape.alignment]
         if shape.cpu_window_by_window and device == "cpu":
             # Each window is encoded and aligned on its own: only the decoder's caches grow with the batch.
-            windows_at_once = min(threads, shape.cpu_replicas)
+            windows_at_once = shape.replicas_on_cpu(threads)
             return windows_at_once * (encoder_scratch + alignment) + batch_size * (t * d + caches)
         return batch_size * (encoder_scratch + caches + alignment)
 

@@ -62,7 +62,8 @@ def test_the_cpu_estimate_counts_a_window_per_ctranslate2_replica():
 
     one_window = extra("ctranslate2", 2)
     assert 100 * 2**20 < one_window < 200 * 2**20  # tiny's attention maps and projections for one window
-    assert extra("ctranslate2", 8) == one_window  # at most two replicas
+    assert extra("ctranslate2", 8) == one_window  # two replicas of four threads each
+    assert extra("ctranslate2", 3) == 0  # one replica on three threads: two would leave a core idle
     assert extra("transformers", 8) == 0
 
 def test_8gb_gpu_gets_a_smaller_or_quantized_plan():

@@ -145,7 +145,7 @@ class CTranslate2Engine:
         # its share of every call: the model's small matrices keep two single-threaded calls busier
         # than two threads on one call (docs/benchmark.md, "CPU replicas"). Each replica encodes
         # and aligns a window of its own, which the memory estimate counts (EngineCalibration.cpu_replicas).
-        self.replicas = min(max(plan.threads, 1), engine_spec(self.name).memory.cpu_replicas) if device == "cpu" else 1
+        self.replicas = engine_spec(self.name).memory.replicas_on_cpu(plan.threads) if device == "cpu" else 1
         if device == "cpu":
             reuse_large_buffers()
         self.model = ctranslate2.models.Whisper(
@@ -153,7 +153,7 @@ class CTranslate2Engine:
             device=device,
             device_index=int(index or 0),
             compute_type=self.compute_type,
-            intra_threads=max(plan.threads // self.replicas, 1),
+            intra_threads=max(plan.threads, 1) // self.replicas,
             inter_threads=self.replicas,
         )
         self._calls = ThreadPoolExecutor(self.replicas, thread_name_prefix="ct2") if self.replicas > 1 else None

@@ -41,8 +41,8 @@ class EngineCalibration:
     # On the CPU the encoder runs (and alignment aligns) one window at a time: only the decoder's
     # caches grow with the batch.
     cpu_window_by_window: bool = False
-    # On the CPU, up to this many replicas of the model, each on its share of the threads, encoding
-    # and aligning a window of its own at the same time: the per-window memory counts once per replica.
+    # On the CPU, this many replicas of the model where the threads divide among them evenly, each
+    # encoding and aligning a window of its own at once: the per-window memory counts once per replica.
     cpu_replicas: int = 1
     # Each further beam hypothesis of a window holds its own copy of the encoder output and of
     # the cross-attention keys and values.
@@ -50,6 +50,11 @@ class EngineCalibration:
     # On the CPU, selection plans a whole run this share above the one-batch estimate (a run of many
     # batches, beside the rest of the pipeline, peaks higher than one batch in a bare process).
     cpu_run_margin: float = 0.0
+
+    def replicas_on_cpu(self, threads: int) -> int:
+        """How many replicas run on `threads` CPU threads: cpu_replicas where each gets as many
+        threads (no core left idle), else one."""
+        return self.cpu_replicas if threads >= self.cpu_replicas and threads % self.cpu_replicas == 0 else 1
 
 
 @dataclass(frozen=True)

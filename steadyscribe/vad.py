@@ -4,7 +4,7 @@ The model gives one speech probability per 32 ms frame (512 samples at 16 kHz). 
 convolutional encoder followed by an LSTM: each frame is fed with the last 64 samples of the
 frame before it as context, and the LSTM state carries from frame to frame. Frames are run in
 blocks, carrying the state and the context across blocks, so a file of hours never needs more
-than one block of frames in memory (the samples are usually a memory map).
+than one block of frames in memory (the samples are read from disk slice by slice).
 
 The model file ships inside this package (steadyscribe/assets, MIT, see the licence note there)
 and runs with onnxruntime, a dependency of the default install. Without either, `load_vad`
@@ -28,8 +28,9 @@ FRAME_SAMPLES = 512
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE  # 0.032 s
 CONTEXT_SAMPLES = 64
 STATE_SHAPE = (1, 1, 128)
-# Frames per model call: ~2.7 minutes of audio, ~9 MiB of input; bounds memory on long files.
-BLOCK_FRAMES = 5000
+# Frames per model call: 16 s of audio. ONNX Runtime keeps the buffers of its largest call:
+# blocks of 5000 frames held ~90 MiB more than blocks of 500, and ran no faster.
+BLOCK_FRAMES = 500
 # Frames averaged before judging that a span is confidently silent (160 ms).
 SMOOTHING_FRAMES = 5
 

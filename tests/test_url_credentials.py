@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from helpers import FIXTURES, run_cli
+from prefect_services import recorded_task_runs
 from steadyscribe.url_credentials import CredentialsInUrl, credential_parts, redact_url, refuse_credentials_in_urls
 
 PASSWORD = "PASSWORD-4f1c9e"
@@ -199,7 +200,9 @@ def everything_on_the_server(output: Path) -> str:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id for run in runs])))
         artifacts = client.read_artifacts(flow_run_filter=of_runs)
         assert logs and artifacts
-        records = [*runs, *client.read_task_runs(flow_run_filter=of_runs), *logs, *artifacts]
+        # Task runs reach the server as events, after the run may have ended: wait until each is final.
+        task_runs = [t for run in runs for t in recorded_task_runs(client, run.id, lambda ts: all(t.state.is_final() for t in ts))]
+        records = [*runs, *task_runs, *logs, *artifacts]
     return "\n".join(record.model_dump_json() for record in records)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from prefect import get_run_logger, task
@@ -192,6 +193,11 @@ def passed_over_names(passed: PassedOver) -> str:
     return ", ".join(passed.first) + (f" and {more} more" if more else "")
 
 
+def _table(header: str, rows: Iterable[tuple[str, ...]]) -> str:
+    """Markdown table rows under `header`. Names come from users: a newline or a `|` in one would break the table."""
+    return header + "".join("\n| " + " | ".join(printable(str(cell)).replace("|", "/") for cell in row) + " |" for row in rows)
+
+
 def summary_markdown(summary: RunSummary) -> str:
     """The summary as a Markdown table, for the Prefect UI."""
     rows = [
@@ -209,17 +215,16 @@ def summary_markdown(summary: RunSummary) -> str:
         ("batch size / quantization", f"{summary.plan.get('batch_size')} / {summary.plan.get('quantization')}"),
     ]
     rows += [(f"stabilization: {k}", str(v)) for k, v in asdict(summary.stabilization).items() if v is not None]
-    text = "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    text = _table("| measure | value |\n|---|---|", rows)
     if summary.failures:
-        text += "\n\n### Failures\n\n| file | error |\n|---|---|\n"
-        text += "\n".join(f"| {f.source} | {(f.error or '').replace('|', '/')} |" for f in summary.failures)
+        text += _table("\n\n### Failures\n\n| file | error |\n|---|---|", ((f.source, f.error or "") for f in summary.failures))
     if summary.slowest:
-        text += "\n\n### Slowest files\n\n| file | audio (s) | decoding and inference (s) |\n|---|--:|--:|\n"
-        text += "\n".join(f"| {f.source} | {f.duration_s:.1f} | {f.processing_s:.1f} |" for f in summary.slowest)
+        text += _table("\n\n### Slowest files\n\n| file | audio (s) | decoding and inference (s) |\n|---|--:|--:|",
+                       ((f.source, f"{f.duration_s:.1f}", f"{f.processing_s:.1f}") for f in summary.slowest))
     if summary.warned:
-        text += "\n\n### Files with warnings\n\n| file | warnings |\n|---|---|\n"
-        text += "\n".join(f"| {f.source} | {'; '.join(f.warnings).replace('|', '/')} |" for f in summary.warned)
+        text += _table("\n\n### Files with warnings\n\n| file | warnings |\n|---|---|",
+                       ((f.source, "; ".join(f.warnings)) for f in summary.warned))
     if summary.passed_over:
-        text += "\n\n### Passed over by discovery\n\n| reason | count | first names |\n|---|--:|---|\n"
-        text += "\n".join(f"| {p.reason} | {p.count} | {passed_over_names(p).replace('|', '/')} |" for p in summary.passed_over)
+        text += _table("\n\n### Passed over by discovery\n\n| reason | count | first names |\n|---|--:|---|",
+                       ((p.reason, str(p.count), passed_over_names(p)) for p in summary.passed_over))
     return text

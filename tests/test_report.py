@@ -89,3 +89,15 @@ def test_the_final_message_names_the_count_and_the_first_failures_and_the_summar
     for row in ("| run id | run-3 |", "| inputs | s3://b/in/ |", "| output | s3://b/out |", "| profile | cpu-fast |",
                 "| s3://b/in/slow.wav | 60.0 | 30.0 |"):
         assert row in markdown
+
+
+def test_names_cannot_break_the_ui_summary_table():
+    """A newline or a `|` in a file name (users name files) would start a new row or a new cell in the Markdown."""
+    crafted = "in/a|b\n| files ok / failed / skipped / duplicate | 99 / 0 / 0 / 0 |.wav"
+    outcomes = [FileOutcome(crafted, "failed", None, f"{crafted}: not audio"), FileOutcome("in/ok.wav", "ok", 2.0)]
+    markdown = summary_markdown(summarize("r", "out", PLAN, outcomes, wall_s=1.0, inputs=["in/x\ny"]))
+    rows = markdown.splitlines()
+    assert [r for r in rows if r.startswith("| files ok")] == ["| files ok / failed / skipped / duplicate | 1 / 1 / 0 / 0 |"]
+    assert "| inputs | in/x\\ny |" in rows
+    [failure] = [r for r in rows if r.startswith("| in/a")]
+    assert failure.count(" | ") == 1 and "\\n" in failure

@@ -9,6 +9,10 @@ mate's reference holds), the windows decoded and the engine's CPU seconds.
 
     .venv/bin/python -m bench.packing --count 120 --gaps 0.5 1 2 --out bench/results/packing.json
     .venv/bin/python -m bench.packing --count 120 --gaps --paddings 20,30 15,20,30 10,15,20,30
+    .venv/bin/python -m bench.packing --hour --gaps --paddings 20,30 15,20,30
+
+`--hour` runs bench/whole_run.py's hour-long file instead of the clips: there the windows padded
+shorter are mostly the rests of windows whose text ended early and the stretches decoded again.
 
 Shorter padding (`--paddings`, CTranslate2 only) is an experiment, not a product path: each
 window is padded to the shortest of the given lengths that holds it instead of to Whisper's 30 s
@@ -26,7 +30,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from bench.clips import build_clips
-from bench.common import DEFAULT_DATA, add_realspeech_option
+from bench.common import DEFAULT_DATA, add_realspeech_option, realspeech_dir
+from bench.dataset import BenchFile
+from bench.whole_run import hour_file
 from bench.score import TOLERANCE_S
 from steadyscribe.engines import load_engine
 from steadyscribe.metrics import boundary_errors, corpus_wer, normalize_text
@@ -86,25 +92,18 @@ class _Counting:
 
 @contextmanager
 def shorter_padding(engine, lengths_s: list[float]):
-    """The CTranslate2 engine, padding each window to the shortest of `lengths_s` that holds it;
-    a batch is decoded in runs of one length (features of a batch share their shape)."""
-    from steadyscribe.engines.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+    """The CTranslate2 engine, padding every window (not only the rests, as it does itself) to the
+    shortest of `lengths_s` that holds it."""
+    from steadyscribe.engines.features import N_SAMPLES, SAMPLE_RATE
 
-    def padded(samples) -> int:
-        return next((round(s * SAMPLE_RATE) for s in sorted(lengths_s) if len(samples) <= s * SAMPLE_RATE), N_SAMPLES)
+    def padded(item, rest: bool) -> int:
+        return next((round(s * SAMPLE_RATE) for s in sorted(lengths_s) if len(item.samples) <= s * SAMPLE_RATE), N_SAMPLES)
 
-    transcribe_batch = engine._transcribe_batch
-
-    def by_length(batch):
-        for length in sorted({padded(item.samples) for item in batch}):
-            yield from transcribe_batch([item for item in batch if padded(item.samples) == length])
-
-    engine._log_mel = lambda samples: log_mel_spectrogram(pad_or_trim(samples, padded(samples)), engine.model.n_mels)
-    engine._transcribe_batch = by_length
+    engine._padded_samples = padded
     try:
         yield engine
     finally:
-        del engine._log_mel, engine._transcribe_batch
+        del engine._padded_samples
 
 
 def scores(files, ids, result, unpacked_texts: dict[str, str] | None) -> dict:
@@ -139,6 +138,7 @@ def scores(files, ids, result, unpacked_texts: dict[str, str] | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=120)
+    parser.add_argument("--hour", action="store_true", help="the hour-long file of real speech (bench.whole_run), not the clips")
     parser.add_argument("--gaps", type=float, nargs="*", default=[0.5, 1.0, 2.0])
     parser.add_argument("--paddings", nargs="*", default=[], metavar="S,S,...",
                         help="not packed, each window padded to the shortest of these lengths (s) that holds it")
@@ -153,13 +153,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    files = build_clips(args.data_dir, args.count, args.realspeech)
+    if args.hour:
+        files = [BenchFile(name, "hour", name, 3600.0, reference, [])
+                 for name, reference in hour_file(args.data_dir, realspeech_dir(args.realspeech)).items()]
+    else:
+        files = build_clips(args.data_dir, args.count, args.realspeech)
     profile = load_profile(args.profile)
     batch_size = 1 if args.engine == "whisper" else args.batch_size
     quantization = "none" if args.engine == "whisper" else args.quantization
     plan = Plan(engine=args.engine, model="tiny.en", quantization=quantization, batch_size=batch_size, threads=2, language="en")
     engine = load_engine(plan)
-    report = {"plan": f"{plan.engine} {plan.model} {plan.quantization} batch {plan.batch_size}", "clips": len(files), "runs": {}}
+    report = {"plan": f"{plan.engine} {plan.model} {plan.quantization} batch {plan.batch_size}",
+              "input": "hour" if args.hour else f"{len(files)} clips", "runs": {}}
     with tempfile.TemporaryDirectory() as work_dir:
         decoded, ids, windows_of = {}, {}, {}
         for f in files:

@@ -186,6 +186,45 @@ def resampled_mono(path: Path) -> np.ndarray:
     return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
 
 
+# The clean real recordings, twice in different orders: about four minutes.
+LONG_REAL_ROUNDS = 2
+
+
+def long_real_speech(work_dir: Path) -> tuple[np.ndarray, str]:
+    """The clean real recordings end to end, 0.5-2 s of digital silence apart (seeded), as decoded
+    16 kHz samples; their reference text."""
+    import random
+
+    from steadyscribe.pcm import load_pcm
+    from steadyscribe.records import InputFile
+    from steadyscribe.tasks.decode import decode_input
+
+    names = sorted(p.stem for p in REAL.glob("*.flac") if "__" not in p.stem)
+    rng = random.Random(28)
+    pieces, texts = [], []
+    for round_ in range(LONG_REAL_ROUNDS):
+        for name in names if round_ == 0 else rng.sample(names, len(names)):
+            decoded = decode_input(InputFile(str(REAL / f"{name}.flac")), work_dir)
+            if pieces:
+                pieces.append(np.zeros(round(rng.uniform(0.5, 2.0) * SAMPLE_RATE), dtype=np.float32))
+            pieces.append(np.asarray(load_pcm(decoded.pcm_path)))
+            texts.append(json.loads((REAL / f"{name}.json").read_text())["text"])
+    return np.concatenate(pieces), " ".join(texts)
+
+
+def long_real_file(path: Path) -> tuple[Path, str]:
+    """long_real_speech as a 16-bit FLAC at `path`; its reference text."""
+    samples, text = long_real_speech(path.parent)
+    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
+    with av.open(str(path), "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+        frame.rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path, text
+
+
 # --- waiting and machines ---------------------------------------------------------------------
 
 

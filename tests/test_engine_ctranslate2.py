@@ -121,6 +121,47 @@ def test_real_recordings_keep_the_words_that_timestamp_decoding_keeps(tmp_path):
     assert corpus_wer((references[n], " ".join(texts.get(n, []))) for n in REAL_RECORDINGS) <= 0.05
 
 
+class _EncodedLengths:
+    """A CTranslate2 model that notes the frames of every encoder call."""
+
+    def __init__(self, model) -> None:
+        self._model, self.frames = model, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def encode(self, features, *args, **kwargs):
+        self.frames.append(features.shape[-1])
+        return self._model.encode(features, *args, **kwargs)
+
+
+def test_the_rests_of_windows_are_padded_to_20_s_and_say_what_they_said_at_30_s(tmp_path):
+    """Four minutes of real recordings end to end: the windows whose text ends early get rests,
+    encoded at 20 s; the words come out as with every rest padded to Whisper's 30 s."""
+    from helpers import long_real_speech
+
+    from steadyscribe.engines.features import N_SAMPLES
+    from steadyscribe.metrics import corpus_wer
+    from steadyscribe.tasks.chunk import plan_windows
+
+    samples, reference = long_real_speech(tmp_path)
+    windows = [window_audio(w, samples) for w in plan_windows(samples, "long")]
+
+    def transcribe(pad_rests: bool) -> tuple[float, list[int]]:
+        ct2 = engine(batch_size=4)
+        ct2.model = _EncodedLengths(ct2.model)
+        if not pad_rests:
+            ct2._padded_samples = lambda item, rest: N_SAMPLES
+        said = " ".join(w.word for r in ct2.transcribe(windows) for s in r.segments for w in s.words)
+        return corpus_wer([(reference, said)]), ct2.model.frames
+
+    (padded_wer, padded_frames), (whole_wer, whole_frames) = transcribe(True), transcribe(False)
+    assert len(padded_frames) > len(windows) and set(whole_frames) == {3000}  # there were rests
+    assert padded_frames.count(2000) >= 1 and len(padded_frames) == len(whole_frames)
+    # The engine alone (no speech-gap step, no stabilization): a rest that lost words would show here.
+    assert padded_wer <= whole_wer + 0.005, (padded_wer, whole_wer)
+
+
 def test_word_times_are_monotonic_and_inside_the_window(float32_results, speech_windows):
     audio_end = {w.window: w.window.start + len(w.samples) / SAMPLE_RATE for w in speech_windows}
     for result in float32_results:

@@ -8,7 +8,6 @@ end: no stretch the VAD hears comes out without words. And the geometry of the r
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from helpers import FIXTURES, REAL, ROOT, run_cli
+from helpers import FIXTURES, REAL, ROOT, long_real_file, run_cli
 from steadyscribe.engines.base import WindowResult
 from steadyscribe.engines.speech_gaps import find_gaps, passes, unheard_warning
 from steadyscribe.metrics import corpus_wer, normalize_text
@@ -132,38 +131,6 @@ def test_every_sentence_of_fast_speech_comes_out(fast_run):
 
 
 # ---------------------------------------------------------------- a few minutes of real speech in one file
-
-# The clean real recordings, twice in different orders: about four minutes.
-ROUNDS = 2
-
-
-def long_real_file(path: Path) -> tuple[Path, str]:
-    """The clean real recordings end to end, 0.5-2 s of digital silence apart (seeded); its reference text."""
-    import av
-
-    from steadyscribe.records import InputFile
-    from steadyscribe.pcm import load_pcm
-    from steadyscribe.tasks.decode import decode_input
-
-    names = sorted(p.stem for p in REAL.glob("*.flac") if "__" not in p.stem)
-    rng = random.Random(28)
-    pieces, texts = [], []
-    for round_ in range(ROUNDS):
-        for name in names if round_ == 0 else rng.sample(names, len(names)):
-            decoded = decode_input(InputFile(str(REAL / f"{name}.flac")), path.parent)
-            if pieces:
-                pieces.append(np.zeros(round(rng.uniform(0.5, 2.0) * 16000), dtype=np.float32))
-            pieces.append(np.asarray(load_pcm(decoded.pcm_path)))
-            texts.append(json.loads((REAL / f"{name}.json").read_text())["text"])
-    pcm = np.clip(np.round(np.concatenate(pieces) * 32767), -32768, 32767).astype(np.int16)
-    with av.open(str(path), "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return path, " ".join(texts)
-
 
 @pytest.mark.slow
 def test_no_stretch_of_heard_speech_in_a_long_real_file_comes_out_without_words(prefect_server, tmp_path):

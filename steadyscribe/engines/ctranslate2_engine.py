@@ -171,27 +171,27 @@ class CTranslate2Engine:
         partial: dict[Window, WindowResult] = {}
         while batch := _next_batch(rests, pending, self.batch_size):
             for run in same_redecode(batch):
-                for result, rest in self._transcribe_batch(run):
-                    whole = partial.pop(result.window, None)
-                    if whole is not None:
-                        # The rest starts a little before where the text ended: only its words after the last one count.
-                        last = max((w.end for s in whole.segments for w in s.words), default=whole.window.start)
-                        whole.segments.extend(words_within(result.segments, last, whole.window.end))
-                        result = whole
-                    if rest is None:
-                        yield result
-                    else:
-                        partial[rest.window] = result
-                        rests.append(rest)
+                lengths = [self._padded_samples(item, rest=item.window in partial) for item in run]
+                # Features of one encoder call share their length: the rests (first in a batch), then the windows.
+                for length in sorted(set(lengths)):
+                    part = [item for item, padded in zip(run, lengths) if padded == length]
+                    yield from _completed(self._transcribe_batch(part, length), partial, rests)
 
-    def _transcribe_batch(self, batch: list[WindowAudio]) -> Iterator[tuple[WindowResult, WindowAudio | None]]:
-        """Each window's result, and the rest of the window still to decode (None when it is done)."""
+    def _padded_samples(self, item: WindowAudio, rest: bool) -> int:
+        """The length a window's audio is padded to: Whisper's 30 s, or REST_PADDING_SAMPLES for a rest that fits it."""
+        return REST_PADDING_SAMPLES if rest and len(item.samples) <= REST_PADDING_SAMPLES else N_SAMPLES
+
+    def _transcribe_batch(
+        self, batch: list[WindowAudio], padded_samples: int = N_SAMPLES
+    ) -> Iterator[tuple[WindowResult, WindowAudio | None]]:
+        """Each window's result, and the rest of the window still to decode (None when it is done);
+        every window's audio padded to `padded_samples`."""
         redecode = batch[0].redecode  # the same for the whole batch (same_redecode)
         temperatures = redecode_temperatures(redecode, self.options.temperatures)
         if not temperatures:  # no fallback temperatures in the profile
             yield from ((WindowResult(item.window, None, []), None) for item in batch)
             return
-        encoded = self._encode(np.stack([self._log_mel(item.samples) for item in batch]))
+        encoded = self._encode(np.stack([self._log_mel(item.samples, padded_samples) for item in batch]))
         languages = self._languages(encoded, batch)
         tokenizers = [self._tokenizer(language) for language in languages]
         decodings = self._decode(encoded, tokenizers, [item.window for item in batch], temperatures, prompted=not redecode)
@@ -254,9 +254,9 @@ class CTranslate2Engine:
             )
         return segments
 
-    def _log_mel(self, samples: np.ndarray) -> np.ndarray:
+    def _log_mel(self, samples: np.ndarray, padded_samples: int = N_SAMPLES) -> np.ndarray:
         # Per window, not per batch: log_mel_spectrogram normalizes by the loudest frame of its input.
-        audio = pad_or_trim(np.asarray(samples, dtype=np.float32), N_SAMPLES)
+        audio = pad_or_trim(np.asarray(samples, dtype=np.float32), padded_samples)
         return log_mel_spectrogram(audio, self.model.n_mels)
 
     def _encode(self, mel: np.ndarray) -> _Encoded:
@@ -424,6 +424,26 @@ class CTranslate2Engine:
         return [segment for segment in segments if segment.words]
 
 
+def _completed(
+    decoded: Iterator[tuple[WindowResult, WindowAudio | None]],
+    partial: dict[Window, WindowResult],
+    rests: deque[WindowAudio],
+) -> Iterator[WindowResult]:
+    """The results that `decoded` completes; a rest still to decode is queued, its window's result kept in `partial`."""
+    for result, rest in decoded:
+        whole = partial.pop(result.window, None)
+        if whole is not None:
+            # The rest starts a little before where the text ended: only its words after the last one count.
+            last = max((w.end for s in whole.segments for w in s.words), default=whole.window.start)
+            whole.segments.extend(words_within(result.segments, last, whole.window.end))
+            result = whole
+        if rest is None:
+            yield result
+        else:
+            partial[rest.window] = result
+            rests.append(rest)
+
+
 def _next_batch(rests: deque[WindowAudio], pending: Iterator[WindowAudio], size: int) -> list[WindowAudio]:
     """Up to `size` windows: the rests waiting first, then new windows."""
     batch = [rests.popleft() for _ in range(min(size, len(rests)))]
@@ -432,6 +452,10 @@ def _next_batch(rests: deque[WindowAudio], pending: Iterator[WindowAudio], size:
 
 # A rest shorter than this is not decoded: the model said it holds nothing more.
 MIN_REST_S = 1.0
+# A rest that fits this long is padded to it, not to 30 s: the encoder's work falls with the
+# frames, and on real speech the words stay the same (docs/benchmark.md, "Shorter padding").
+# Whole windows keep 30 s: padded shorter, short files lost words.
+REST_PADDING_SAMPLES = 20 * SAMPLE_RATE
 # A rest starts this long before where the text ended: Whisper's timestamp there may cut into the
 # next word ("Making" lost from a sonnet's line when the rest began on the timestamp itself).
 REST_LEAD_S = 0.5

@@ -201,7 +201,7 @@ def everything_on_the_server(output: Path) -> str:
         artifacts = client.read_artifacts(flow_run_filter=of_runs)
         assert logs and artifacts
         # Task runs reach the server as events, after the run may have ended: wait until each is final.
-        task_runs = [t for run in runs for t in recorded_task_runs(client, run.id, lambda ts: all(t.state.is_final() for t in ts))]
+        task_runs = [t for run in runs for t in recorded_task_runs(client, run.id, lambda recorded: all(task.state.is_final() for task in recorded))]
         records = [*runs, *task_runs, *logs, *artifacts]
     return "\n".join(record.model_dump_json() for record in records)
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from steadyscribe.errors import FilesFailed, PlanError
+from steadyscribe.errors import PlanError
 from steadyscribe.profiles import DEFAULT_PROFILE, ProfileError, apply_overrides, load_profile, run_overrides
 from steadyscribe.progress import PlainProgress, RichProgress, RunProgress, reporting
 
@@ -90,18 +90,20 @@ def run_job(args: argparse.Namespace) -> int:
                 terminal.enter_context(using(server))
                 if log_path is not None:
                     terminal.enter_context(logs_to_file(log_path))
-                terminal.enter_context(reporting(terminal_progress(args.verbose)))
-                summary = transcribe(
+                progress = terminal.enter_context(reporting(terminal_progress(args.verbose)))
+                run = transcribe(
                     inputs=args.inputs,
                     output=args.output,
                     profile=args.profile,
                     force=args.force,
                     scheduler=args.scheduler,
                     text_suffix=getattr(args, "text_suffix", None),
+                    return_state=True,
                     **overrides,
                 )
-        except FilesFailed as failed:
-            summary = failed.summary
+                if progress.summary is None:
+                    run.result()  # the run ended before its summary: raise its error
+                summary = progress.summary
         except FlowRunTimeoutError as error:
             print(
                 f"steadyscribe: {error} (the limit {TIMEOUT_ENV} sets); the groups committed before it stay, "

@@ -132,7 +132,8 @@ def transcribe(
     profile's). Every input ends
     in one `files` row: ok, skipped or failed.
     When a file failed, the run still commits the others and then ends Failed; calling
-    the flow then raises FilesFailed, which carries the summary. `scheduler` (a Dask
+    the flow then raises FilesFailed, which carries the summary (the process's reporter has it
+    too, which the CLI reads: steadyscribe/progress.py). `scheduler` (a Dask
     scheduler address, e.g. tcp://host:8786) runs the groups on that cluster whatever the
     profile's runner says.
 
@@ -192,6 +193,7 @@ def transcribe(
         inputs=shown_inputs, profile=chosen.name, passed_over=discovery.passed_over,
     )
     create_markdown_artifact(summary_markdown(summary), key="run-summary", description="Run summary")
+    reporter().run_finished(summary)
     if summary.files_failed:
         # Failed, not Completed, so the UI, automations and callers notice; a returned state
         # (rather than a raise) keeps the message short and the summary with the error.

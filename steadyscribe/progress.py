@@ -10,7 +10,8 @@ terminal themselves; the entry point that owns the terminal installs one with `r
 
 Who calls what, in order: the flow calls `run_started` once it knows the files, then
 `group_started` for each group once its windows are planned; inference calls `windows_done` as
-windows finish; writing calls `files_done` once a group is committed. Calls may come from
+windows finish; writing calls `files_done` once a group is committed; the flow calls
+`run_finished` with the run's summary last. Calls may come from
 several threads (RunProgress serializes them). Inference and writing run in the flow's
 process, so the reporter sees them under every task runner.
 """
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 from steadyscribe.printable import printable
 
@@ -46,6 +47,7 @@ class RunProgress:
         self.group_files = 0
         self.group_windows = 0
         self.group_windows_done = 0
+        self.summary: Any = None  # the run's RunSummary (tasks/report.py), once it has one
 
     # --- what the stages call ----------------------------------------------------------------
 
@@ -75,6 +77,13 @@ class RunProgress:
             self.files_finished += ok + failed + skipped
             self.group_files = self.group_windows = self.group_windows_done = 0  # the group now counts as files
             self._show(self._show_files_done, label, ok, failed, skipped)
+
+    def run_finished(self, summary: Any) -> None:
+        """The run's summary, for the entry point in this process. It reads the summary here, not from
+        the flow's final state: Prefect can hand a Failed state back without the error it carried
+        (when a state update is retried after the server took it, the server returns its own copy)."""
+        with self._lock:
+            self.summary = summary
 
     def close(self) -> None:
         """The run is over (or stopped): release the terminal."""

@@ -122,6 +122,19 @@ def run_cli(
     )
 
 
+def session_processes(session: int) -> list[int]:
+    """Live (not zombie) processes of a session: a run started in a session of its own, and all it started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _pgrp, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except OSError:
+            continue
+        if int(sid) == session and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def files_rows(output: Path) -> list[dict]:
     """Every row of the `files` table under `output`, as the pipeline reads it."""
     from steadyscribe.schema import open_table

@@ -25,7 +25,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from helpers import FIXTURES, ROOT, cut_at_packet_boundary, encode, resampled_mono, wait_until, write_eight_channels
+from helpers import (
+    FIXTURES, ROOT, cut_at_packet_boundary, encode, resampled_mono, session_processes, wait_until, write_eight_channels,
+)
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.schema import open_table
 
@@ -34,19 +36,6 @@ KILLS = 3
 KILL_AFTER_S = (2.0, 30.0)
 # Generous: a run on two busy cores loads the model and transcribes seven short files.
 RUN_TIMEOUT_S = 240
-
-
-def session_processes(session: int) -> list[int]:
-    """Live (not zombie) processes of a session: a run started in a session of its own, and all it started."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, _pgrp, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
-        except OSError:
-            continue
-        if int(sid) == session and state != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def committed(output: Path) -> int:

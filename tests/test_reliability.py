@@ -32,7 +32,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import steadyscribe.tasks.decode
 import steadyscribe.tasks.write
-from helpers import FIXTURES, api_env, cut_at_packet_boundary, encode, files_rows
+from helpers import FIXTURES, api_env, cut_at_packet_boundary, encode, files_rows, session_processes, wait_until
 from steadyscribe import SAMPLE_RATE
 from steadyscribe.app.cli import main
 from steadyscribe.records import InputFile
@@ -389,6 +389,29 @@ def test_unreachable_cloud_input_fails_alone(prefect_server, request, monkeypatc
         assert fragment in row["error"]
 
 
+@pytest.mark.slow
+def test_a_failed_run_whose_final_state_comes_back_without_its_error_still_reports_its_files(
+    prefect_server, monkeypatch, tmp_path, capsys
+):
+    """A state update retried after the server took it (a busy server) is answered with the server's
+    copy of the state, which has no data: the run's FilesFailed does not come back with it."""
+    import prefect.flow_engine
+
+    propose = prefect.flow_engine.propose_state_sync
+
+    def answered_by_the_servers_copy(client, state, flow_run_id, force=False):
+        accepted = propose(client, state, flow_run_id=flow_run_id, force=force)
+        return client.read_flow_run(flow_run_id).state if accepted.is_final() else accepted
+
+    monkeypatch.setattr(prefect.flow_engine, "propose_state_sync", answered_by_the_servers_copy)
+    damaged = write_png(tmp_path / "damaged.wav")
+    assert main(["run", str(damaged), "--output", str(tmp_path / "out")]) == 1
+    printed = capsys.readouterr().out
+    assert "files: 0 ok, 1 failed, 0 skipped" in printed and f"FAILED {damaged}: " in printed
+    [row] = files_rows(tmp_path / "out")
+    assert (row["source"], row["status"]) == (str(damaged), "failed")
+
+
 # ---- bad configuration ------------------------------------------------------------------------
 
 
@@ -477,3 +500,31 @@ def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp
     assert {r["status"] for r in rows} == {"ok", "skipped"}
     for path in visible_parquet(output):
         pq.read_metadata(path)
+
+
+@pytest.mark.slow
+def test_a_run_past_its_time_limit_exits_1_leaves_nothing_running_and_the_rerun_does_each_file_once(prefect_server, tmp_path):
+    inputs, output = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    for i in range(16):
+        encode(inputs / f"a{i:02d}.flac", np.zeros(SAMPLE_RATE + 160 * i))
+    for name in ("fast_speaker", "clean_gb"):
+        encode(inputs / f"{name}.flac", speech(name, tmp_path))
+    command = [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output)]
+    # 1.8 s: the limit falls while the files are decoded or the model loads.
+    run = subprocess.Popen(
+        command, env=api_env(STEADYSCRIBE_RUN_TIMEOUT_HOURS="0.0005"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stdout + stderr
+    assert "timed out" in stderr and "the next run does the rest" in stderr and "Traceback" not in stderr, stderr
+    assert wait_until(lambda: not session_processes(run.pid), timeout_s=15), session_processes(run.pid)
+    first = files_rows(output) if (output / "files").exists() else []
+    assert {r["status"] for r in first} <= {"ok"}
+
+    rerun = subprocess.run(command, env=api_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{18 - len(first)} ok, 0 failed, {len(first)} skipped" in rerun.stdout
+    ok = sorted(r["source"].rsplit("/", 1)[-1] for r in files_rows(output) if r["status"] == "ok")
+    assert ok == sorted(p.name for p in inputs.iterdir())

@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steadyscribe.engines import Engine, WindowResult, load_engine
 from steadyscribe.engines.packing import PackedWindow, heard_whole, pack_windows, packed_stream, unpack_result
-from steadyscribe.engines.speech_gaps import fill_gaps, unheard_warning
+from steadyscribe.engines.speech_gaps import Gap, fill_gaps, unheard_warning
 from steadyscribe.isolation import tell_parent
 from steadyscribe.memory import process_peak_rss_bytes
 from steadyscribe.pcm import load_pcm
@@ -128,7 +128,18 @@ def transcribe_files(
         return speech_frames(file_probabilities(decoded[file_id].pcm_path, samples_of[file_id]), vad)
 
     unheard = fill_gaps(engine, results, samples_of, speech_of)
-    total_s = time.perf_counter() - started
+    return save_transcripts(decoded, results, unheard, engine.batch_size, work_dir, time.perf_counter() - started)
+
+
+def save_transcripts(
+    decoded: dict[str, DecodedAudio],
+    results: Mapping[str, list[WindowResult]],
+    unheard: Mapping[str, list[Gap]],
+    batch_size: int,
+    work_dir: str | Path,
+    infer_s: float,
+) -> dict[str, InferenceResult]:
+    """One transcript JSON per file of `decoded`, from its window results (none: no speech); `infer_s` shared by duration."""
     total_audio = sum(d.duration_s for d in decoded.values()) or 1.0
     out: dict[str, InferenceResult] = {}
     for file_id, item in decoded.items():
@@ -140,12 +151,12 @@ def transcribe_files(
             file_id=file_id,
             language=max(set(languages), key=languages.count) if languages else None,
             segments=[s for r in ordered for s in r.segments],
-            batch_size=engine.batch_size,
+            batch_size=batch_size,
             stabilization=StabilizationCounts(speech_without_text_ms=round(1000 * sum(g.speech_s for g in gaps))),
             warnings=[warning] if warning else [],
         )
         path = transcript.save(Path(work_dir) / f"{file_id}.raw.json")
-        out[file_id] = InferenceResult(file_id, path, total_s * item.duration_s / total_audio)
+        out[file_id] = InferenceResult(file_id, path, infer_s * item.duration_s / total_audio)
     return out
 
 

@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from steadyscribe.inference import InferenceResult, Packing, engine_key, transcribe_in_child
+from steadyscribe.inference import InferenceResult, Packing, engine_key, save_transcripts, transcribe_in_child
 from steadyscribe.isolation import ChildCrashed, ChildHung, ChildProcess
 from steadyscribe.memory import note_engine_process_peak
 from steadyscribe.progress import reporter
@@ -131,6 +131,10 @@ def infer_task(
     then killed mid-call).
     """
     logger = get_run_logger()
+    if not windows:
+        # No speech in any file: empty transcripts, without waiting for the engine another group holds.
+        logger.info("no windows to transcribe in %d files", len(decoded))
+        return save_transcripts(decoded, {}, {}, plan.batch_size, work_dir, infer_s=0.0)
     logger.info("transcribing %d windows from %d files", len(windows), len(decoded))
     progress = _ProgressReporter(logger, progress_description, len(windows), check_cancelled)
     return call_engine(transcribe_in_child, plan, decoded, windows, work_dir, packing, vad, on_windows=progress)

@@ -151,3 +151,24 @@ def test_the_flow_and_a_cpu_probe_import_no_torch_or_bitsandbytes():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_group_without_windows_gets_its_empty_transcripts_without_the_engine(monkeypatch, tmp_path):
+    """Not even waiting for it: the engine may be busy with another group's windows for minutes."""
+    from prefect.logging import disable_run_logger
+
+    from steadyscribe.records import DecodedAudio, Transcript
+    from steadyscribe.tasks import infer
+
+    def engine_called(*args, **kwargs):
+        raise AssertionError("a group without windows called the engine")
+
+    monkeypatch.setattr(infer, "call_engine", engine_called)
+    plan = Plan(engine="whisper", model="tiny.en", batch_size=1)
+    decoded = {f"f{i}": DecodedAudio(f"/in/silence{i}.flac", "ok", f"f{i}", duration_s=1.0 + i) for i in range(2)}
+    with disable_run_logger():
+        results = infer.infer_task.fn(plan, decoded, [], str(tmp_path))
+    assert sorted(results) == ["f0", "f1"]
+    for file_id, result in results.items():
+        transcript = Transcript.load(result.transcript_path)
+        assert (transcript.file_id, transcript.segments, transcript.batch_size, result.infer_s) == (file_id, [], 1, 0.0)

@@ -12,11 +12,13 @@ import json
 
 import pyarrow.dataset as ds
 import pytest
+from prefect.exceptions import FailedRun
 
 from align_inputs import TIMED, prepare
 from steadyscribe.app.cli import main
 from steadyscribe.errors import FilesFailed
 from steadyscribe.flows.transcribe import transcribe
+from steadyscribe.progress import RunProgress, reporting
 from steadyscribe.metrics import boundary_errors
 
 pytestmark = pytest.mark.slow
@@ -121,9 +123,10 @@ def test_words_the_audio_does_not_say_are_not_placed_on_its_silence(aligned):
 def test_the_flow_aligns_with_a_text_suffix_and_refuses_an_engine_that_cannot(prefect_server, tmp_path):
     prepare(tmp_path)
     inputs = [str(tmp_path / "r09_librivox_austen.flac"), str(tmp_path / "mismatch.wav")]
-    with pytest.raises(FilesFailed) as failed:
+    # FailedRun where a busy server answers the final state update with its own copy (docs/operations.md).
+    with reporting(RunProgress()) as progress, pytest.raises((FilesFailed, FailedRun)):
         transcribe(inputs=inputs, output=str(tmp_path / "out"), profile="cpu-fast", model="tiny.en", text_suffix=".txt")
-    assert [f.source.rsplit("/", 1)[-1] for f in failed.value.summary.failures] == ["mismatch.wav"]
+    assert [f.source.rsplit("/", 1)[-1] for f in progress.summary.failures] == ["mismatch.wav"]
     [ok] = [row for row in rows(tmp_path / "out", "files") if row["status"] == "ok"]
     assert (ok["mode"], ok["aligned_share"], ok["words_n"]) == ("align", 1.0, 71)
     # The batch-1 whisper engine has no alignment of given text.

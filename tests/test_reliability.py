@@ -451,6 +451,18 @@ def test_bad_configuration_exits_2_before_any_work(no_decoding, tmp_path, capsys
 # ---- killed mid-run, then rerun -----------------------------------------------------------------
 
 
+def two_groups(tmp_path: Path) -> Path:
+    """A folder of 18 files in two groups: 16 distinct silent clips (the group size at batch 1, quick
+    to transcribe), then b0 and b1, speech that takes its time."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(16):
+        encode(inputs / f"a{i:02d}.flac", np.zeros(SAMPLE_RATE + 160 * i))
+    encode(inputs / "b0.flac", speech("fast_speaker", tmp_path))
+    encode(inputs / "b1.flac", speech("clean_gb", tmp_path))
+    return inputs
+
+
 def visible_parquet(output: Path) -> list[Path]:
     return [p for table in ("files", "segments", "words") for p in (output / table).glob("**/*.parquet")]
 
@@ -461,14 +473,7 @@ def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp
 
     Two groups are in flight at once (one decodes while the other is in inference), so either may commit first.
     """
-    inputs, output = tmp_path / "inputs", tmp_path / "out"
-    inputs.mkdir()
-    # Group 1 (16 files, the group size at batch 1): distinct silent clips, quick to transcribe.
-    for i in range(16):
-        encode(inputs / f"a{i:02d}.flac", np.zeros(SAMPLE_RATE + 160 * i))
-    # Group 2: speech, still being transcribed when the kill lands.
-    encode(inputs / "b0.flac", speech("fast_speaker", tmp_path))
-    encode(inputs / "b1.flac", speech("clean_gb", tmp_path))
+    inputs, output = two_groups(tmp_path), tmp_path / "out"
     command = [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output)]
     log = (tmp_path / "run1.log").open("w")
     run = subprocess.Popen(command, env=api_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -504,12 +509,7 @@ def test_sigkill_mid_run_then_rerun_completes_each_file_once(prefect_server, tmp
 
 @pytest.mark.slow
 def test_a_run_past_its_time_limit_exits_1_leaves_nothing_running_and_the_rerun_does_each_file_once(prefect_server, tmp_path):
-    inputs, output = tmp_path / "inputs", tmp_path / "out"
-    inputs.mkdir()
-    for i in range(16):
-        encode(inputs / f"a{i:02d}.flac", np.zeros(SAMPLE_RATE + 160 * i))
-    for name in ("fast_speaker", "clean_gb"):
-        encode(inputs / f"{name}.flac", speech(name, tmp_path))
+    inputs, output = two_groups(tmp_path), tmp_path / "out"
     command = [sys.executable, "-m", "steadyscribe.app.cli", "run", str(inputs), "--output", str(output)]
     # 1.8 s: the limit falls while the files are decoded or the model loads.
     run = subprocess.Popen(
